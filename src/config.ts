@@ -1,0 +1,71 @@
+/**
+ * Replica configuration from the environment. Every value is checked at start-up with a message
+ * that names the variable, so a typo fails fast instead of running a replica with odd settings.
+ */
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import type { PlacementStrategy } from '../actors/capacity.js';
+import { ID_PATTERN } from './protocol/limits.js';
+import { DEFAULT_SHARDS, MAX_SHARDS } from './shard/shard-map.js';
+
+export interface DroverConfig {
+  readonly redisUrl: string;
+  readonly natsUrl: string;
+  /** First token of every NATS subject and Redis key. */
+  readonly prefix: string;
+  readonly shards: number;
+  readonly replicaId: string;
+  /** How long a shard lease lives without extension. A paused owner is fenced out after this. */
+  readonly leaseTtlMs: number;
+  /** How long a router waits for a shard owner before trying elsewhere. */
+  readonly shardRequestTimeoutMs: number;
+  readonly strategy: PlacementStrategy;
+  readonly historyCap: number;
+  readonly releasedRetentionSeconds: number;
+  readonly logLevel: string;
+  /** Writes queued per shard beyond which new ones are refused with UNAVAILABLE. */
+  readonly maxQueuedOpsPerShard: number;
+}
+
+export const PREFIX_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/;
+
+type Env = Record<string, string | undefined>;
+
+function integerVar(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isSafeInteger(value) || value < min || value > max) {
+    throw new Error(`${name} must be a whole number between ${min} and ${max}; got "${raw}"`);
+  }
+  return value;
+}
+
+export function defaultReplicaId(): string {
+  const host = hostname().replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 40) || 'replica';
+  return `${host}-${process.pid}-${randomBytes(3).toString('hex')}`.replace(/^[^A-Za-z0-9]/, 'r');
+}
+
+export function loadConfig(env: Env = process.env, overrides: Partial<DroverConfig> = {}): DroverConfig {
+  const prefix = overrides.prefix ?? env.DROVER_PREFIX ?? 'drover';
+  if (!PREFIX_PATTERN.test(prefix)) throw new Error(`DROVER_PREFIX must match ${PREFIX_PATTERN.source}; got "${prefix}"`);
+  const replicaId = overrides.replicaId ?? env.DROVER_REPLICA_ID ?? defaultReplicaId();
+  if (!ID_PATTERN.test(replicaId)) throw new Error(`DROVER_REPLICA_ID must match ${ID_PATTERN.source}; got "${replicaId}"`);
+  const strategy = overrides.strategy ?? env.DROVER_STRATEGY ?? 'best-fit';
+  if (strategy !== 'best-fit' && strategy !== 'spread') throw new Error(`DROVER_STRATEGY must be best-fit or spread; got "${strategy}"`);
+  const leaseTtlMs = overrides.leaseTtlMs ?? integerVar(env, 'DROVER_LEASE_TTL_MS', 10_000, 500, 600_000);
+  return {
+    redisUrl: overrides.redisUrl ?? env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+    natsUrl: overrides.natsUrl ?? env.NATS_URL ?? 'nats://127.0.0.1:4222',
+    prefix,
+    shards: overrides.shards ?? integerVar(env, 'DROVER_SHARDS', DEFAULT_SHARDS, 1, MAX_SHARDS),
+    replicaId,
+    leaseTtlMs,
+    shardRequestTimeoutMs: overrides.shardRequestTimeoutMs ?? integerVar(env, 'DROVER_SHARD_TIMEOUT_MS', 2_000, 50, 60_000),
+    strategy,
+    historyCap: overrides.historyCap ?? integerVar(env, 'DROVER_HISTORY_CAP', 10_000, 0, 100_000_000),
+    releasedRetentionSeconds: overrides.releasedRetentionSeconds ?? integerVar(env, 'DROVER_RELEASED_RETENTION_S', 86_400, 0, 31_536_000),
+    logLevel: overrides.logLevel ?? env.DROVER_LOG_LEVEL ?? 'info',
+    maxQueuedOpsPerShard: overrides.maxQueuedOpsPerShard ?? integerVar(env, 'DROVER_MAX_QUEUED_OPS', 20_000, 1, 1_000_000),
+  };
+}

@@ -1,0 +1,34 @@
+/**
+ * NATS subjects. Public subjects are what clients use; shard subjects are internal (router to the
+ * shard's lease holder); capacity subjects carry each shard's free capacity from owner to routers.
+ */
+export class Subjects {
+  constructor(readonly prefix: string) {}
+
+  get submit(): string { return `${this.prefix}.submit`; }
+  get submitBatch(): string { return `${this.prefix}.submit.batch`; }
+  get release(): string { return `${this.prefix}.release`; }
+  get containersGet(): string { return `${this.prefix}.containers.get`; }
+  get workersRegister(): string { return `${this.prefix}.workers.register`; }
+  get workersGet(): string { return `${this.prefix}.workers.get`; }
+  get workersList(): string { return `${this.prefix}.workers.list`; }
+  get workersDrain(): string { return `${this.prefix}.workers.drain`; }
+  get workersDisable(): string { return `${this.prefix}.workers.disable`; }
+  get workersEnable(): string { return `${this.prefix}.workers.enable`; }
+  get status(): string { return `${this.prefix}.status`; }
+
+  /** Internal: ops for one shard, served by its lease holder only. */
+  shard(shard: number): string { return `${this.prefix}.shard.${shard}`; }
+  /** Internal: a shard's capacity summary, published by its owner. */
+  capacity(shard: number): string { return `${this.prefix}.capacity.${shard}`; }
+  get capacityAll(): string { return `${this.prefix}.capacity.*`; }
+  /** Internal: routers ask owners to republish every summary (a router that just started). */
+  get capacityRefresh(): string { return `${this.prefix}.control.capacity-refresh`; }
+  /** Internal: replica membership heartbeats. */
+  get membership(): string { return `${this.prefix}.control.membership`; }
+
+  /** Queue group of the routers on the public subjects. */
+  get routerQueue(): string { return `${this.prefix}-routers`; }
+  /** Queue group on shard subjects: during a hand-over two holders may briefly subscribe; one gets each op. */
+  get shardQueue(): string { return `${this.prefix}-shards`; }
+}

@@ -1,0 +1,297 @@
+/**
+ * A Drover replica: one process's share of the cluster. It holds shard leases, runs the owners of
+ * the shards it holds (their worker actors and group commits), serves those shards' subjects,
+ * publishes their capacity, and runs a router on the public subjects.
+ *
+ * Life of a shard here: lease acquired (epoch bumped) -> owner built from Redis -> subscribed to
+ * the shard subject -> capacity published. It ends by hand-over (unsubscribe, drain, release), by
+ * losing the lease (close at once), or by being fenced (Redis refused our epoch: close at once).
+ */
+import { connect, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import { Redis } from 'ioredis';
+import type { DroverConfig } from '../config.js';
+import { ShardLeases } from '../lease/shard-leases.js';
+import {
+  parseShardRequest,
+  type ShardCapacity,
+  type ShardOpResult,
+  type ShardReply,
+} from '../protocol/shard-messages.js';
+import { Subjects } from '../protocol/subjects.js';
+import { Router } from '../router/router.js';
+import { ShardOwner } from '../shard/shard-owner.js';
+import { DroverStore } from '../store/store.js';
+import { silentLogger, type Logger } from '../util/log.js';
+
+/** Capacity changes are coalesced for this long before being published. */
+const CAPACITY_COALESCE_MS = 10;
+/** Every owned shard's capacity is republished this often, so new routers and lost messages heal. */
+const CAPACITY_HEARTBEAT_MS = 1_000;
+
+interface ServedShard {
+  readonly owner: ShardOwner;
+  readonly subscription: Subscription;
+  capacity: ShardCapacity | null;
+}
+
+export interface ReplicaStats {
+  readonly replicaId: string;
+  readonly shards: number[];
+  readonly workers: number;
+  readonly router: Router['stats'];
+  readonly owners: { batches: number; committedOps: number; fenceRefusals: number; versionConflicts: number; resyncs: number };
+  readonly leases: ShardLeases['stats'];
+}
+
+export class Replica {
+  readonly subjects: Subjects;
+  readonly store: DroverStore;
+  readonly router: Router;
+  readonly leases: ShardLeases;
+  private readonly served = new Map<number, ServedShard>();
+  private readonly subscriptions: Subscription[] = [];
+  private capacitySeq = 0;
+  private readonly dirtyShards = new Set<number>();
+  private capacityTimer: NodeJS.Timeout | null = null;
+  private heartbeatTimer: NodeJS.Timeout | null = null;
+  private stopping: Promise<void> | null = null;
+  /** Owner counters survive the owners themselves (shards come and go). */
+  private readonly retiredOwnerStats = { batches: 0, committedOps: 0, fenceRefusals: 0, versionConflicts: 0, resyncs: 0 };
+
+  private constructor(
+    readonly config: DroverConfig,
+    readonly redis: Redis,
+    readonly nc: NatsConnection,
+    readonly log: Logger,
+  ) {
+    this.subjects = new Subjects(config.prefix);
+    this.store = new DroverStore(redis, {
+      prefix: config.prefix,
+      historyCap: config.historyCap,
+      releasedRetentionSeconds: config.releasedRetentionSeconds,
+    });
+    this.router = new Router({ nc, store: this.store, config, subjects: this.subjects, log });
+    this.leases = new ShardLeases({
+      redis,
+      store: this.store,
+      ttlMs: config.leaseTtlMs,
+      log,
+      handlers: {
+        onAcquired: (shard, epoch) => this.openShard(shard, epoch),
+        onLost: (shard, reason) => this.dropShard(shard, reason),
+      },
+    });
+  }
+
+  /** Connect, take every shard this replica should own (all of them, for now), start routing. */
+  static async start(config: DroverConfig, log: Logger = silentLogger()): Promise<Replica> {
+    const redis = new Redis(config.redisUrl, {
+      enableAutoPipelining: true,
+      maxRetriesPerRequest: 2,
+      lazyConnect: true,
+      connectionName: `drover-${config.replicaId}`,
+    });
+    redis.on('error', (error) => log.warn({ err: error }, 'redis connection error'));
+    await redis.connect();
+    let nc: NatsConnection;
+    try {
+      nc = await connect({
+        servers: config.natsUrl,
+        name: `drover-${config.replicaId}`,
+        noAsyncTraces: true,
+        maxReconnectAttempts: -1,
+        reconnectTimeWait: 250,
+      });
+    } catch (error) {
+      redis.disconnect();
+      throw error;
+    }
+    const replica = new Replica(config, redis, nc, log.child({ replica: config.replicaId }));
+    try {
+      await replica.begin();
+    } catch (error) {
+      await replica.closeConnections();
+      throw error;
+    }
+    return replica;
+  }
+
+  private async begin(): Promise<void> {
+    await this.store.ensureShardCount(this.config.shards);
+    this.subscriptions.push(
+      this.nc.subscribe(this.subjects.capacityRefresh, { callback: () => this.publishAllCapacity() }),
+    );
+    const all = Array.from({ length: this.config.shards }, (_, shard) => shard);
+    this.leases.setDesired(all);
+    await this.leases.tick();
+    this.leases.start();
+    this.heartbeatTimer = setInterval(() => this.publishAllCapacity(), CAPACITY_HEARTBEAT_MS);
+    await this.router.start();
+    this.log.info({ shards: this.served.size, of: this.config.shards }, 'replica started');
+  }
+
+  servedShards(): number[] {
+    return [...this.served.keys()].sort((a, b) => a - b);
+  }
+
+  owner(shard: number): ShardOwner | null {
+    return this.served.get(shard)?.owner ?? null;
+  }
+
+  stats(): ReplicaStats {
+    const owners = { ...this.retiredOwnerStats };
+    let workers = 0;
+    for (const { owner } of this.served.values()) {
+      workers += owner.workerCount;
+      for (const key of Object.keys(owners) as Array<keyof typeof owners>) owners[key] += owner.stats[key];
+    }
+    return { replicaId: this.config.replicaId, shards: this.servedShards(), workers, router: this.router.stats, owners, leases: this.leases.stats };
+  }
+
+  /**
+   * Graceful stop: routers elsewhere take the public subjects; in-flight requests finish; each shard
+   * stops taking ops, finishes its queued writes, and releases its lease for the next owner.
+   */
+  stop(): Promise<void> {
+    this.stopping ??= this.shutdown();
+    return this.stopping;
+  }
+
+  private async shutdown(): Promise<void> {
+    this.log.info('stopping: handing shards over');
+    this.leases.setDesired([]);
+    await this.router.stop();
+    await Promise.all(this.servedShards().map((shard) => this.handOver(shard)));
+    await this.leases.stop();
+    if (this.heartbeatTimer !== null) clearInterval(this.heartbeatTimer);
+    if (this.capacityTimer !== null) clearTimeout(this.capacityTimer);
+    await this.closeConnections();
+    this.log.info('stopped');
+  }
+
+  /** Give one shard up gracefully: stop taking ops, finish queued writes, release the lease. */
+  async handOver(shard: number): Promise<void> {
+    const served = this.served.get(shard);
+    if (served === undefined) return;
+    await served.subscription.drain().catch(() => undefined);
+    await served.owner.drain();
+    this.retire(shard, served);
+    await this.leases.release(shard);
+  }
+
+  private async closeConnections(): Promise<void> {
+    await this.nc.drain().catch(() => undefined);
+    await this.redis.quit().catch(() => this.redis.disconnect());
+  }
+
+  private async openShard(shard: number, epoch: number): Promise<void> {
+    const owner = await ShardOwner.open({
+      store: this.store,
+      shard,
+      epoch,
+      strategy: this.config.strategy,
+      log: this.log,
+      maxQueuedOps: this.config.maxQueuedOpsPerShard,
+      onFenced: (fencedShard) => {
+        this.leases.forget(fencedShard);
+        this.dropShard(fencedShard, 'fenced by a newer epoch');
+      },
+      onCapacityChange: (changed) => this.markCapacityDirty(changed),
+    });
+    const subscription = this.nc.subscribe(this.subjects.shard(shard), {
+      queue: this.subjects.shardQueue,
+      callback: (error, msg) => {
+        if (!error) this.serveShard(shard, msg);
+      },
+    });
+    this.served.set(shard, { owner, subscription, capacity: null });
+    this.log.debug({ shard, epoch, workers: owner.workerCount }, 'shard opened');
+    this.publishCapacity(shard);
+  }
+
+  /** Lease lost or fenced: stop serving the shard at once, without waiting for anything. */
+  private dropShard(shard: number, reason: string): void {
+    const served = this.served.get(shard);
+    if (served === undefined) return;
+    this.log.warn({ shard, reason }, 'shard dropped');
+    served.subscription.unsubscribe();
+    served.owner.close();
+    this.retire(shard, served);
+  }
+
+  private retire(shard: number, served: ServedShard): void {
+    for (const key of Object.keys(this.retiredOwnerStats) as Array<keyof typeof this.retiredOwnerStats>) {
+      this.retiredOwnerStats[key] += served.owner.stats[key];
+    }
+    this.served.delete(shard);
+    this.dirtyShards.delete(shard);
+    // Tell routers the shard has no owner here, so they stop choosing it until the next owner speaks.
+    const unowned: ShardCapacity = { shard, owner: null, epoch: served.owner.epoch, seq: ++this.capacitySeq, groups: [] };
+    this.nc.publish(this.subjects.capacity(shard), JSON.stringify(unowned));
+  }
+
+  private serveShard(shard: number, msg: Msg): void {
+    const served = this.served.get(shard);
+    let ops;
+    try {
+      ops = parseShardRequest(msg.json()).ops;
+    } catch (error) {
+      this.log.warn({ err: error, shard }, 'malformed shard request');
+      msg.respond(JSON.stringify({ results: [], capacity: null } satisfies ShardReply));
+      return;
+    }
+    const results = ops.map((op): ShardOpResult | Promise<ShardOpResult> => {
+      if (served === undefined) return { ok: false, code: 'UNAVAILABLE', message: `this replica does not serve shard ${shard}` };
+      try {
+        return served.owner.execute(op);
+      } catch (error) {
+        this.log.error({ err: error, shard, op: op.k }, 'shard op failed');
+        return { ok: false, code: 'UNAVAILABLE', message: `shard ${shard} failed the op: ${(error as Error).message}` };
+      }
+    });
+    void Promise.all(results).then((settled) => {
+      const reply: ShardReply = { results: settled, capacity: this.capacityOf(shard) };
+      msg.respond(JSON.stringify(reply));
+    });
+  }
+
+  private capacityOf(shard: number): ShardCapacity | null {
+    const served = this.served.get(shard);
+    if (served === undefined) return null;
+    if (served.capacity === null) {
+      served.capacity = {
+        shard,
+        owner: this.config.replicaId,
+        epoch: served.owner.epoch,
+        seq: ++this.capacitySeq,
+        groups: served.owner.capacity(),
+      };
+    }
+    return served.capacity;
+  }
+
+  private markCapacityDirty(shard: number): void {
+    this.dirtyShards.add(shard);
+    const served = this.served.get(shard);
+    if (served !== undefined) served.capacity = null;
+    if (this.capacityTimer === null) {
+      this.capacityTimer = setTimeout(() => {
+        this.capacityTimer = null;
+        const shards = [...this.dirtyShards];
+        this.dirtyShards.clear();
+        for (const dirty of shards) this.publishCapacity(dirty);
+      }, CAPACITY_COALESCE_MS);
+    }
+  }
+
+  private publishCapacity(shard: number): void {
+    const capacity = this.capacityOf(shard);
+    if (capacity === null || this.nc.isClosed()) return;
+    this.router.view.update(capacity);
+    this.nc.publish(this.subjects.capacity(shard), JSON.stringify(capacity));
+  }
+
+  private publishAllCapacity(): void {
+    for (const shard of this.served.keys()) this.publishCapacity(shard);
+  }
+}

@@ -1,0 +1,315 @@
+/**
+ * The router: every replica runs one, in a NATS queue group on the public subjects, so clients
+ * never need to know who owns what. It validates requests, picks a shard from its capacity view,
+ * forwards to that shard's subject (served only by the lease holder) and turns the owner's answer
+ * into the public reply. A shard that cannot fit the container, or is not served right now, costs a
+ * re-route to another shard, within MAX_ROUTE_ATTEMPTS.
+ */
+import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
+import type { DroverConfig } from '../config.js';
+import { DroverError, errorReply, replyFromError, type ErrorReply } from '../protocol/errors.js';
+import type { ShardCapacity, ShardOp, ShardOpResult, StatusAction, WorkerView } from '../protocol/shard-messages.js';
+import { parseShardCapacity, workerView } from '../protocol/shard-messages.js';
+import type { Subjects } from '../protocol/subjects.js';
+import {
+  decodeObject,
+  parseContainerBatch,
+  parseContainerRequest,
+  parseIdRequest,
+  parseListRequest,
+  parseWorkerRegistration,
+  type ContainerRequest,
+} from '../protocol/validate.js';
+import { shardOf } from '../shard/shard-map.js';
+import type { DroverStore } from '../store/store.js';
+import type { Logger } from '../util/log.js';
+import { CapacityView } from './capacity-view.js';
+import { ShardClient } from './shard-client.js';
+
+/** Shards one placement may try before the router answers NO_CAPACITY or UNAVAILABLE. */
+export const MAX_ROUTE_ATTEMPTS = 6;
+/** Tries of an op bound to one shard (release, register, status) while its owner is unavailable. */
+const MAX_BOUND_ATTEMPTS = 4;
+const BOUND_RETRY_DELAY_MS = 250;
+/** Client requests one router works on at once; more are answered UNAVAILABLE. */
+export const MAX_ROUTER_IN_FLIGHT = 20_000;
+/**
+ * A placement's deadline is the shard timeout; the router waits this much longer before it gives
+ * up, so by then Redis (which checks the deadline on its own clock) can no longer commit it.
+ */
+const DEADLINE_GRACE_MS = 500;
+
+export interface RouterStats {
+  placed: number;
+  reroutes: number;
+  noCapacity: number;
+  unavailable: number;
+  alreadyPlaced: number;
+  released: number;
+  invalid: number;
+}
+
+type PlaceReply =
+  | { ok: true; status: 'placed'; id: string; workerId: string }
+  | ErrorReply;
+
+export interface RouterOptions {
+  readonly nc: NatsConnection;
+  readonly store: DroverStore;
+  readonly config: DroverConfig;
+  readonly subjects: Subjects;
+  readonly log: Logger;
+}
+
+export class Router {
+  readonly view: CapacityView;
+  readonly shardClient: ShardClient;
+  readonly stats: RouterStats = { placed: 0, reroutes: 0, noCapacity: 0, unavailable: 0, alreadyPlaced: 0, released: 0, invalid: 0 };
+  private readonly subscriptions: Subscription[] = [];
+  private capacitySubscription: Subscription | null = null;
+  private inFlight = 0;
+  private nonceCounter = 0;
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(private readonly options: RouterOptions) {
+    this.view = new CapacityView(options.config.shards);
+    this.shardClient = new ShardClient({
+      nc: options.nc,
+      subjects: options.subjects,
+      timeoutMs: options.config.shardRequestTimeoutMs + DEADLINE_GRACE_MS,
+      onCapacity: (capacity) => this.view.update(capacity),
+    });
+  }
+
+  /** Listen to capacity summaries first, ask owners to republish, then serve the public subjects. */
+  async start(): Promise<void> {
+    const { nc, subjects } = this.options;
+    this.capacitySubscription = nc.subscribe(subjects.capacityAll, {
+      callback: (error, msg) => {
+        if (error) return;
+        try {
+          const capacity = parseShardCapacity(msg.json());
+          if (capacity !== null) this.view.update(capacity);
+        } catch {
+          // A malformed summary is dropped; the next one replaces it.
+        }
+      },
+    });
+    nc.publish(subjects.capacityRefresh);
+    await nc.flush();
+    const handlers: Array<[string, (msg: Msg) => Promise<unknown>]> = [
+      [subjects.submit, (msg) => this.onSubmit(msg)],
+      [subjects.submitBatch, (msg) => this.onSubmitBatch(msg)],
+      [subjects.release, (msg) => this.onRelease(msg)],
+      [subjects.containersGet, (msg) => this.onContainerGet(msg)],
+      [subjects.workersRegister, (msg) => this.onRegister(msg)],
+      [subjects.workersGet, (msg) => this.onWorkerGet(msg)],
+      [subjects.workersList, (msg) => this.onWorkerList(msg)],
+      [subjects.workersDrain, (msg) => this.onStatus(msg, 'drain')],
+      [subjects.workersDisable, (msg) => this.onStatus(msg, 'disable')],
+      [subjects.workersEnable, (msg) => this.onStatus(msg, 'enable')],
+    ];
+    for (const [subject, handler] of handlers) {
+      this.subscriptions.push(
+        nc.subscribe(subject, { queue: subjects.routerQueue, callback: (error, msg) => (error ? undefined : this.serve(msg, handler)) }),
+      );
+    }
+    await nc.flush();
+  }
+
+  /** Stop taking requests (other replicas' routers take them), then finish those in flight. */
+  async stop(): Promise<void> {
+    await Promise.all(this.subscriptions.map((s) => s.drain().catch(() => undefined)));
+    this.subscriptions.length = 0;
+    if (this.inFlight > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    this.capacitySubscription?.unsubscribe();
+    this.capacitySubscription = null;
+  }
+
+  onCapacity(capacity: ShardCapacity): void {
+    this.view.update(capacity);
+  }
+
+  private serve(msg: Msg, handler: (msg: Msg) => Promise<unknown>): void {
+    if (this.inFlight >= MAX_ROUTER_IN_FLIGHT) {
+      respond(msg, errorReply('UNAVAILABLE', `router busy: ${this.inFlight} requests in flight; retry`));
+      return;
+    }
+    this.inFlight += 1;
+    handler(msg)
+      .then((reply) => respond(msg, reply), (error: unknown) => {
+        if (!(error instanceof DroverError)) this.options.log.error({ err: error, subject: msg.subject }, 'request failed');
+        else if (error.code === 'INVALID_REQUEST') this.stats.invalid += 1;
+        respond(msg, replyFromError(error));
+      })
+      .finally(() => {
+        this.inFlight -= 1;
+        if (this.inFlight === 0) {
+          const waiters = this.idleWaiters;
+          this.idleWaiters = [];
+          for (const waiter of waiters) waiter();
+        }
+      });
+  }
+
+  private async onSubmit(msg: Msg): Promise<PlaceReply> {
+    return this.place(parseContainerRequest(decodeObject(msg.data)));
+  }
+
+  private async onSubmitBatch(msg: Msg): Promise<unknown> {
+    const requests = parseContainerBatch(decodeObject(msg.data));
+    const results = await Promise.all(requests.map((request) => this.place(request)));
+    return { ok: true, results };
+  }
+
+  /** Route one placement: try fitting shards until one places it or the attempts run out. */
+  async place(request: ContainerRequest): Promise<PlaceReply> {
+    this.nonceCounter += 1;
+    const nonce = `${this.options.config.replicaId}.${this.nonceCounter}`;
+    const tried = new Set<number>();
+    let lastUnavailable: string | null = null;
+    for (let attempt = 0; attempt < MAX_ROUTE_ATTEMPTS; attempt += 1) {
+      const shard = this.view.choose(request, tried);
+      if (shard === null) break;
+      tried.add(shard);
+      this.view.consume(shard, request);
+      const deadline = Date.now() + this.options.config.shardRequestTimeoutMs;
+      const op: ShardOp = { k: 'place', id: request.id, request, nonce, deadline };
+      const result = await this.shardClient.send(shard, op);
+      if (result.ok) {
+        this.stats.placed += 1;
+        return { ok: true, status: 'placed', id: request.id, workerId: (result as { workerId: string }).workerId };
+      }
+      switch (result.code) {
+        case 'ALREADY_PLACED':
+          if (result.nonce === nonce) {
+            // An earlier attempt of this very request committed, but its answer was lost.
+            this.stats.placed += 1;
+            return { ok: true, status: 'placed', id: request.id, workerId: result.workerId ?? '' };
+          }
+          this.stats.alreadyPlaced += 1;
+          return errorReply('ALREADY_PLACED', `container ${request.id} is already placed on worker ${result.workerId}`, {
+            workerId: result.workerId,
+          });
+        case 'NO_FIT':
+        case 'RETRY':
+          this.stats.reroutes += 1;
+          this.view.forget(shard, request);
+          break;
+        case 'UNAVAILABLE':
+        case 'EXPIRED':
+          this.stats.reroutes += 1;
+          lastUnavailable = result.message;
+          break;
+        default:
+          throw new DroverError('INTERNAL', `shard ${shard} answered ${result.code}: ${result.message}`);
+      }
+    }
+    if (lastUnavailable !== null) {
+      this.stats.unavailable += 1;
+      return errorReply('UNAVAILABLE', `could not place ${request.id} now (${lastUnavailable}); retry with the same id`);
+    }
+    this.stats.noCapacity += 1;
+    return errorReply('NO_CAPACITY', `no worker has room for ${request.id} (cpu ${request.cpu}m, memory ${request.memory}MiB` +
+      `${request.gpuCount > 0 ? `, ${request.gpuCount} GPU ${request.gpu ?? 'of any type'}` : ''}${request.pool !== null ? `, pool ${request.pool}` : ''})`);
+  }
+
+  private async onRelease(msg: Msg): Promise<unknown> {
+    const { id } = parseIdRequest(decodeObject(msg.data));
+    const container = await this.options.store.readContainer(id);
+    if (container === null) throw new DroverError('NOT_FOUND', `container ${id} is not known`);
+    if (container.status === 'released') return { ok: true, id, status: 'released' };
+    const result = await this.sendBound(container.shard, { k: 'release', id, workerId: container.workerId });
+    if (!result.ok) throw this.boundError(result);
+    this.stats.released += 1;
+    return { ok: true, id, status: 'released' };
+  }
+
+  private async onContainerGet(msg: Msg): Promise<unknown> {
+    const { id } = parseIdRequest(decodeObject(msg.data));
+    const container = await this.options.store.readContainer(id);
+    if (container === null) throw new DroverError('NOT_FOUND', `container ${id} is not known`);
+    return { ok: true, container };
+  }
+
+  private async onRegister(msg: Msg): Promise<unknown> {
+    const worker = parseWorkerRegistration(decodeObject(msg.data));
+    const result = await this.sendBound(this.shardOf(worker.id), { k: 'register', worker });
+    if (!result.ok) throw this.boundError(result);
+    return { ok: true, worker: (result as { worker: WorkerView }).worker };
+  }
+
+  private async onStatus(msg: Msg, action: StatusAction): Promise<unknown> {
+    const { id } = parseIdRequest(decodeObject(msg.data));
+    const result = await this.sendBound(this.shardOf(id), { k: 'status', workerId: id, action });
+    if (!result.ok) throw this.boundError(result);
+    return { ok: true, worker: (result as { worker: WorkerView }).worker };
+  }
+
+  private async onWorkerGet(msg: Msg): Promise<unknown> {
+    const { id } = parseIdRequest(decodeObject(msg.data));
+    const record = await this.options.store.readWorker(this.shardOf(id), id);
+    if (record === null) throw new DroverError('NOT_FOUND', `worker ${id} is not registered`);
+    return { ok: true, worker: workerView(record) };
+  }
+
+  /** Pages through workers shard by shard; the cursor is "<shard>:<offset>". */
+  private async onWorkerList(msg: Msg): Promise<unknown> {
+    const { cursor, limit } = parseListRequest(msg.data.byteLength === 0 ? {} : decodeObject(msg.data));
+    let [shard, offset] = cursor === null ? [0, 0] : cursor.split(':').map(Number) as [number, number];
+    const workers: WorkerView[] = [];
+    while (shard < this.options.config.shards && workers.length < limit) {
+      const ids = await this.options.store.listShardWorkerIds(shard);
+      const slice = ids.slice(offset, offset + (limit - workers.length));
+      for (const id of slice) {
+        const record = await this.options.store.readWorker(shard, id);
+        if (record !== null) workers.push(workerView(record));
+      }
+      offset += slice.length;
+      if (offset >= ids.length) {
+        shard += 1;
+        offset = 0;
+      }
+    }
+    return { ok: true, workers, next: shard < this.options.config.shards ? `${shard}:${offset}` : null };
+  }
+
+  private shardOf(workerId: string): number {
+    return shardOf(workerId, this.options.config.shards);
+  }
+
+  /** Send an op that only one shard can serve, waiting out a short hand-over before giving up. */
+  private async sendBound(shard: number, op: ShardOp): Promise<ShardOpResult> {
+    let result: ShardOpResult = { ok: false, code: 'UNAVAILABLE', message: 'not tried' };
+    for (let attempt = 0; attempt < MAX_BOUND_ATTEMPTS; attempt += 1) {
+      if (attempt > 0) await delay(BOUND_RETRY_DELAY_MS * attempt);
+      result = await this.shardClient.send(shard, op);
+      if (result.ok || (result.code !== 'UNAVAILABLE' && result.code !== 'RETRY')) return result;
+    }
+    return result;
+  }
+
+  private boundError(result: ShardOpResult & { ok: false }): DroverError {
+    switch (result.code) {
+      case 'NOT_FOUND':
+      case 'CONFLICT':
+      case 'INVALID_REQUEST':
+      case 'UNAVAILABLE':
+        if (result.code === 'UNAVAILABLE') this.stats.unavailable += 1;
+        return new DroverError(result.code, result.message);
+      case 'RETRY':
+        this.stats.unavailable += 1;
+        return new DroverError('UNAVAILABLE', `${result.message}; retry`);
+      default:
+        return new DroverError('INTERNAL', `unexpected shard answer ${result.code}: ${result.message}`);
+    }
+  }
+}
+
+function respond(msg: Msg, body: unknown): void {
+  if (msg.reply) msg.respond(JSON.stringify(body));
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,493 @@
+/**
+ * A shard's owner: the worker actors of one shard, held by the replica that holds the shard's
+ * lease, and the group commit that writes their changes to Redis.
+ *
+ * Flow of a placement: pick the best worker from the actors' local state, RESERVE on its actor
+ * (the actor's guard decides), queue the write; one fenced `commit_batch` per shard is in flight at
+ * a time, carrying every op queued meanwhile; its per-op outcome is told back to the actors
+ * (PLACEMENT_COMMITTED / PLACEMENT_ABORTED). With one batch in flight, each op can quote its
+ * worker's exact ResourceVersion, so a conflict only ever means someone else wrote the worker.
+ *
+ * A refused write is never retried blindly: an epoch refusal means another replica owns the shard
+ * (this owner closes at once); a version or capacity refusal means the actor's view was wrong (the
+ * actor is resynced from Redis and the router is told to try elsewhere).
+ */
+import { createActor, type Actor } from 'xstate';
+import {
+  placementRefusal,
+  placementScore,
+  type PlacementRequest,
+  type PlacementStrategy,
+  type WorkerAvailability,
+  type WorkerRecord,
+  type WorkerStatus,
+} from '../../actors/capacity.js';
+import { availability, workerMachine, type Resources, type StatusEventType } from '../../actors/worker-machine.js';
+import {
+  STATUS_ACTION_EVENT,
+  STATUS_ACTION_TARGET,
+  workerView,
+  type CapacityGroup,
+  type ShardOp,
+  type ShardOpResult,
+  type StatusAction,
+  type WorkerView,
+} from '../protocol/shard-messages.js';
+import type { WorkerRegistration } from '../protocol/validate.js';
+import { MAX_BATCH_OPS, type BatchOp, type DroverStore, type OpOutcome } from '../store/store.js';
+import type { Logger } from '../util/log.js';
+import { summarizeCapacity } from './capacity-summary.js';
+
+type WorkerActor = Actor<typeof workerMachine>;
+
+export interface ShardOwnerOptions {
+  readonly store: DroverStore;
+  readonly shard: number;
+  /** The epoch this owner's lease acquisition got; every write quotes it. */
+  readonly epoch: number;
+  readonly strategy: PlacementStrategy;
+  readonly log: Logger;
+  /** Ops waiting for a commit beyond which new ones are refused (back-pressure). */
+  readonly maxQueuedOps: number;
+  /** Called once when Redis refuses this owner's epoch: another replica has the shard. */
+  readonly onFenced: (shard: number) => void;
+  /** Called after committed changes; the caller coalesces capacity publications. */
+  readonly onCapacityChange: (shard: number) => void;
+}
+
+type QueuedOp =
+  | {
+      readonly kind: 'place';
+      readonly actor: WorkerActor;
+      readonly containerId: string;
+      readonly resources: Resources;
+      readonly deadline: number;
+      readonly nonce: string;
+      readonly resolve: (result: ShardOpResult) => void;
+    }
+  | { readonly kind: 'release'; readonly actor: WorkerActor; readonly containerId: string; readonly resolve: (result: ShardOpResult) => void }
+  | { readonly kind: 'status'; readonly actor: WorkerActor; readonly status: WorkerStatus; readonly resolve: (result: ShardOpResult) => void };
+
+export type ShardOwnerState = 'serving' | 'draining' | 'closed';
+
+const unavailable = (message: string): ShardOpResult => ({ ok: false, code: 'UNAVAILABLE', message });
+
+export class ShardOwner {
+  readonly shard: number;
+  readonly epoch: number;
+  private readonly actors = new Map<string, WorkerActor>();
+  private queue: QueuedOp[] = [];
+  private committing = false;
+  private flushScheduled = false;
+  private reloadNeeded = false;
+  private ownerState: ShardOwnerState = 'serving';
+  private idleWaiters: Array<() => void> = [];
+  /** Counters for metrics and the benchmark. */
+  readonly stats = { batches: 0, committedOps: 0, fenceRefusals: 0, versionConflicts: 0, resyncs: 0 };
+
+  private constructor(private readonly options: ShardOwnerOptions) {
+    this.shard = options.shard;
+    this.epoch = options.epoch;
+  }
+
+  /** Build the shard's actors from Redis. Call only after the epoch bump, so no earlier write is missed. */
+  static async open(options: ShardOwnerOptions): Promise<ShardOwner> {
+    const owner = new ShardOwner(options);
+    for (const record of await options.store.loadShard(options.shard)) owner.addActor(record);
+    return owner;
+  }
+
+  get state(): ShardOwnerState {
+    return this.ownerState;
+  }
+
+  get workerCount(): number {
+    return this.actors.size;
+  }
+
+  get queuedOps(): number {
+    return this.queue.length;
+  }
+
+  /** Current state of every worker actor, for status views and the debug page. */
+  workerSnapshots(): Array<{ id: string; state: string; resourceVersion: number; reservations: number }> {
+    return [...this.actors.values()].map((actor) => {
+      const snapshot = actor.getSnapshot();
+      return {
+        id: snapshot.context.spec.id,
+        state: String(snapshot.value),
+        resourceVersion: snapshot.context.resourceVersion,
+        reservations: snapshot.context.reservations,
+      };
+    });
+  }
+
+  /** Run one op for this shard. Never rejects: every failure is a result the router can act on. */
+  execute(op: ShardOp): Promise<ShardOpResult> | ShardOpResult {
+    if (this.ownerState !== 'serving') return unavailable(`shard ${this.shard} is ${this.ownerState} on this replica`);
+    switch (op.k) {
+      case 'place':
+        return this.place(op.id, op.request, op.nonce, op.deadline);
+      case 'release':
+        return this.release(op.id, op.workerId);
+      case 'status':
+        return this.changeStatus(op.workerId, op.action);
+      case 'register':
+        return this.register(op.worker);
+    }
+  }
+
+  capacity(): CapacityGroup[] {
+    return summarizeCapacity(this.availabilities());
+  }
+
+  /** Stop taking ops, let queued and in-flight writes finish, stop the actors. */
+  async drain(): Promise<void> {
+    if (this.ownerState === 'serving') this.ownerState = 'draining';
+    await this.idle();
+    this.close();
+  }
+
+  /** Stop at once: queued ops are answered UNAVAILABLE; a write already sent is answered by Redis. */
+  close(): void {
+    if (this.ownerState === 'closed' && this.actors.size === 0) return;
+    this.ownerState = 'closed';
+    this.failQueue('shard closed on this replica');
+    for (const actor of this.actors.values()) actor.stop();
+    this.actors.clear();
+  }
+
+  private *availabilities(): Generator<WorkerAvailability> {
+    for (const actor of this.actors.values()) {
+      const snapshot = actor.getSnapshot();
+      yield availability(snapshot.context, snapshot.value as WorkerStatus);
+    }
+  }
+
+  private addActor(record: WorkerRecord): WorkerActor {
+    const actor = createActor(workerMachine, { input: record });
+    actor.start();
+    this.actors.set(record.id, actor);
+    return actor;
+  }
+
+  private place(containerId: string, request: PlacementRequest, nonce: string, deadline: number): ShardOpResult | Promise<ShardOpResult> {
+    if (this.queue.length >= this.options.maxQueuedOps) return unavailable(`shard ${this.shard} has ${this.queue.length} writes queued; retry`);
+    const actor = this.chooseWorker(request);
+    if (actor === null) return { ok: false, code: 'NO_FIT', message: `no worker in shard ${this.shard} fits` };
+    const before = actor.getSnapshot().context.reservations;
+    actor.send({ type: 'RESERVE', containerId, request });
+    // The actor's guard re-checks what chooseWorker checked; disagreement is a bug, not an input error.
+    if (actor.getSnapshot().context.reservations !== before + 1) {
+      throw new Error(`worker ${actor.getSnapshot().context.spec.id} refused a reservation it was chosen for`);
+    }
+    const resources: Resources = { cpu: request.cpu, memory: request.memory, gpuCount: request.gpuCount };
+    return this.enqueue((resolve) => ({ kind: 'place', actor, containerId, resources, deadline, nonce, resolve }));
+  }
+
+  /**
+   * Best worker by the configured strategy, scanning the actors' snapshots. One scratch object is
+   * reused for every candidate: this loop runs for every placement over every worker of the shard.
+   */
+  private chooseWorker(request: PlacementRequest): WorkerActor | null {
+    let best: WorkerActor | null = null;
+    let bestScore = Number.POSITIVE_INFINITY;
+    const scratch = { spec: undefined as unknown as WorkerAvailability['spec'], status: 'available' as WorkerStatus, freeCpu: 0, freeMemory: 0, freeGpuCount: 0 };
+    for (const actor of this.actors.values()) {
+      const snapshot = actor.getSnapshot();
+      if (snapshot.value !== 'available') continue;
+      const c = snapshot.context;
+      scratch.spec = c.spec;
+      scratch.freeCpu = c.freeCpu - c.reservedCpu;
+      scratch.freeMemory = c.freeMemory - c.reservedMemory;
+      scratch.freeGpuCount = c.freeGpuCount - c.reservedGpuCount;
+      if (placementRefusal(scratch, request) !== null) continue;
+      const score = placementScore(scratch, request, this.options.strategy);
+      if (score < bestScore) {
+        best = actor;
+        bestScore = score;
+      }
+    }
+    return best;
+  }
+
+  private release(containerId: string, workerId: string): ShardOpResult | Promise<ShardOpResult> {
+    const actor = this.actors.get(workerId);
+    if (actor === undefined) return { ok: false, code: 'NOT_FOUND', message: `worker ${workerId} is not in shard ${this.shard}` };
+    return this.enqueue((resolve) => ({ kind: 'release', actor, containerId, resolve }));
+  }
+
+  private changeStatus(workerId: string, action: StatusAction): ShardOpResult | Promise<ShardOpResult> {
+    const actor = this.actors.get(workerId);
+    if (actor === undefined) return { ok: false, code: 'NOT_FOUND', message: `worker ${workerId} is not registered` };
+    const target = STATUS_ACTION_TARGET[action];
+    const snapshot = actor.getSnapshot();
+    if (snapshot.value === target) return { ok: true, worker: this.view(actor) };
+    const event = { type: STATUS_ACTION_EVENT[action] satisfies StatusEventType } as const;
+    if (!snapshot.can(event)) {
+      return { ok: false, code: 'CONFLICT', message: `worker ${workerId} is ${String(snapshot.value)}; it cannot ${action} from there` };
+    }
+    actor.send(event);
+    return this.enqueue((resolve) => ({ kind: 'status', actor, status: target, resolve }));
+  }
+
+  private async register(worker: WorkerRegistration): Promise<ShardOpResult> {
+    const spec = { ...worker, shard: this.shard };
+    let outcome;
+    try {
+      outcome = await this.options.store.registerWorker(this.epoch, spec, 'available');
+    } catch (error) {
+      this.options.log.warn({ err: error, shard: this.shard, worker: worker.id }, 'worker registration failed in Redis');
+      return unavailable(`registration of ${worker.id} failed in Redis; retry`);
+    }
+    if (outcome.outcome === 'fenced') {
+      this.fence(outcome.currentEpoch);
+      return unavailable(`shard ${this.shard} moved to another replica; retry`);
+    }
+    if (outcome.outcome === 'spec-mismatch') {
+      const existing = outcome.worker;
+      return {
+        ok: false,
+        code: 'CONFLICT',
+        message:
+          `worker ${worker.id} is already registered with cpu ${existing.cpu}, memory ${existing.memory}, ` +
+          `gpu ${existing.gpu ?? 'none'} x${existing.gpuCount}, pool ${existing.pool ?? 'none'}; a worker's spec cannot change`,
+      };
+    }
+    if (this.ownerState === 'closed') return unavailable(`shard ${this.shard} closed on this replica`);
+    const actor = this.actors.get(worker.id) ?? this.addActor(outcome.worker);
+    if (outcome.outcome === 'created') this.options.onCapacityChange(this.shard);
+    return { ok: true, worker: this.view(actor) };
+  }
+
+  private view(actor: WorkerActor): WorkerView {
+    const { context, value } = actor.getSnapshot();
+    return workerView({
+      ...context.spec,
+      freeCpu: context.freeCpu,
+      freeMemory: context.freeMemory,
+      freeGpuCount: context.freeGpuCount,
+      status: value as WorkerStatus,
+      resourceVersion: context.resourceVersion,
+    });
+  }
+
+  private enqueue(make: (resolve: (result: ShardOpResult) => void) => QueuedOp): Promise<ShardOpResult> {
+    return new Promise((resolve) => {
+      this.queue.push(make(resolve));
+      this.scheduleFlush();
+    });
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled || this.committing) return;
+    this.flushScheduled = true;
+    // setImmediate, not a microtask: ops arriving in the same I/O turn join one batch.
+    setImmediate(() => {
+      this.flushScheduled = false;
+      void this.flush();
+    });
+  }
+
+  private async flush(): Promise<void> {
+    if (this.committing || this.queue.length === 0) {
+      this.notifyIdle();
+      return;
+    }
+    this.committing = true;
+    try {
+      if (this.reloadNeeded) await this.reload();
+      const batch = this.queue.splice(0, MAX_BATCH_OPS);
+      await this.commit(batch);
+    } catch (error) {
+      // Only the reload can throw here (commit handles its own errors): Redis is unreachable.
+      this.options.log.warn({ err: error, shard: this.shard }, 'shard reload failed; answering queued ops UNAVAILABLE');
+      this.failQueue('Redis is unreachable from this replica; retry');
+    } finally {
+      this.committing = false;
+      if (this.queue.length > 0 && this.ownerState !== 'closed') this.scheduleFlush();
+      else this.notifyIdle();
+    }
+  }
+
+  private async commit(batch: QueuedOp[]): Promise<void> {
+    const now = Date.now();
+    const live: QueuedOp[] = [];
+    const ops: BatchOp[] = [];
+    for (const queued of batch) {
+      if (queued.kind === 'place' && queued.deadline > 0 && queued.deadline < now) {
+        queued.actor.send({ type: 'PLACEMENT_ABORTED', resources: queued.resources });
+        queued.resolve({ ok: false, code: 'EXPIRED', message: 'the router gave up on this placement' });
+        continue;
+      }
+      live.push(queued);
+      ops.push(this.batchOp(queued));
+    }
+    if (ops.length === 0) return;
+
+    let result;
+    try {
+      result = await this.options.store.commitBatch(this.shard, this.epoch, ops);
+    } catch (error) {
+      // The outcome is unknown (the script may have run before the connection broke). Drop the
+      // reservations, resync everything from Redis before the next batch, and say so.
+      this.options.log.warn({ err: error, shard: this.shard, ops: ops.length }, 'commit failed; outcome unknown, reloading shard');
+      this.reloadNeeded = true;
+      for (const queued of live) {
+        if (queued.kind === 'place') queued.actor.send({ type: 'PLACEMENT_ABORTED', resources: queued.resources });
+        queued.resolve(unavailable('Redis did not answer; the outcome is unknown, retry with the same id'));
+      }
+      return;
+    }
+    this.stats.batches += 1;
+
+    if (result.fenced) {
+      this.stats.fenceRefusals += 1;
+      for (const queued of live) queued.resolve(unavailable(`shard ${this.shard} moved to another replica; retry`));
+      this.fence(result.currentEpoch);
+      return;
+    }
+
+    const resync = new Set<WorkerActor>();
+    for (let i = 0; i < live.length; i += 1) {
+      const queued = live[i]!;
+      const outcome = result.outcomes[i]!;
+      if (this.apply(queued, outcome)) resync.add(queued.actor);
+    }
+    if (resync.size > 0) await this.resync(resync);
+    this.options.onCapacityChange(this.shard);
+  }
+
+  private batchOp(queued: QueuedOp): BatchOp {
+    const context = queued.actor.getSnapshot().context;
+    const base = { workerId: context.spec.id, expectedVersion: context.resourceVersion };
+    if (queued.kind === 'place') {
+      return { kind: 'place', ...base, containerId: queued.containerId, ...queued.resources, deadline: queued.deadline, nonce: queued.nonce };
+    }
+    if (queued.kind === 'release') return { kind: 'release', ...base, containerId: queued.containerId };
+    return { kind: 'status', ...base, status: queued.status };
+  }
+
+  /** Tell the actor and the waiting router how one op ended. Returns true when the actor must resync. */
+  private apply(queued: QueuedOp, outcome: OpOutcome): boolean {
+    const actor = queued.actor;
+    const workerId = actor.getSnapshot().context.spec.id;
+    this.stats.committedOps += 1;
+    if (queued.kind === 'place') {
+      if (outcome.code === 'PLACED') {
+        actor.send({ type: 'PLACEMENT_COMMITTED', resources: queued.resources, resourceVersion: outcome.version });
+        queued.resolve({ ok: true, workerId });
+        return false;
+      }
+      actor.send({ type: 'PLACEMENT_ABORTED', resources: queued.resources });
+      if (outcome.code === 'ALREADY_PLACED') {
+        const [holder = '', nonce = ''] = outcome.extra.split(' ');
+        queued.resolve({ ok: false, code: 'ALREADY_PLACED', message: `container ${queued.containerId} is already placed on ${holder}`, workerId: holder, nonce });
+        return false;
+      }
+      if (outcome.code === 'EXPIRED') {
+        queued.resolve({ ok: false, code: 'EXPIRED', message: 'the router gave up on this placement' });
+        return false;
+      }
+      // RV_CONFLICT, NO_CAPACITY, NOT_SCHEDULABLE, WORKER_NOT_FOUND: the actor's view was not Redis's.
+      this.stats.versionConflicts += 1;
+      this.options.log.warn({ shard: this.shard, worker: workerId, code: outcome.code }, 'placement refused by Redis; resyncing worker');
+      queued.resolve({ ok: false, code: 'RETRY', message: `worker ${workerId} changed under this replica (${outcome.code})` });
+      return true;
+    }
+    if (queued.kind === 'release') {
+      if (outcome.code === 'RELEASED') {
+        const [cpu, memory, gpuCount] = outcome.extra.split(' ').map(Number) as [number, number, number];
+        actor.send({ type: 'RELEASE_COMMITTED', resources: { cpu, memory, gpuCount }, resourceVersion: outcome.version });
+        queued.resolve({ ok: true, released: true, workerId });
+        return false;
+      }
+      if (outcome.code === 'ALREADY_RELEASED') {
+        queued.resolve({ ok: true, released: true, workerId });
+        return false;
+      }
+      if (outcome.code === 'NOT_FOUND' || outcome.code === 'WRONG_WORKER') {
+        queued.resolve({ ok: false, code: 'NOT_FOUND', message: `container ${queued.containerId} is not placed on ${workerId}` });
+        return false;
+      }
+      this.stats.versionConflicts += 1;
+      queued.resolve({ ok: false, code: 'RETRY', message: `worker ${workerId} changed under this replica (${outcome.code})` });
+      return true;
+    }
+    if (outcome.code === 'STATUS_SET') {
+      actor.send({ type: 'STATUS_COMMITTED', resourceVersion: outcome.version });
+      queued.resolve({ ok: true, worker: this.view(actor) });
+      return false;
+    }
+    this.stats.versionConflicts += 1;
+    queued.resolve({ ok: false, code: 'RETRY', message: `worker ${workerId} changed under this replica (${outcome.code})` });
+    return true;
+  }
+
+  private async resync(actors: Set<WorkerActor>): Promise<void> {
+    for (const actor of actors) {
+      const id = actor.getSnapshot().context.spec.id;
+      try {
+        const record = await this.options.store.readWorker(this.shard, id);
+        this.stats.resyncs += 1;
+        if (record === null) {
+          actor.stop();
+          this.actors.delete(id);
+        } else {
+          actor.send({ type: 'SYNCED', record });
+        }
+      } catch (error) {
+        this.options.log.warn({ err: error, shard: this.shard, worker: id }, 'resync failed; reloading the shard before the next batch');
+        this.reloadNeeded = true;
+      }
+    }
+  }
+
+  /** Resync every actor from Redis (after a commit of unknown outcome). */
+  private async reload(): Promise<void> {
+    const records = await this.options.store.loadShard(this.shard);
+    const seen = new Set<string>();
+    for (const record of records) {
+      seen.add(record.id);
+      const actor = this.actors.get(record.id);
+      if (actor === undefined) this.addActor(record);
+      else actor.send({ type: 'SYNCED', record });
+    }
+    for (const [id, actor] of this.actors) {
+      if (!seen.has(id)) {
+        actor.stop();
+        this.actors.delete(id);
+      }
+    }
+    this.reloadNeeded = false;
+    this.stats.resyncs += records.length;
+  }
+
+  private fence(currentEpoch: number): void {
+    if (this.ownerState === 'closed') return;
+    this.options.log.warn({ shard: this.shard, epoch: this.epoch, currentEpoch }, 'fenced: another replica owns this shard now');
+    this.close();
+    this.options.onFenced(this.shard);
+  }
+
+  private failQueue(message: string): void {
+    const queued = this.queue;
+    this.queue = [];
+    for (const op of queued) {
+      if (op.kind === 'place') op.actor.send({ type: 'PLACEMENT_ABORTED', resources: op.resources });
+      op.resolve(unavailable(message));
+    }
+  }
+
+  private idle(): Promise<void> {
+    if (!this.committing && this.queue.length === 0 && !this.flushScheduled) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private notifyIdle(): void {
+    if (this.committing || this.queue.length > 0 || this.flushScheduled) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const waiter of waiters) waiter();
+  }
+}
