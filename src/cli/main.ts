@@ -1,0 +1,210 @@
+/**
+ * The `drover` command.
+ *
+ *   drover replica                      run a replica (REDIS_URL, NATS_URL, DROVER_* configure it)
+ *   drover demo [--workers N] [--containers N] [--replicas N] [--concurrency N]
+ *   drover submit --id ID --cpu M --memory MiB [--gpu TYPE] [--gpu-count N] [--pool P]
+ *   drover release --id ID
+ *   drover container --id ID
+ *   drover workers [list]               table of every worker
+ *   drover workers register --id ID --cpu M --memory MiB [--gpu TYPE --gpu-count N] [--pool P]
+ *   drover workers get|drain|disable|enable --id ID
+ *
+ * Client commands talk NATS only (NATS_URL, DROVER_PREFIX); they print the JSON reply (or a table)
+ * and exit 0 on success, 1 on an error reply, 2 on a usage error.
+ */
+import { parseArgs } from 'node:util';
+import { DroverClient, type Reply } from '../client/drover-client.js';
+import { loadConfig } from '../config.js';
+import { runDemo } from '../demo/demo.js';
+import { Replica } from '../replica/replica.js';
+import { createLogger } from '../util/log.js';
+import { renderTable } from '../util/table.js';
+
+const USAGE = `usage:
+  drover replica
+  drover demo [--workers N] [--containers N] [--replicas N] [--concurrency N]
+  drover submit --id ID --cpu MILLICORES --memory MIB [--gpu TYPE] [--gpu-count N] [--pool NAME]
+  drover release --id ID
+  drover container --id ID
+  drover workers [list]
+  drover workers register --id ID --cpu MILLICORES --memory MIB [--gpu TYPE --gpu-count N] [--pool NAME]
+  drover workers get|drain|disable|enable --id ID
+environment: NATS_URL, REDIS_URL (replica, demo), DROVER_PREFIX, DROVER_SHARDS, DROVER_REPLICA_ID,
+  DROVER_LEASE_TTL_MS, DROVER_LOG_LEVEL (see README)`;
+
+class UsageError extends Error {}
+
+const OPTIONS = {
+  id: { type: 'string' },
+  cpu: { type: 'string' },
+  memory: { type: 'string' },
+  gpu: { type: 'string' },
+  'gpu-count': { type: 'string' },
+  pool: { type: 'string' },
+  workers: { type: 'string' },
+  containers: { type: 'string' },
+  replicas: { type: 'string' },
+  concurrency: { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
+
+function required(values: Values, name: 'id' | 'cpu' | 'memory'): string {
+  const value = values[name];
+  if (value === undefined) throw new UsageError(`--${name} is required`);
+  return value;
+}
+
+/** Numbers are passed through as numbers when they look like numbers; the replica validates them. */
+function numeric(raw: string | undefined): number | string | undefined {
+  if (raw === undefined) return undefined;
+  return /^-?\d+(\.\d+)?$/.test(raw) ? Number(raw) : raw;
+}
+
+function positiveInt(raw: string | undefined, fallback: number, name: string, max: number): number {
+  if (raw === undefined) return fallback;
+  const value = Number(raw);
+  if (!Number.isSafeInteger(value) || value < 1 || value > max) throw new UsageError(`--${name} must be a whole number from 1 to ${max}`);
+  return value;
+}
+
+function print(reply: Reply<object>): number {
+  process.stdout.write(`${JSON.stringify(reply, null, 2)}\n`);
+  return reply.ok ? 0 : 1;
+}
+
+async function withClient(fn: (client: DroverClient) => Promise<number>): Promise<number> {
+  const config = loadConfig();
+  const client = await DroverClient.connect(config.natsUrl, config.prefix);
+  try {
+    return await fn(client);
+  } finally {
+    await client.close();
+  }
+}
+
+async function runReplica(): Promise<number> {
+  const config = loadConfig();
+  const log = createLogger(config.logLevel, { role: 'replica' });
+  const replica = await Replica.start(config, log);
+  return new Promise<number>((resolve) => {
+    let signals = 0;
+    const onSignal = (signal: NodeJS.Signals) => {
+      signals += 1;
+      if (signals > 1) {
+        log.warn({ signal }, 'second signal: exiting without hand-over');
+        resolve(1);
+        return;
+      }
+      log.info({ signal }, 'signal received: stopping gracefully');
+      replica.stop().then(() => resolve(0), (error: unknown) => {
+        log.error({ err: error }, 'graceful stop failed');
+        resolve(1);
+      });
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+}
+
+async function workersCommand(action: string, values: Values): Promise<number> {
+  return withClient(async (client) => {
+    switch (action) {
+      case 'list': {
+        const workers = await client.allWorkers();
+        if (values.json) {
+          process.stdout.write(`${JSON.stringify(workers, null, 2)}\n`);
+          return 0;
+        }
+        const rows = workers.map((w) => [
+          w.id, w.shard, w.status, `${w.freeCpu}/${w.cpu}`, `${w.freeMemory}/${w.memory}`,
+          w.gpu === null ? '-' : `${w.freeGpuCount}/${w.gpuCount} ${w.gpu}`, w.pool ?? '-', w.resourceVersion,
+        ]);
+        process.stdout.write(`${renderTable(['worker', 'shard', 'status', 'free cpu (m)', 'free memory (MiB)', 'free gpu', 'pool', 'version'], rows)}\n`);
+        process.stdout.write(`${workers.length} workers\n`);
+        return 0;
+      }
+      case 'register':
+        return print(
+          await client.registerWorker({
+            id: required(values, 'id'),
+            cpu: numeric(required(values, 'cpu')) as number,
+            memory: numeric(required(values, 'memory')) as number,
+            ...(values.gpu !== undefined ? { gpu: values.gpu } : {}),
+            ...(values['gpu-count'] !== undefined ? { gpuCount: numeric(values['gpu-count']) as number } : {}),
+            ...(values.pool !== undefined ? { pool: values.pool } : {}),
+          }),
+        );
+      case 'get':
+        return print(await client.getWorker(required(values, 'id')));
+      case 'drain':
+        return print(await client.drainWorker(required(values, 'id')));
+      case 'disable':
+        return print(await client.disableWorker(required(values, 'id')));
+      case 'enable':
+        return print(await client.enableWorker(required(values, 'id')));
+      default:
+        throw new UsageError(`unknown workers action "${action}"`);
+    }
+  });
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+  } catch (error) {
+    process.stderr.write(`${(error as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  const [command, action] = positionals;
+  if (values.help || command === undefined || command === 'help') {
+    process.stdout.write(`${USAGE}\n`);
+    return command === undefined && !values.help ? 2 : 0;
+  }
+  try {
+    switch (command) {
+      case 'replica':
+        return await runReplica();
+      case 'demo':
+        return await runDemo({
+          workers: positiveInt(values.workers, 200, 'workers', 100_000),
+          containers: positiveInt(values.containers, 5_000, 'containers', 10_000_000),
+          replicas: positiveInt(values.replicas, 1, 'replicas', 16),
+          concurrency: positiveInt(values.concurrency, 128, 'concurrency', 10_000),
+        });
+      case 'submit':
+        return await withClient(async (client) =>
+          print(
+            await client.submit({
+              id: required(values, 'id'),
+              cpu: numeric(required(values, 'cpu')) as number,
+              memory: numeric(required(values, 'memory')) as number,
+              ...(values.gpu !== undefined ? { gpu: values.gpu } : {}),
+              ...(values['gpu-count'] !== undefined ? { gpuCount: numeric(values['gpu-count']) as number } : {}),
+              ...(values.pool !== undefined ? { pool: values.pool } : {}),
+            }),
+          ),
+        );
+      case 'release':
+        return await withClient(async (client) => print(await client.release(required(values, 'id'))));
+      case 'container':
+        return await withClient(async (client) => print(await client.getContainer(required(values, 'id'))));
+      case 'workers':
+        return await workersCommand(action ?? 'list', values);
+      default:
+        throw new UsageError(`unknown command "${command}"`);
+    }
+  } catch (error) {
+    if (error instanceof UsageError) {
+      process.stderr.write(`${error.message}\n${USAGE}\n`);
+      return 2;
+    }
+    process.stderr.write(`drover: ${(error as Error).message}\n`);
+    return 1;
+  }
+}
