@@ -22,8 +22,14 @@ interface ShardEntry {
   groups: Array<{ pool: string | null; gpu: string | null; workers: number; freeCpu: number; freeMemory: number; top: Tuple[] }>;
 }
 
-function groupMatches(group: { pool: string | null; gpu: string | null }, request: PlacementRequest): boolean {
+/**
+ * Whether a group's workers could take the request. With `cpuWorkersOnly`, a CPU-only request
+ * skips GPU groups: the router's first pass, so GPUs are not stranded behind CPU work while a
+ * CPU-only worker elsewhere has room (the same preference placementScore applies within a shard).
+ */
+function groupMatches(group: { pool: string | null; gpu: string | null }, request: PlacementRequest, cpuWorkersOnly = false): boolean {
   if (request.pool !== null && group.pool !== request.pool) return false;
+  if (cpuWorkersOnly && group.gpu !== null) return false;
   if (request.gpuCount > 0) {
     if (group.gpu === null) return false;
     if (request.gpu !== null && group.gpu !== request.gpu) return false;
@@ -78,18 +84,18 @@ export class CapacityView {
     }
   }
 
-  fits(shard: number, request: PlacementRequest): boolean {
-    return this.room(shard, request) > 0;
+  fits(shard: number, request: PlacementRequest, cpuWorkersOnly = false): boolean {
+    return this.room(shard, request, cpuWorkersOnly) > 0;
   }
 
   /** How many containers like `request` the shard's summary suggests it can still take (0: none). */
-  room(shard: number, request: PlacementRequest): number {
+  room(shard: number, request: PlacementRequest, cpuWorkersOnly = false): number {
     const entry = this.shards[shard];
     if (entry === undefined || entry.owner === null) return 0;
     let room = 0;
     let anyTupleFits = false;
     for (const group of entry.groups) {
-      if (!groupMatches(group, request)) continue;
+      if (!groupMatches(group, request, cpuWorkersOnly)) continue;
       if (!anyTupleFits && group.top.some((t) => tupleFits(t, request))) anyTupleFits = true;
       room += Math.min(group.freeCpu / request.cpu, group.freeMemory / request.memory);
     }
@@ -98,6 +104,14 @@ export class CapacityView {
 
   /** Power of two choices among fitting shards not in `exclude`; null when none fits. */
   choose(request: PlacementRequest, exclude: ReadonlySet<number>): number | null {
+    if (request.gpuCount === 0) {
+      const cpuShard = this.chooseAmong(request, exclude, true);
+      if (cpuShard !== null) return cpuShard;
+    }
+    return this.chooseAmong(request, exclude, false);
+  }
+
+  private chooseAmong(request: PlacementRequest, exclude: ReadonlySet<number>, cpuWorkersOnly: boolean): number | null {
     const n = this.shardCount;
     const start = Math.floor(this.random() * n);
     // Walk the shards from a random start and stop at the second that fits: cheap when capacity
@@ -106,13 +120,13 @@ export class CapacityView {
     let second = -1;
     for (let i = 0; i < n && second < 0; i += 1) {
       const shard = (start + i) % n;
-      if (exclude.has(shard) || !this.fits(shard, request)) continue;
+      if (exclude.has(shard) || !this.fits(shard, request, cpuWorkersOnly)) continue;
       if (first < 0) first = shard;
       else second = shard;
     }
     if (first < 0) return null;
     if (second < 0) return first;
-    return this.room(second, request) > this.room(first, request) ? second : first;
+    return this.room(second, request, cpuWorkersOnly) > this.room(first, request, cpuWorkersOnly) ? second : first;
   }
 
   /** Count a forwarded placement against the view now, so the next choice does not herd onto it. */

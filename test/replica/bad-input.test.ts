@@ -1,0 +1,101 @@
+/**
+ * Bad input, as a table: every case gets INVALID_REQUEST (or NOT_FOUND) with a message naming what
+ * is wrong, Redis does not change at all, and the replica keeps serving.
+ */
+import type { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DroverClient } from '../../src/client/drover-client.js';
+import type { Replica } from '../../src/replica/replica.js';
+import { connectClient, connectRedis, delay, snapshotKeys, startReplica } from '../support/cluster.js';
+
+let replica: Replica;
+let client: DroverClient;
+let redis: Redis;
+
+beforeAll(async () => {
+  replica = await startReplica();
+  client = await connectClient(replica.config.prefix);
+  redis = connectRedis();
+  expect((await client.registerWorker({ id: 'w1', cpu: 4_000, memory: 8_192 })).ok).toBe(true);
+  expect((await client.submit({ id: 'placed-1', cpu: 100, memory: 100 })).ok).toBe(true);
+});
+
+afterAll(async () => {
+  await client.close();
+  await replica.stop();
+  await redis.quit();
+});
+
+const container = { id: 'c1', cpu: 100, memory: 128 };
+const worker = { id: 'w9', cpu: 1_000, memory: 1_024 };
+const big = JSON.stringify({ ...container, pad: 'x'.repeat(70 * 1024) });
+
+type Case = [name: string, subject: string, payload: string, code: string, message: RegExp];
+
+const cases: Case[] = [
+  ['malformed JSON', 'submit', '{"id": "c1", ', 'INVALID_REQUEST', /not valid JSON/],
+  ['NaN literal', 'submit', '{"id":"c1","cpu":NaN,"memory":1}', 'INVALID_REQUEST', /not valid JSON/],
+  ['empty payload', 'submit', '', 'INVALID_REQUEST', /empty/],
+  ['array instead of object', 'submit', '[1,2]', 'INVALID_REQUEST', /JSON object/],
+  ['string instead of object', 'submit', '"c1"', 'INVALID_REQUEST', /JSON object/],
+  ['payload over 64 KiB', 'submit', big, 'INVALID_REQUEST', /limit is 65536/],
+  ['missing id', 'submit', JSON.stringify({ cpu: 1, memory: 1 }), 'INVALID_REQUEST', /"id" is required/],
+  ['id with a dot', 'submit', JSON.stringify({ ...container, id: 'a.b' }), 'INVALID_REQUEST', /"id" must match/],
+  ['id with *', 'submit', JSON.stringify({ ...container, id: 'a*' }), 'INVALID_REQUEST', /"id" must match/],
+  ['id with >', 'submit', JSON.stringify({ ...container, id: '>' }), 'INVALID_REQUEST', /"id" must match/],
+  ['id with a space', 'submit', JSON.stringify({ ...container, id: 'a b' }), 'INVALID_REQUEST', /"id" must match/],
+  ['id with braces', 'submit', JSON.stringify({ ...container, id: '{x}' }), 'INVALID_REQUEST', /"id" must match/],
+  ['id of 129 characters', 'submit', JSON.stringify({ ...container, id: 'a'.repeat(129) }), 'INVALID_REQUEST', /"id" must match/],
+  ['id as a number', 'submit', JSON.stringify({ ...container, id: 7 }), 'INVALID_REQUEST', /"id" must be a string/],
+  ['missing cpu', 'submit', JSON.stringify({ id: 'c1', memory: 1 }), 'INVALID_REQUEST', /"cpu" is required/],
+  ['zero cpu', 'submit', JSON.stringify({ ...container, cpu: 0 }), 'INVALID_REQUEST', /"cpu" must be between 1/],
+  ['negative cpu', 'submit', JSON.stringify({ ...container, cpu: -5 }), 'INVALID_REQUEST', /"cpu" must be between 1/],
+  ['fractional cpu', 'submit', JSON.stringify({ ...container, cpu: 0.5 }), 'INVALID_REQUEST', /"cpu" must be a whole number/],
+  ['cpu as a string', 'submit', JSON.stringify({ ...container, cpu: '100' }), 'INVALID_REQUEST', /"cpu" must be a number/],
+  ['absurd cpu', 'submit', JSON.stringify({ ...container, cpu: 1e15 }), 'INVALID_REQUEST', /"cpu" must be between/],
+  ['zero memory', 'submit', JSON.stringify({ ...container, memory: 0 }), 'INVALID_REQUEST', /"memory" must be between 1/],
+  ['absurd memory', 'submit', JSON.stringify({ ...container, memory: 2 ** 40 }), 'INVALID_REQUEST', /"memory" must be between/],
+  ['null memory', 'submit', JSON.stringify({ ...container, memory: null }), 'INVALID_REQUEST', /"memory" is required/],
+  ['negative gpuCount', 'submit', JSON.stringify({ ...container, gpuCount: -1 }), 'INVALID_REQUEST', /"gpuCount" must be between 0/],
+  ['fractional gpuCount', 'submit', JSON.stringify({ ...container, gpuCount: 1.5 }), 'INVALID_REQUEST', /"gpuCount" must be a whole number/],
+  ['absurd gpuCount', 'submit', JSON.stringify({ ...container, gpuCount: 1_000 }), 'INVALID_REQUEST', /"gpuCount" must be between/],
+  ['gpu type with zero gpuCount', 'submit', JSON.stringify({ ...container, gpu: 'a100', gpuCount: 0 }), 'INVALID_REQUEST', /"gpuCount" must be between 1/],
+  ['gpu type with a dot', 'submit', JSON.stringify({ ...container, gpu: 'a.100' }), 'INVALID_REQUEST', /"gpu" must match/],
+  ['pool as a number', 'submit', JSON.stringify({ ...container, pool: 3 }), 'INVALID_REQUEST', /"pool" must be a string/],
+  ['unknown field (typo)', 'submit', JSON.stringify({ ...container, memroy: 5 }), 'INVALID_REQUEST', /unknown field "memroy"/],
+  ['batch: not an array', 'submit.batch', JSON.stringify({ containers: {} }), 'INVALID_REQUEST', /must be an array/],
+  ['batch: empty', 'submit.batch', JSON.stringify({ containers: [] }), 'INVALID_REQUEST', /1 to 500/],
+  ['batch: one bad entry', 'submit.batch', JSON.stringify({ containers: [container, { ...container, id: 'c2', cpu: -1 }] }), 'INVALID_REQUEST', /containers\[1\]: "cpu"/],
+  ['batch: duplicate ids', 'submit.batch', JSON.stringify({ containers: [container, container] }), 'INVALID_REQUEST', /appears twice/],
+  ['register: missing memory', 'workers.register', JSON.stringify({ id: 'w9', cpu: 1 }), 'INVALID_REQUEST', /"memory" is required/],
+  ['register: zero cpu', 'workers.register', JSON.stringify({ ...worker, cpu: 0 }), 'INVALID_REQUEST', /"cpu" must be between 1/],
+  ['register: absurd memory', 'workers.register', JSON.stringify({ ...worker, memory: 1e12 }), 'INVALID_REQUEST', /"memory" must be between/],
+  ['register: gpu without count', 'workers.register', JSON.stringify({ ...worker, gpu: 'a100' }), 'INVALID_REQUEST', /"gpuCount" is required/],
+  ['register: gpu count without type', 'workers.register', JSON.stringify({ ...worker, gpuCount: 2 }), 'INVALID_REQUEST', /needs a "gpu" type/],
+  ['register: id with subject characters', 'workers.register', JSON.stringify({ ...worker, id: 'w.>' }), 'INVALID_REQUEST', /"id" must match/],
+  ['register: unknown field', 'workers.register', JSON.stringify({ ...worker, zone: 'a' }), 'INVALID_REQUEST', /unknown field "zone"/],
+  ['release: bad id', 'release', JSON.stringify({ id: '' }), 'INVALID_REQUEST', /"id" must match/],
+  ['release: unknown container', 'release', JSON.stringify({ id: 'never-placed' }), 'NOT_FOUND', /not known/],
+  ['containers.get: unknown', 'containers.get', JSON.stringify({ id: 'never-placed' }), 'NOT_FOUND', /not known/],
+  ['workers.get: unknown', 'workers.get', JSON.stringify({ id: 'ghost' }), 'NOT_FOUND', /not registered/],
+  ['workers.drain: unknown', 'workers.drain', JSON.stringify({ id: 'ghost' }), 'NOT_FOUND', /not registered/],
+  ['workers.drain: extra field', 'workers.drain', JSON.stringify({ id: 'w1', now: true }), 'INVALID_REQUEST', /unknown field "now"/],
+  ['workers.list: bad cursor', 'workers.list', JSON.stringify({ cursor: 'x' }), 'INVALID_REQUEST', /"cursor"/],
+  ['workers.list: huge page', 'workers.list', JSON.stringify({ limit: 100_000 }), 'INVALID_REQUEST', /"limit" must be between 1 and 500/],
+];
+
+describe('bad input', () => {
+  it.each(cases)('%s -> %s', async (_name, subject, payload, code, message) => {
+    const before = await snapshotKeys(redis, replica.config.prefix);
+    const reply = await client.raw(`${replica.config.prefix}.${subject}`, payload);
+    expect(reply).toMatchObject({ ok: false, error: { code } });
+    expect((reply as { error: { message: string } }).error.message).toMatch(message);
+    // Let anything a broken handler might have queued reach Redis before comparing.
+    await delay(5);
+    expect(await snapshotKeys(redis, replica.config.prefix)).toEqual(before);
+  });
+
+  it('the replica still serves after all of it', async () => {
+    expect(await client.submit({ id: 'after-bad-input', cpu: 100, memory: 100 })).toMatchObject({ ok: true, workerId: 'w1' });
+  });
+});
