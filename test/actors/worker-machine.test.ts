@@ -187,7 +187,8 @@ describe('worker machine, walked as a model', () => {
     let checked = 0;
     let refusedReservations = 0;
     for (const { state, transitions } of states) {
-      for (const { event, state: next } of Object.values(transitions)) {
+      const steps = Object.values(transitions) as Array<{ event: WorkerEvent; state: typeof state }>;
+      for (const { event, state: next } of steps) {
         const expected = specify(state.value as WorkerStatus, state.context, event);
         expect(next.value, `${String(state.value)} --${event.type}-->`).toBe(expected.status);
         expect(next.context).toMatchObject({ ...state.context, ...expected.context });
