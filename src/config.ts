@@ -17,6 +17,8 @@ export interface DroverConfig {
   readonly replicaId: string;
   /** How long a shard lease lives without extension. A paused owner is fenced out after this. */
   readonly leaseTtlMs: number;
+  /** How long a replica stays a member after its last heartbeat (heartbeats every quarter of it). */
+  readonly memberTtlMs: number;
   /** How long a router waits for a shard owner before trying elsewhere. */
   readonly shardRequestTimeoutMs: number;
   readonly strategy: PlacementStrategy;
@@ -61,6 +63,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<DroverConf
     shards: overrides.shards ?? integerVar(env, 'DROVER_SHARDS', DEFAULT_SHARDS, 1, MAX_SHARDS),
     replicaId,
     leaseTtlMs,
+    memberTtlMs: overrides.memberTtlMs ?? integerVar(env, 'DROVER_MEMBER_TTL_MS', leaseTtlMs, 200, 600_000),
     shardRequestTimeoutMs: overrides.shardRequestTimeoutMs ?? integerVar(env, 'DROVER_SHARD_TIMEOUT_MS', 2_000, 50, 60_000),
     strategy,
     historyCap: overrides.historyCap ?? integerVar(env, 'DROVER_HISTORY_CAP', 10_000, 0, 100_000_000),

@@ -75,6 +75,10 @@ export class ShardLeases {
     this.desiredShards = new Set(shards);
   }
 
+  isDesired(shard: number): boolean {
+    return this.desiredShards.has(shard);
+  }
+
   start(): void {
     if (this.running) return;
     this.running = true;
@@ -85,6 +89,17 @@ export class ShardLeases {
   async tick(): Promise<void> {
     await this.extendAll();
     await this.acquireMissing();
+  }
+
+  /** Try the desired shards nobody holds now (a shard was just released, or membership changed). */
+  acquireSoon(): void {
+    if (this.running) void this.acquireMissing();
+  }
+
+  /** Whether this replica may still believe it holds the shard (its lease has not run out locally). */
+  holds(shard: number): boolean {
+    const lease = this.held.get(shard);
+    return lease !== undefined && Date.now() < lease.lock.expiration;
   }
 
   /** Stop the loop; held leases stay until released or expired. */

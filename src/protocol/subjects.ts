@@ -15,6 +15,7 @@ export class Subjects {
   get workersDrain(): string { return `${this.prefix}.workers.drain`; }
   get workersDisable(): string { return `${this.prefix}.workers.disable`; }
   get workersEnable(): string { return `${this.prefix}.workers.enable`; }
+  /** Every replica answers (no queue group): collect replies for a cluster view. */
   get status(): string { return `${this.prefix}.status`; }
 
   /** Internal: ops for one shard, served by its lease holder only. */

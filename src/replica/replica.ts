@@ -11,6 +11,8 @@ import { connect, type Msg, type NatsConnection, type Subscription } from '@nats
 import { Redis } from 'ioredis';
 import type { DroverConfig } from '../config.js';
 import { ShardLeases } from '../lease/shard-leases.js';
+import { Membership } from '../membership/membership.js';
+import { desiredShards } from '../membership/ownership.js';
 import {
   parseShardRequest,
   type ShardCapacity,
@@ -48,6 +50,10 @@ export class Replica {
   readonly store: DroverStore;
   readonly router: Router;
   readonly leases: ShardLeases;
+  readonly membership: Membership;
+  private readonly started = Date.now();
+  /** Shards being handed over right now (graceful, in the background). */
+  private readonly handingOver = new Set<number>();
   private readonly served = new Map<number, ServedShard>();
   private readonly subscriptions: Subscription[] = [];
   private capacitySeq = 0;
@@ -70,7 +76,25 @@ export class Replica {
       historyCap: config.historyCap,
       releasedRetentionSeconds: config.releasedRetentionSeconds,
     });
-    this.router = new Router({ nc, store: this.store, config, subjects: this.subjects, log });
+    this.router = new Router({
+      nc,
+      store: this.store,
+      config,
+      subjects: this.subjects,
+      log,
+      onShardReleased: (shard) => {
+        if (this.leases.isDesired(shard) && !this.served.has(shard)) this.leases.acquireSoon();
+      },
+    });
+    this.membership = new Membership({
+      store: this.store,
+      nc,
+      subjects: this.subjects,
+      replicaId: config.replicaId,
+      ttlMs: config.memberTtlMs,
+      log,
+      onChange: () => this.rebalance(),
+    });
     this.leases = new ShardLeases({
       redis,
       store: this.store,
@@ -83,11 +107,15 @@ export class Replica {
     });
   }
 
-  /** Connect, take every shard this replica should own (all of them, for now), start routing. */
+  /** Connect, join the members, take the shards this replica should own, start routing. */
   static async start(config: DroverConfig, log: Logger = silentLogger()): Promise<Replica> {
     const redis = new Redis(config.redisUrl, {
       enableAutoPipelining: true,
-      maxRetriesPerRequest: 2,
+      // A write whose connection broke is reported as failed (outcome unknown), never queued or
+      // silently resent later: the owner then resyncs from Redis before writing again.
+      enableOfflineQueue: false,
+      autoResendUnfulfilledCommands: false,
+      maxRetriesPerRequest: 0,
       lazyConnect: true,
       connectionName: `drover-${config.replicaId}`,
     });
@@ -120,14 +148,51 @@ export class Replica {
     await this.store.ensureShardCount(this.config.shards);
     this.subscriptions.push(
       this.nc.subscribe(this.subjects.capacityRefresh, { callback: () => this.publishAllCapacity() }),
+      this.nc.subscribe(this.subjects.status, {
+        callback: (error, msg) => {
+          if (!error) msg.respond(JSON.stringify(this.status()));
+        },
+      }),
     );
-    const all = Array.from({ length: this.config.shards }, (_, shard) => shard);
-    this.leases.setDesired(all);
+    await this.membership.start();
+    this.leases.setDesired(this.desired());
     await this.leases.tick();
     this.leases.start();
     this.heartbeatTimer = setInterval(() => this.publishAllCapacity(), CAPACITY_HEARTBEAT_MS);
     await this.router.start();
     this.log.info({ shards: this.served.size, of: this.config.shards }, 'replica started');
+  }
+
+  /** The shards this replica should own, by rendezvous hashing over the live members. */
+  private desired(): number[] {
+    return desiredShards(this.config.replicaId, this.membership.members, this.config.shards);
+  }
+
+  /**
+   * Membership changed: want the new set, give up (gracefully, in the background) what another
+   * member should own now, and try to take what is ours. Hand-over order: the current owner
+   * releases, announces the shard as unowned, and the new owner acquires on that announcement.
+   */
+  private rebalance(): void {
+    if (this.stopping !== null) return;
+    const desired = new Set(this.desired());
+    this.leases.setDesired(desired);
+    for (const shard of this.served.keys()) {
+      if (!desired.has(shard) && !this.handingOver.has(shard)) {
+        this.handingOver.add(shard);
+        void this.handOver(shard).finally(() => this.handingOver.delete(shard));
+      }
+    }
+    this.leases.acquireSoon();
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      uptimeMs: Date.now() - this.started,
+      members: this.membership.members,
+      desired: this.desired(),
+      ...this.stats(),
+    };
   }
 
   servedShards(): number[] {
@@ -160,6 +225,8 @@ export class Replica {
   private async shutdown(): Promise<void> {
     this.log.info('stopping: handing shards over');
     this.leases.setDesired([]);
+    // Leave first, so the others start wanting our shards and take each one as it is released.
+    await this.membership.leave();
     await this.router.stop();
     await Promise.all(this.servedShards().map((shard) => this.handOver(shard)));
     await this.leases.stop();
@@ -192,6 +259,7 @@ export class Replica {
       strategy: this.config.strategy,
       log: this.log,
       maxQueuedOps: this.config.maxQueuedOpsPerShard,
+      leaseHeld: () => this.leases.holds(shard),
       onFenced: (fencedShard) => {
         this.leases.forget(fencedShard);
         this.dropShard(fencedShard, 'fenced by a newer epoch');

@@ -8,7 +8,7 @@
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { DroverConfig } from '../config.js';
 import { DroverError, errorReply, replyFromError, type ErrorReply } from '../protocol/errors.js';
-import type { ShardCapacity, ShardOp, ShardOpResult, StatusAction, WorkerView } from '../protocol/shard-messages.js';
+import type { ShardOp, ShardOpResult, StatusAction, WorkerView } from '../protocol/shard-messages.js';
 import { parseShardCapacity, workerView } from '../protocol/shard-messages.js';
 import type { Subjects } from '../protocol/subjects.js';
 import {
@@ -59,6 +59,8 @@ export interface RouterOptions {
   readonly config: DroverConfig;
   readonly subjects: Subjects;
   readonly log: Logger;
+  /** A summary said a shard has no owner now (its owner just handed it over). */
+  readonly onShardReleased?: (shard: number) => void;
 }
 
 export class Router {
@@ -89,7 +91,9 @@ export class Router {
         if (error) return;
         try {
           const capacity = parseShardCapacity(msg.json());
-          if (capacity !== null) this.view.update(capacity);
+          if (capacity === null) return;
+          this.view.update(capacity);
+          if (capacity.owner === null) this.options.onShardReleased?.(capacity.shard);
         } catch {
           // A malformed summary is dropped; the next one replaces it.
         }
@@ -124,10 +128,6 @@ export class Router {
     if (this.inFlight > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     this.capacitySubscription?.unsubscribe();
     this.capacitySubscription = null;
-  }
-
-  onCapacity(capacity: ShardCapacity): void {
-    this.view.update(capacity);
   }
 
   private serve(msg: Msg, handler: (msg: Msg) => Promise<unknown>): void {

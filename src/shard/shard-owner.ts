@@ -49,6 +49,11 @@ export interface ShardOwnerOptions {
   readonly log: Logger;
   /** Ops waiting for a commit beyond which new ones are refused (back-pressure). */
   readonly maxQueuedOps: number;
+  /**
+   * Whether the lease is still held as far as this process can tell. Checked before each commit:
+   * a replica that knows its lease ran out does not even try (Redis would refuse it anyway).
+   */
+  readonly leaseHeld: () => boolean;
   /** Called once when Redis refuses this owner's epoch: another replica has the shard. */
   readonly onFenced: (shard: number) => void;
   /** Called after committed changes; the caller coalesces capacity publications. */
@@ -324,6 +329,13 @@ export class ShardOwner {
       ops.push(this.batchOp(queued));
     }
     if (ops.length === 0) return;
+    if (!this.options.leaseHeld()) {
+      for (const queued of live) {
+        if (queued.kind === 'place') queued.actor.send({ type: 'PLACEMENT_ABORTED', resources: queued.resources });
+        queued.resolve(unavailable(`the lease of shard ${this.shard} ran out on this replica; retry`));
+      }
+      return;
+    }
 
     let result;
     try {

@@ -38,6 +38,10 @@ export class KeySpace {
   container(containerId: string): string {
     return `${this.prefix}:container:${containerId}`;
   }
+  /** Sorted set of live replicas, scored by the Unix ms their last heartbeat expires. */
+  members(): string {
+    return `${this.prefix}:members`;
+  }
   /** Hash of settings every replica must agree on (the shard count). */
   config(): string {
     return `${this.prefix}:config`;

@@ -165,6 +165,13 @@ export class DroverStore {
     return { fenced: false, outcomes };
   }
 
+  /** Refresh this replica's membership (ttlMs 0: leave) and return the live members, sorted. */
+  async heartbeat(replicaId: string, ttlMs: number): Promise<string[]> {
+    const reply = await runScript(this.redis, 'heartbeat', [this.keys.members()], [replicaId, ttlMs]);
+    if (!Array.isArray(reply)) throw new Error('heartbeat returned a non-list');
+    return reply.map(String);
+  }
+
   async readWorker(shard: number, workerId: string): Promise<WorkerRecord | null> {
     const hash = await this.redis.hgetall(this.keys.worker(shard, workerId));
     return Object.keys(hash).length === 0 ? null : workerFromHash(hash);

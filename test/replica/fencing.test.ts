@@ -4,7 +4,7 @@
  * owner's next write is refused by Redis itself, nothing changes, and the old owner stops serving.
  */
 import type { Redis } from 'ioredis';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { DroverClient } from '../../src/client/drover-client.js';
 import type { Replica } from '../../src/replica/replica.js';
 import { shardOf } from '../../src/shard/shard-map.js';
@@ -40,7 +40,8 @@ describe('fencing', () => {
     const oldOwner = old.owner(shard)!;
     const oldEpoch = oldOwner.epoch;
 
-    // The old owner stops extending (a long GC pause, SIGSTOP, a partition) ...
+    // The old owner freezes (a long GC pause, SIGSTOP, a partition): no heartbeats, no extensions ...
+    await old.membership.stop();
     await old.leases.stop();
     await delay(TTL + 300);
     // ... and a new replica takes every shard, bumping each epoch.
@@ -51,6 +52,9 @@ describe('fencing', () => {
 
     const before = await snapshotKeys(redis, prefix);
     // The old owner still thinks it owns the shard; its actor reserves and writes with the old epoch.
+    // Its local lease check would stop it now, so let the pause fall between that check and the
+    // write (the worst case): only Redis can refuse it.
+    vi.spyOn(old.leases, 'holds').mockReturnValue(true);
     expect(old.servedShards()).toContain(shard);
     const result = await oldOwner.execute(place('late-write'));
     expect(result).toMatchObject({ ok: false, code: 'UNAVAILABLE' });
