@@ -169,7 +169,7 @@ export class DroverStore {
   async heartbeat(replicaId: string, ttlMs: number): Promise<string[]> {
     const reply = await runScript(this.redis, 'heartbeat', [this.keys.members()], [replicaId, ttlMs]);
     if (!Array.isArray(reply)) throw new Error('heartbeat returned a non-list');
-    return reply.map(String);
+    return reply.map(String).sort();
   }
 
   async readWorker(shard: number, workerId: string): Promise<WorkerRecord | null> {

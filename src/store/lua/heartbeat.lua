@@ -8,7 +8,7 @@
     ARGV[1]   the replica id
     ARGV[2]   how long this heartbeat keeps the member alive, in ms; 0 removes the member (leave)
   Output:
-    the ids of the live members, sorted; expired members are removed first
+    the ids of the live members (in expiry order); expired members are removed first
 ]]
 
 local time = redis.call('TIME')
