@@ -1,0 +1,189 @@
+/**
+ * The chaos checker. It reads the client-side request log and Redis (container records, worker
+ * hashes, and each shard's history stream, which commit_batch.lua appends to in the same atomic
+ * step as every write) and reports every way the run broke the guarantees:
+ *
+ * - double placement: a container id placed twice in the history, or acknowledged to clients with
+ *   two different workers;
+ * - over-commit: replaying a worker's history, its placed total exceeded its capacity at some point;
+ * - lost: a request that never got an explicit reply (only transport failures);
+ * - missing: an acknowledged placement (or release) that Redis does not hold;
+ * - accounting: at the end, a worker's free capacity is not its total minus its live placements;
+ * - history incomplete: a stream was trimmed, so the replay would be partial (raise the cap).
+ */
+import { auditAccounting } from '../audit/accounting.js';
+import type { DroverStore } from '../store/store.js';
+import type { RequestRecord } from './request-log.js';
+
+export type ViolationKind = 'double-placement' | 'conflicting-acks' | 'over-commit' | 'lost' | 'missing' | 'accounting' | 'history-incomplete';
+
+export interface Violation {
+  readonly kind: ViolationKind;
+  readonly message: string;
+}
+
+export interface CheckReport {
+  readonly violations: Violation[];
+  readonly counts: {
+    readonly requests: number;
+    readonly placedAcks: number;
+    readonly releasedAcks: number;
+    readonly errors: Record<string, number>;
+    readonly historyEntries: number;
+    /** Placements in Redis that no client was told about (outcome-unknown replies); allowed. */
+    readonly unacknowledgedPlacements: number;
+    readonly workers: number;
+  };
+}
+
+interface HistoryPlace {
+  readonly worker: string;
+  readonly cpu: number;
+  readonly memory: number;
+  readonly gpuCount: number;
+}
+
+/** Most entries read per XRANGE call; the stream is read in pages. */
+const HISTORY_PAGE = 10_000;
+const MAX_VIOLATIONS_PER_KIND = 50;
+
+export async function checkRun(store: DroverStore, shards: number, records: readonly RequestRecord[]): Promise<CheckReport> {
+  const violations: Violation[] = [];
+  const perKind = new Map<ViolationKind, number>();
+  const report = (kind: ViolationKind, message: string) => {
+    const n = (perKind.get(kind) ?? 0) + 1;
+    perKind.set(kind, n);
+    if (n <= MAX_VIOLATIONS_PER_KIND) violations.push({ kind, message });
+  };
+
+  // 1. What clients were told.
+  const acks = new Map<string, Set<string>>();
+  const releasedAcks = new Set<string>();
+  const errors: Record<string, number> = {};
+  let placedAcks = 0;
+  for (const record of records) {
+    const final = record.final;
+    if (final === null || final.kind === 'lost') {
+      report('lost', `${record.op} ${record.id} (client ${record.client}) got no explicit reply in ${record.attempts.length} attempts`);
+      continue;
+    }
+    if (final.kind === 'placed') {
+      placedAcks += 1;
+      let workers = acks.get(record.id);
+      if (workers === undefined) acks.set(record.id, (workers = new Set()));
+      workers.add(final.workerId);
+    } else if (final.kind === 'released') {
+      releasedAcks.add(record.id);
+    } else {
+      errors[final.code] = (errors[final.code] ?? 0) + 1;
+    }
+  }
+  for (const [id, workers] of acks) {
+    if (workers.size > 1) report('conflicting-acks', `container ${id} was acknowledged on ${workers.size} workers: ${[...workers].join(', ')}`);
+  }
+
+  // 2. What Redis committed, in order, per shard.
+  const placements = new Map<string, HistoryPlace[]>();
+  let historyEntries = 0;
+  let workers = 0;
+  for (let shard = 0; shard < shards; shard += 1) {
+    const key = store.keys.history(shard);
+    const info = await streamCounts(store, key);
+    if (info !== null && info.added !== info.length) {
+      report('history-incomplete', `shard ${shard} history holds ${info.length} of ${info.added} entries; raise DROVER_HISTORY_CAP`);
+    }
+    const capacity = new Map<string, { cpu: number; memory: number; gpuCount: number }>();
+    for (const worker of await store.loadShard(shard)) capacity.set(worker.id, { cpu: worker.cpu, memory: worker.memory, gpuCount: worker.gpuCount });
+    workers += capacity.size;
+    const held = new Map<string, { cpu: number; memory: number; gpuCount: number }>();
+    const liveOn = new Map<string, string>();
+    let start = '-';
+    for (let page = 0; page < 100_000; page += 1) {
+      const entries = await store.redis.xrange(key, start, '+', 'COUNT', HISTORY_PAGE);
+      for (const [id, fields] of entries) {
+        historyEntries += 1;
+        const entry: Record<string, string> = {};
+        for (let i = 0; i + 1 < fields.length; i += 2) entry[fields[i]!] = fields[i + 1]!;
+        const op = entry.op;
+        if (op !== 'place' && op !== 'release') continue;
+        const container = entry.container!;
+        const worker = entry.worker!;
+        const cpu = Number(entry.cpu);
+        const memory = Number(entry.memory);
+        const gpuCount = Number(entry.gpuCount);
+        const sign = op === 'place' ? 1 : -1;
+        if (op === 'place') {
+          let list = placements.get(container);
+          if (list === undefined) placements.set(container, (list = []));
+          list.push({ worker, cpu, memory, gpuCount });
+          if (list.length === 2) {
+            report('double-placement', `container ${container} was placed twice: on ${list[0]!.worker} and on ${worker} (history ${id})`);
+          }
+          liveOn.set(container, worker);
+        } else {
+          if (liveOn.get(container) !== worker) report('accounting', `history ${id}: release of ${container} from ${worker}, where it was not live`);
+          liveOn.delete(container);
+        }
+        const total = held.get(worker) ?? { cpu: 0, memory: 0, gpuCount: 0 };
+        const next = { cpu: total.cpu + sign * cpu, memory: total.memory + sign * memory, gpuCount: total.gpuCount + sign * gpuCount };
+        held.set(worker, next);
+        const limit = capacity.get(worker);
+        if (limit === undefined) {
+          report('accounting', `history ${id}: ${op} on unknown worker ${worker}`);
+        } else if (next.cpu > limit.cpu || next.memory > limit.memory || next.gpuCount > limit.gpuCount) {
+          report(
+            'over-commit',
+            `worker ${worker} held cpu ${next.cpu}/${limit.cpu}, memory ${next.memory}/${limit.memory}, ` +
+              `gpu ${next.gpuCount}/${limit.gpuCount} after ${op} of ${container} (history ${id})`,
+          );
+        }
+      }
+      if (entries.length < HISTORY_PAGE) break;
+      start = `(${entries[entries.length - 1]![0]}`;
+    }
+  }
+
+  // 3. Every acknowledged placement and release is what Redis holds.
+  const ackedIds = [...acks.keys()];
+  for (let i = 0; i < ackedIds.length; i += 500) {
+    const slice = ackedIds.slice(i, i + 500);
+    const pipeline = store.redis.pipeline();
+    for (const id of slice) pipeline.hmget(store.keys.container(id), 'status', 'workerId');
+    const replies = (await pipeline.exec()) ?? [];
+    slice.forEach((id, index) => {
+      const [status, workerId] = (replies[index]?.[1] ?? []) as Array<string | null>;
+      const acked = [...acks.get(id)!][0]!;
+      if (status === null || status === undefined) report('missing', `container ${id} was acknowledged on ${acked} but Redis has no record of it`);
+      else if (workerId !== acked) report('missing', `container ${id} was acknowledged on ${acked} but Redis has it on ${workerId}`);
+      else if (status === 'released' && !releasedAcks.has(id)) report('missing', `container ${id} is released in Redis but no client released it`);
+      else if (status === 'placed' && releasedAcks.has(id)) report('missing', `container ${id} was acknowledged released but Redis still has it placed`);
+      if (!placements.has(id)) report('missing', `container ${id} was acknowledged but no placement of it is in the history`);
+    });
+  }
+  let unacknowledgedPlacements = 0;
+  for (const id of placements.keys()) if (!acks.has(id)) unacknowledgedPlacements += 1;
+
+  // 4. The end state adds up.
+  const accounting = await auditAccounting(store, shards);
+  for (const message of accounting.violations) report('accounting', message);
+
+  for (const [kind, n] of perKind) {
+    if (n > MAX_VIOLATIONS_PER_KIND) violations.push({ kind, message: `... and ${n - MAX_VIOLATIONS_PER_KIND} more ${kind} violations` });
+  }
+  return {
+    violations,
+    counts: { requests: records.length, placedAcks, releasedAcks: releasedAcks.size, errors, historyEntries, unacknowledgedPlacements, workers },
+  };
+}
+
+/** Entries in the stream now, and ever added (Redis 7's XINFO STREAM "entries-added"). */
+async function streamCounts(store: DroverStore, key: string): Promise<{ length: number; added: number } | null> {
+  try {
+    const info = (await store.redis.call('XINFO', 'STREAM', key)) as unknown[];
+    const fields = new Map<string, unknown>();
+    for (let i = 0; i + 1 < info.length; i += 2) fields.set(String(info[i]), info[i + 1]);
+    return { length: Number(fields.get('length')), added: Number(fields.get('entries-added')) };
+  } catch {
+    return null; // no stream: no writes in this shard
+  }
+}
