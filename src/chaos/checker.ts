@@ -78,6 +78,11 @@ export async function checkRun(store: DroverStore, shards: number, records: read
       errors[final.code] = (errors[final.code] ?? 0) + 1;
     }
   }
+  for (const record of records) {
+    if (record.op === 'release' && record.final?.kind === 'error' && record.final.code === 'NOT_FOUND' && acks.has(record.id)) {
+      report('missing', `release of ${record.id} answered NOT_FOUND, but its placement was acknowledged`);
+    }
+  }
   for (const [id, workers] of acks) {
     if (workers.size > 1) report('conflicting-acks', `container ${id} was acknowledged on ${workers.size} workers: ${[...workers].join(', ')}`);
   }

@@ -3,6 +3,8 @@
  *
  *   drover replica                      run a replica (REDIS_URL, NATS_URL, DROVER_* configure it)
  *   drover demo [--workers N] [--containers N] [--replicas N] [--concurrency N]
+ *   drover chaos [--quick] [--faults LIST] [--mixed N] [--replicas N] [--workers N] [--seed N] [--results FILE]
+ *   drover status                       every replica's shards, members and counters
  *   drover submit --id ID --cpu M --memory MiB [--gpu TYPE] [--gpu-count N] [--pool P]
  *   drover release --id ID
  *   drover container --id ID
@@ -17,6 +19,7 @@ import { parseArgs } from 'node:util';
 import { DroverClient, type Reply } from '../client/drover-client.js';
 import { loadConfig } from '../config.js';
 import { runDemo } from '../demo/demo.js';
+import { FAULTS, runChaos, type FaultName } from '../chaos/run.js';
 import { Replica } from '../replica/replica.js';
 import { createLogger } from '../util/log.js';
 import { renderTable } from '../util/table.js';
@@ -24,6 +27,8 @@ import { renderTable } from '../util/table.js';
 const USAGE = `usage:
   drover replica
   drover demo [--workers N] [--containers N] [--replicas N] [--concurrency N]
+  drover chaos [--quick] [--faults kill,pause,...] [--mixed N] [--replicas N] [--workers N] [--seed N] [--results FILE]
+  drover status
   drover submit --id ID --cpu MILLICORES --memory MIB [--gpu TYPE] [--gpu-count N] [--pool NAME]
   drover release --id ID
   drover container --id ID
@@ -47,6 +52,11 @@ const OPTIONS = {
   replicas: { type: 'string' },
   concurrency: { type: 'string' },
   json: { type: 'boolean' },
+  quick: { type: 'boolean' },
+  faults: { type: 'string' },
+  mixed: { type: 'string' },
+  seed: { type: 'string' },
+  results: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -152,6 +162,29 @@ async function workersCommand(action: string, values: Values): Promise<number> {
   });
 }
 
+async function chaosCommand(values: Values): Promise<number> {
+  const quick = values.quick === true;
+  const faults = (values.faults ?? FAULTS.join(',')).split(',').filter((f) => f !== '');
+  for (const fault of faults) {
+    if (!(FAULTS as readonly string[]).includes(fault)) throw new UsageError(`unknown fault "${fault}"; known: ${FAULTS.join(', ')}`);
+  }
+  const result = await runChaos({
+    replicas: positiveInt(values.replicas, 3, 'replicas', 16),
+    workers: positiveInt(values.workers, quick ? 200 : 300, 'workers', 100_000),
+    shards: quick ? 16 : 32,
+    leaseTtlMs: quick ? 1_500 : 2_000,
+    scenarios: faults as FaultName[],
+    mixedFaults: values.mixed === undefined ? (quick ? 2 : 8) : Number(values.mixed),
+    settleMs: quick ? 1_500 : 5_000,
+    clients: quick ? 3 : 4,
+    lanesPerClient: quick ? 4 : 8,
+    seed: positiveInt(values.seed, 1, 'seed', 2 ** 31),
+    resultsFile: values.results ?? null,
+    out: (line) => process.stdout.write(`${line}\n`),
+  });
+  return result.report.violations.length === 0 && result.problems.length === 0 ? 0 : 1;
+}
+
 export async function main(argv: string[]): Promise<number> {
   let parsed;
   try {
@@ -176,6 +209,22 @@ export async function main(argv: string[]): Promise<number> {
           containers: positiveInt(values.containers, 5_000, 'containers', 10_000_000),
           replicas: positiveInt(values.replicas, 1, 'replicas', 16),
           concurrency: positiveInt(values.concurrency, 128, 'concurrency', 10_000),
+        });
+      case 'chaos':
+        return await chaosCommand(values);
+      case 'status':
+        return await withClient(async (client) => {
+          const statuses = (await client.clusterStatus(500)).sort((a, b) => a.replicaId.localeCompare(b.replicaId));
+          if (values.json) {
+            process.stdout.write(`${JSON.stringify(statuses, null, 2)}\n`);
+            return 0;
+          }
+          const rows = statuses.map((s) => [
+            s.replicaId, s.shards.length, s.workers, s.members.length, Math.round(s.uptimeMs / 1000),
+            s.router.placed ?? 0, s.router.reroutes ?? 0, s.owners.fenceRefusals ?? 0, s.leases.lost ?? 0,
+          ]);
+          process.stdout.write(`${renderTable(['replica', 'shards', 'workers', 'members', 'up (s)', 'placed', 're-routes', 'fence refusals', 'leases lost'], rows)}\n`);
+          return statuses.length > 0 ? 0 : 1;
         });
       case 'submit':
         return await withClient(async (client) =>

@@ -39,6 +39,18 @@ export interface ContainerInfo {
   gpuCount: number;
 }
 
+export interface ReplicaStatus {
+  replicaId: string;
+  uptimeMs: number;
+  members: string[];
+  desired: number[];
+  shards: number[];
+  workers: number;
+  router: Record<string, number>;
+  owners: Record<string, number>;
+  leases: Record<string, number>;
+}
+
 export class DroverClient {
   readonly subjects: Subjects;
 
@@ -50,8 +62,9 @@ export class DroverClient {
     this.subjects = new Subjects(prefix);
   }
 
-  static async connect(natsUrl: string, prefix = 'drover', timeoutMs = 10_000): Promise<DroverClient> {
-    const nc = await connect({ servers: natsUrl, name: 'drover-client', noAsyncTraces: true });
+  /** Connect; the connection reconnects for as long as the client lives (NATS restarts heal). */
+  static async connect(natsUrl: string, prefix = 'drover', timeoutMs = 10_000, name = 'drover-client'): Promise<DroverClient> {
+    const nc = await connect({ servers: natsUrl, name, noAsyncTraces: true, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
     return new DroverClient(nc, prefix, timeoutMs);
   }
 
@@ -98,6 +111,31 @@ export class DroverClient {
   }
   getContainer(id: string): Promise<Reply<{ container: ContainerInfo }>> {
     return this.call(this.subjects.containersGet, { id });
+  }
+
+  /**
+   * Ask every replica for its status; replies that arrive within `maxWaitMs` are returned (or as
+   * soon as `expected` replies are in).
+   */
+  async clusterStatus(maxWaitMs = 300, expected?: number): Promise<ReplicaStatus[]> {
+    const statuses: ReplicaStatus[] = [];
+    try {
+      const replies = await this.nc.requestMany(
+        this.subjects.status,
+        '',
+        expected === undefined ? { strategy: 'timer', maxWait: maxWaitMs } : { strategy: 'count', maxMessages: expected, maxWait: maxWaitMs },
+      );
+      for await (const msg of replies) {
+        try {
+          statuses.push(msg.json<ReplicaStatus>());
+        } catch {
+          // a malformed status is skipped
+        }
+      }
+    } catch {
+      // no responders, or the connection is down: no replica answered
+    }
+    return statuses;
   }
 
   /** Every registered worker, page by page. */

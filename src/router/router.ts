@@ -21,6 +21,7 @@ import {
   type ContainerRequest,
 } from '../protocol/validate.js';
 import { shardOf } from '../shard/shard-map.js';
+import { CorruptRecordError } from '../store/records.js';
 import type { DroverStore } from '../store/store.js';
 import type { Logger } from '../util/log.js';
 import { CapacityView } from './capacity-view.js';
@@ -216,7 +217,7 @@ export class Router {
 
   private async onRelease(msg: Msg): Promise<unknown> {
     const { id } = parseIdRequest(decodeObject(msg.data));
-    const container = await this.options.store.readContainer(id);
+    const container = await this.read(() => this.options.store.readContainer(id));
     if (container === null) throw new DroverError('NOT_FOUND', `container ${id} is not known`);
     if (container.status === 'released') return { ok: true, id, status: 'released' };
     const result = await this.sendBound(container.shard, { k: 'release', id, workerId: container.workerId });
@@ -227,7 +228,7 @@ export class Router {
 
   private async onContainerGet(msg: Msg): Promise<unknown> {
     const { id } = parseIdRequest(decodeObject(msg.data));
-    const container = await this.options.store.readContainer(id);
+    const container = await this.read(() => this.options.store.readContainer(id));
     if (container === null) throw new DroverError('NOT_FOUND', `container ${id} is not known`);
     return { ok: true, container };
   }
@@ -248,7 +249,7 @@ export class Router {
 
   private async onWorkerGet(msg: Msg): Promise<unknown> {
     const { id } = parseIdRequest(decodeObject(msg.data));
-    const record = await this.options.store.readWorker(this.shardOf(id), id);
+    const record = await this.read(() => this.options.store.readWorker(this.shardOf(id), id));
     if (record === null) throw new DroverError('NOT_FOUND', `worker ${id} is not registered`);
     return { ok: true, worker: workerView(record) };
   }
@@ -259,10 +260,10 @@ export class Router {
     let [shard, offset] = cursor === null ? [0, 0] : cursor.split(':').map(Number) as [number, number];
     const workers: WorkerView[] = [];
     while (shard < this.options.config.shards && workers.length < limit) {
-      const ids = await this.options.store.listShardWorkerIds(shard);
+      const ids = await this.read(() => this.options.store.listShardWorkerIds(shard));
       const slice = ids.slice(offset, offset + (limit - workers.length));
       for (const id of slice) {
-        const record = await this.options.store.readWorker(shard, id);
+        const record = await this.read(() => this.options.store.readWorker(shard, id));
         if (record !== null) workers.push(workerView(record));
       }
       offset += slice.length;
@@ -272,6 +273,17 @@ export class Router {
       }
     }
     return { ok: true, workers, next: shard < this.options.config.shards ? `${shard}:${offset}` : null };
+  }
+
+  /** A Redis read for a client: if Redis cannot answer, the client gets UNAVAILABLE, not INTERNAL. */
+  private async read<T>(run: () => Promise<T>): Promise<T> {
+    try {
+      return await run();
+    } catch (error) {
+      if (error instanceof CorruptRecordError) throw error;
+      this.options.log.warn({ err: error }, 'Redis read failed');
+      throw new DroverError('UNAVAILABLE', 'Redis is unreachable from this replica right now; retry');
+    }
   }
 
   private shardOf(workerId: string): number {

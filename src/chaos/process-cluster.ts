@@ -1,0 +1,108 @@
+/**
+ * Drover replicas as real OS processes (`node bin/drover.js replica`), for the chaos suite: each
+ * can be SIGKILLed, SIGSTOPped and resumed, or stopped with SIGTERM, exactly as in production.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { packageRoot } from '../util/package-root.js';
+
+export interface ReplicaProcessOptions {
+  readonly id: string;
+  readonly env: Record<string, string>;
+}
+
+const START_TIMEOUT_MS = 20_000;
+
+export class ReplicaProcess {
+  readonly id: string;
+  private readonly child: ChildProcess;
+  private logTail = '';
+  private startedLine = false;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  paused = false;
+
+  constructor(options: ReplicaProcessOptions) {
+    this.id = options.id;
+    this.child = spawn(process.execPath, [join(packageRoot(), 'bin', 'drover.js'), 'replica'], {
+      env: { ...process.env, ...options.env, DROVER_REPLICA_ID: options.id },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    this.child.stderr?.on('data', (chunk: Buffer) => {
+      const text = chunk.toString();
+      if (!this.startedLine && text.includes('"replica started"')) this.startedLine = true;
+      this.logTail = (this.logTail + text).slice(-20_000);
+    });
+    this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => resolve({ code, signal })));
+  }
+
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** The last lines the replica logged (pino JSON), for failure messages. */
+  get logs(): string {
+    return this.logTail;
+  }
+
+  async waitStarted(): Promise<void> {
+    const started = Date.now();
+    while (!this.startedLine) {
+      if (!this.running) throw new Error(`replica ${this.id} exited before starting:\n${this.logTail}`);
+      if (Date.now() - started > START_TIMEOUT_MS) throw new Error(`replica ${this.id} did not start in ${START_TIMEOUT_MS} ms:\n${this.logTail}`);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+
+  signal(signal: NodeJS.Signals): void {
+    if (!this.running) return;
+    this.child.kill(signal);
+    if (signal === 'SIGSTOP') this.paused = true;
+    if (signal === 'SIGCONT') this.paused = false;
+  }
+
+  /** SIGTERM and wait for the exit code (the graceful path). */
+  async terminate(timeoutMs = 30_000): Promise<number | null> {
+    if (!this.running) return (await this.exited).code;
+    if (this.paused) this.signal('SIGCONT');
+    this.child.kill('SIGTERM');
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), timeoutMs);
+    const { code } = await this.exited;
+    clearTimeout(timer);
+    return code;
+  }
+
+  async kill(): Promise<void> {
+    if (!this.running) return;
+    this.child.kill('SIGKILL');
+    await this.exited;
+  }
+}
+
+export class ProcessCluster {
+  readonly replicas: ReplicaProcess[] = [];
+  private counter = 0;
+
+  constructor(private readonly env: Record<string, string>) {}
+
+  /** Start a replica process and wait until it logs that it started. */
+  async add(): Promise<ReplicaProcess> {
+    this.counter += 1;
+    const replica = new ReplicaProcess({ id: `replica-${this.counter}`, env: this.env });
+    this.replicas.push(replica);
+    await replica.waitStarted();
+    return replica;
+  }
+
+  /** Replicas that are running and not paused. */
+  live(): ReplicaProcess[] {
+    return this.replicas.filter((r) => r.running && !r.paused);
+  }
+
+  async stopAll(): Promise<void> {
+    await Promise.all(this.replicas.map((r) => (r.running ? r.terminate(15_000) : Promise.resolve(null))));
+  }
+}

@@ -1,0 +1,40 @@
+/**
+ * The short form of `npm run chaos`, inside `npm test`: three replica processes under continuous
+ * load, each fault once (SIGKILL, SIGSTOP past twice the lease TTL, join, SIGTERM leave, NATS
+ * restart, Redis restart), then two mixed faults; the checker must find nothing and every fault
+ * must recover. The long form runs more faults for longer with the same code.
+ */
+import { describe, expect, it } from 'vitest';
+import { FAULTS, runChaos } from '../../src/chaos/run.js';
+
+describe('chaos (short form)', () => {
+  it('survives every fault with no double placement, no over-commit and nothing lost', async () => {
+    const lines: string[] = [];
+    const result = await runChaos({
+      replicas: 3,
+      workers: 200,
+      shards: 16,
+      leaseTtlMs: 1_500,
+      scenarios: FAULTS,
+      mixedFaults: 2,
+      settleMs: 1_500,
+      clients: 3,
+      lanesPerClient: 4,
+      seed: 7,
+      resultsFile: null,
+      out: (line) => {
+        lines.push(line);
+        console.log(line);
+      },
+    });
+    expect(result.report.violations).toEqual([]);
+    expect(result.problems).toEqual([]);
+    expect(result.faults.map((f) => f.fault)).toEqual([...FAULTS, expect.any(String), expect.any(String)]);
+    for (const fault of result.faults) expect(fault.ok, `${fault.fault}: ${JSON.stringify(fault.timings)}`).toBe(true);
+    // The load was real: thousands of requests, most placed or released, through every fault.
+    expect(result.report.counts.requests).toBeGreaterThan(2_000);
+    expect(result.report.counts.placedAcks).toBeGreaterThan(1_000);
+    expect(result.report.counts.releasedAcks).toBeGreaterThan(500);
+    expect(lines.at(-1)).toBe('chaos: PASS');
+  }, 600_000);
+});
