@@ -8,6 +8,8 @@
  * - over-commit: replaying a worker's history, its placed total exceeded its capacity at some point;
  * - lost: a request that never got an explicit reply (only transport failures);
  * - missing: an acknowledged placement (or release) that Redis does not hold;
+ * - false refusal: a submit answered with a definite "no" (NO_CAPACITY, ALREADY_PLACED on its
+ *   first try, ...) whose container Redis placed anyway;
  * - accounting: at the end, a worker's free capacity is not its total minus its live placements;
  * - history incomplete: a stream was trimmed, so the replay would be partial (raise the cap).
  */
@@ -15,7 +17,15 @@ import { auditAccounting } from '../audit/accounting.js';
 import type { DroverStore } from '../store/store.js';
 import type { RequestRecord } from './request-log.js';
 
-export type ViolationKind = 'double-placement' | 'conflicting-acks' | 'over-commit' | 'lost' | 'missing' | 'accounting' | 'history-incomplete';
+export type ViolationKind =
+  | 'double-placement'
+  | 'conflicting-acks'
+  | 'over-commit'
+  | 'lost'
+  | 'missing'
+  | 'false-refusal'
+  | 'accounting'
+  | 'history-incomplete';
 
 export interface Violation {
   readonly kind: ViolationKind;
@@ -166,7 +176,18 @@ export async function checkRun(store: DroverStore, shards: number, records: read
     });
   }
   let unacknowledgedPlacements = 0;
-  for (const id of placements.keys()) if (!acks.has(id)) unacknowledgedPlacements += 1;
+  const refusedIds = new Map<string, string>();
+  for (const record of records) {
+    const final = record.final;
+    if (record.op === 'submit' && final?.kind === 'error' && final.code !== 'UNAVAILABLE') refusedIds.set(record.id, final.code);
+  }
+  for (const id of placements.keys()) {
+    if (acks.has(id)) continue;
+    const refusal = refusedIds.get(id);
+    // UNAVAILABLE means "outcome unknown, retry": a placement behind it is allowed. A definite no is not.
+    if (refusal !== undefined) report('false-refusal', `submit of ${id} was answered ${refusal}, but Redis placed it`);
+    else unacknowledgedPlacements += 1;
+  }
 
   // 4. The end state adds up.
   const accounting = await auditAccounting(store, shards);

@@ -206,6 +206,17 @@ export class Router {
           throw new DroverError('INTERNAL', `shard ${shard} answered ${result.code}: ${result.message}`);
       }
     }
+    // Before saying "not placed": an attempt that timed out, of this request or of an earlier one
+    // with the same id, may have committed after all. Redis knows; the answer must match it.
+    const placed = await this.options.store.readContainer(request.id).catch(() => null);
+    if (placed !== null) {
+      if (placed.nonce === nonce) {
+        this.stats.placed += 1;
+        return { ok: true, status: 'placed', id: request.id, workerId: placed.workerId };
+      }
+      this.stats.alreadyPlaced += 1;
+      return errorReply('ALREADY_PLACED', `container ${request.id} is already placed on worker ${placed.workerId}`, { workerId: placed.workerId });
+    }
     if (lastUnavailable !== null) {
       this.stats.unavailable += 1;
       return errorReply('UNAVAILABLE', `could not place ${request.id} now (${lastUnavailable}); retry with the same id`);

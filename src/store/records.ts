@@ -16,6 +16,8 @@ export interface ContainerRecord {
   readonly gpuCount: number;
   readonly placedAt: number;
   readonly releasedAt: number | null;
+  /** The router's id of the request that placed it (see commit_batch.lua). */
+  readonly nonce: string;
 }
 
 export class CorruptRecordError extends Error {
@@ -81,5 +83,6 @@ export function containerFromHash(id: string, hash: Record<string, string>): Con
     gpuCount: integer(what, hash, 'gpuCount'),
     placedAt: integer(what, hash, 'placedAt'),
     releasedAt: hash.releasedAt === undefined ? null : integer(what, hash, 'releasedAt'),
+    nonce: hash.nonce ?? '',
   };
 }
