@@ -3,8 +3,8 @@
  * bound. Every replica computes the same answer from the same member list, with no coordination.
  *
  * Plain rendezvous hashing moves only the shards whose top choice changed when a member joins or
- * leaves (about 1/N of them), but its spread is uneven: with 64 shards over 3 replicas one can get
- * 27 while another gets 16. The bound fixes that: shards are assigned in a fixed order, each to
+ * leaves (about 1/N of them), but its spread is uneven: one replica can hold several shards more
+ * than another. The bound fixes that: shards are assigned in a fixed order, each to
  * its highest-ranked member still under its share (floor(shards / members), and one more for
  * shards % members of them), so no member has more than one shard more than another. A join or leave
  * still moves close to 1/N of the shards (see test/membership/ownership.test.ts for the numbers).
