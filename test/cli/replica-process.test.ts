@@ -36,6 +36,8 @@ describe('drover replica (process)', () => {
       expect(JSON.parse(registered.stdout)).toMatchObject({ ok: true, worker: { id: 'w1', status: 'available' } });
       const submitted = await cli('submit', '--id', 'c1', '--cpu', '500', '--memory', '512');
       expect(JSON.parse(submitted.stdout)).toEqual({ ok: true, status: 'placed', id: 'c1', workerId: 'w1' });
+      const status = await cli('status');
+      expect(status.stdout).toMatch(/proc-1\s+8\s+1\s+1\s/);
       const listed = await cli('workers');
       expect(listed.stdout).toMatch(/w1\s+\d+\s+available\s+1500\/2000/);
       const refused = await cli('submit', '--id', 'c.2', '--cpu', '1', '--memory', '1').catch((error: { code: number; stdout: string }) => error);
