@@ -45,8 +45,9 @@ export interface Resources {
 
 export type WorkerEvent =
   | { type: 'RESERVE'; containerId: string; request: PlacementRequest }
-  | { type: 'PLACEMENT_COMMITTED'; resources: Resources; resourceVersion: number }
-  | { type: 'PLACEMENT_ABORTED'; resources: Resources }
+  /** `count` placements whose summed resources are `resources` (one event per worker per batch). */
+  | { type: 'PLACEMENT_COMMITTED'; resources: Resources; count: number; resourceVersion: number }
+  | { type: 'PLACEMENT_ABORTED'; resources: Resources; count: number }
   | { type: 'RELEASE_COMMITTED'; resources: Resources; resourceVersion: number }
   | { type: 'ACTIVATE' }
   | { type: 'DRAIN' }
@@ -130,7 +131,7 @@ export const workerMachine = setup({
         reservedCpu: context.reservedCpu - cpu,
         reservedMemory: context.reservedMemory - memory,
         reservedGpuCount: context.reservedGpuCount - gpuCount,
-        reservations: context.reservations - 1,
+        reservations: context.reservations - event.count,
         resourceVersion: event.resourceVersion,
       };
     }),
@@ -141,7 +142,7 @@ export const workerMachine = setup({
         reservedCpu: context.reservedCpu - cpu,
         reservedMemory: context.reservedMemory - memory,
         reservedGpuCount: context.reservedGpuCount - gpuCount,
-        reservations: context.reservations - 1,
+        reservations: context.reservations - event.count,
       };
     }),
     commitRelease: assign(({ context, event }) => {

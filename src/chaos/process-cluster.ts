@@ -9,6 +9,8 @@ import { packageRoot } from '../util/package-root.js';
 export interface ReplicaProcessOptions {
   readonly id: string;
   readonly env: Record<string, string>;
+  /** Extra node flags, for example --cpu-prof for profiling under the benchmark. */
+  readonly nodeArgs?: readonly string[];
 }
 
 const START_TIMEOUT_MS = 20_000;
@@ -23,8 +25,9 @@ export class ReplicaProcess {
 
   constructor(options: ReplicaProcessOptions) {
     this.id = options.id;
-    this.child = spawn(process.execPath, [join(packageRoot(), 'bin', 'drover.js'), 'replica'], {
-      env: { ...process.env, ...options.env, DROVER_REPLICA_ID: options.id },
+    this.child = spawn(process.execPath, [...(options.nodeArgs ?? []), join(packageRoot(), 'bin', 'drover.js'), 'replica'], {
+      // Readiness is read from the "replica started" log line, so the level is at least info.
+      env: { ...process.env, ...options.env, DROVER_REPLICA_ID: options.id, DROVER_LOG_LEVEL: options.env.DROVER_LOG_LEVEL === 'debug' ? 'debug' : 'info' },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     this.child.stderr?.on('data', (chunk: Buffer) => {
@@ -86,12 +89,15 @@ export class ProcessCluster {
   readonly replicas: ReplicaProcess[] = [];
   private counter = 0;
 
-  constructor(private readonly env: Record<string, string>) {}
+  constructor(
+    private readonly env: Record<string, string>,
+    private readonly nodeArgs: readonly string[] = [],
+  ) {}
 
   /** Start a replica process and wait until it logs that it started. */
   async add(): Promise<ReplicaProcess> {
     this.counter += 1;
-    const replica = new ReplicaProcess({ id: `replica-${this.counter}`, env: this.env });
+    const replica = new ReplicaProcess({ id: `replica-${this.counter}`, env: this.env, nodeArgs: this.nodeArgs });
     this.replicas.push(replica);
     await replica.waitStarted();
     return replica;

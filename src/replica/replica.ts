@@ -82,6 +82,8 @@ export class Replica {
       config,
       subjects: this.subjects,
       log,
+      localOwner: (shard) => this.served.get(shard)?.owner ?? null,
+      localCapacity: (shard) => this.capacityOf(shard),
       onShardReleased: (shard) => {
         if (this.leases.isDesired(shard) && !this.served.has(shard)) this.leases.acquireSoon();
       },

@@ -102,16 +102,28 @@ export class CapacityView {
     return anyTupleFits ? Math.max(room, 1) : 0;
   }
 
-  /** Power of two choices among fitting shards not in `exclude`; null when none fits. */
-  choose(request: PlacementRequest, exclude: ReadonlySet<number>): number | null {
+  /**
+   * Power of two choices among fitting shards not in `exclude`; null when none fits. With `local`
+   * (this router's replica id), shards that replica owns are tried first: a placement there needs
+   * no NATS hop. Clients reach routers through a queue group, so every replica gets its share of
+   * requests and the load still spreads; when local shards are full, all shards are candidates.
+   */
+  choose(request: PlacementRequest, exclude: ReadonlySet<number>, local: string | null = null): number | null {
+    const passes: Array<[boolean, string | null]> = [];
     if (request.gpuCount === 0) {
-      const cpuShard = this.chooseAmong(request, exclude, true);
-      if (cpuShard !== null) return cpuShard;
+      if (local !== null) passes.push([true, local]);
+      passes.push([true, null]);
     }
-    return this.chooseAmong(request, exclude, false);
+    if (local !== null) passes.push([false, local]);
+    passes.push([false, null]);
+    for (const [cpuWorkersOnly, owner] of passes) {
+      const shard = this.chooseAmong(request, exclude, cpuWorkersOnly, owner);
+      if (shard !== null) return shard;
+    }
+    return null;
   }
 
-  private chooseAmong(request: PlacementRequest, exclude: ReadonlySet<number>, cpuWorkersOnly: boolean): number | null {
+  private chooseAmong(request: PlacementRequest, exclude: ReadonlySet<number>, cpuWorkersOnly: boolean, owner: string | null): number | null {
     const n = this.shardCount;
     const start = Math.floor(this.random() * n);
     // Walk the shards from a random start and stop at the second that fits: cheap when capacity
@@ -120,7 +132,7 @@ export class CapacityView {
     let second = -1;
     for (let i = 0; i < n && second < 0; i += 1) {
       const shard = (start + i) % n;
-      if (exclude.has(shard) || !this.fits(shard, request, cpuWorkersOnly)) continue;
+      if (exclude.has(shard) || (owner !== null && this.shards[shard]?.owner !== owner) || !this.fits(shard, request, cpuWorkersOnly)) continue;
       if (first < 0) first = shard;
       else second = shard;
     }

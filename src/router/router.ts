@@ -8,7 +8,7 @@
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { DroverConfig } from '../config.js';
 import { DroverError, errorReply, replyFromError, type ErrorReply } from '../protocol/errors.js';
-import type { ShardOp, ShardOpResult, StatusAction, WorkerView } from '../protocol/shard-messages.js';
+import type { ShardCapacity, ShardOp, ShardOpResult, StatusAction, WorkerView } from '../protocol/shard-messages.js';
 import { parseShardCapacity, workerView } from '../protocol/shard-messages.js';
 import type { Subjects } from '../protocol/subjects.js';
 import {
@@ -23,6 +23,7 @@ import {
 import { shardOf } from '../shard/shard-map.js';
 import { CorruptRecordError } from '../store/records.js';
 import type { DroverStore } from '../store/store.js';
+import type { ShardOwner } from '../shard/shard-owner.js';
 import type { Logger } from '../util/log.js';
 import { CapacityView } from './capacity-view.js';
 import { ShardClient } from './shard-client.js';
@@ -48,6 +49,8 @@ export interface RouterStats {
   alreadyPlaced: number;
   released: number;
   invalid: number;
+  /** Ops handed to an owner in this process (no NATS hop). */
+  localOps: number;
 }
 
 type PlaceReply =
@@ -62,12 +65,20 @@ export interface RouterOptions {
   readonly log: Logger;
   /** A summary said a shard has no owner now (its owner just handed it over). */
   readonly onShardReleased?: (shard: number) => void;
+  /**
+   * The shard owners running in this same process, if any. An op for a shard this replica holds
+   * is handed to its owner directly instead of making a round trip through NATS to ourselves;
+   * the owner is the lease holder either way, and its writes are fenced in Redis either way.
+   */
+  readonly localOwner?: (shard: number) => ShardOwner | null;
+  /** The current capacity summary of a shard held in this process (what a remote reply carries). */
+  readonly localCapacity?: (shard: number) => ShardCapacity | null;
 }
 
 export class Router {
   readonly view: CapacityView;
   readonly shardClient: ShardClient;
-  readonly stats: RouterStats = { placed: 0, reroutes: 0, noCapacity: 0, unavailable: 0, alreadyPlaced: 0, released: 0, invalid: 0 };
+  readonly stats: RouterStats = { placed: 0, reroutes: 0, noCapacity: 0, unavailable: 0, alreadyPlaced: 0, released: 0, invalid: 0, localOps: 0 };
   private readonly subscriptions: Subscription[] = [];
   private capacitySubscription: Subscription | null = null;
   private inFlight = 0;
@@ -170,13 +181,13 @@ export class Router {
     const tried = new Set<number>();
     let lastUnavailable: string | null = null;
     for (let attempt = 0; attempt < MAX_ROUTE_ATTEMPTS; attempt += 1) {
-      const shard = this.view.choose(request, tried);
+      const shard = this.view.choose(request, tried, this.options.config.replicaId);
       if (shard === null) break;
       tried.add(shard);
       this.view.consume(shard, request);
       const deadline = Date.now() + this.options.config.shardRequestTimeoutMs;
       const op: ShardOp = { k: 'place', id: request.id, request, nonce, deadline };
-      const result = await this.shardClient.send(shard, op);
+      const result = await this.send(shard, op);
       if (result.ok) {
         this.stats.placed += 1;
         return { ok: true, status: 'placed', id: request.id, workerId: (result as { workerId: string }).workerId };
@@ -301,12 +312,24 @@ export class Router {
     return shardOf(workerId, this.options.config.shards);
   }
 
+  /** To the shard's owner: in this process when we hold it, over NATS otherwise. */
+  private async send(shard: number, op: ShardOp): Promise<ShardOpResult> {
+    const local = this.options.localOwner?.(shard) ?? null;
+    if (local === null || local.state !== 'serving') return this.shardClient.send(shard, op);
+    this.stats.localOps += 1;
+    const result = await local.execute(op);
+    // As a remote owner's reply would, refresh this router's view of the shard at once.
+    const capacity = this.options.localCapacity?.(shard) ?? null;
+    if (capacity !== null) this.view.update(capacity);
+    return result;
+  }
+
   /** Send an op that only one shard can serve, waiting out a short hand-over before giving up. */
   private async sendBound(shard: number, op: ShardOp): Promise<ShardOpResult> {
     let result: ShardOpResult = { ok: false, code: 'UNAVAILABLE', message: 'not tried' };
     for (let attempt = 0; attempt < MAX_BOUND_ATTEMPTS; attempt += 1) {
       if (attempt > 0) await delay(BOUND_RETRY_DELAY_MS * attempt);
-      result = await this.shardClient.send(shard, op);
+      result = await this.send(shard, op);
       if (result.ok || (result.code !== 'UNAVAILABLE' && result.code !== 'RETRY')) return result;
     }
     return result;

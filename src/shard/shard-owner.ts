@@ -13,16 +13,8 @@
  * actor is resynced from Redis and the router is told to try elsewhere).
  */
 import { createActor, type Actor } from 'xstate';
-import {
-  placementRefusal,
-  placementScore,
-  type PlacementRequest,
-  type PlacementStrategy,
-  type WorkerAvailability,
-  type WorkerRecord,
-  type WorkerStatus,
-} from '../../actors/capacity.js';
-import { availability, workerMachine, type Resources, type StatusEventType } from '../../actors/worker-machine.js';
+import type { PlacementRequest, PlacementStrategy, WorkerRecord, WorkerStatus } from '../../actors/capacity.js';
+import { workerMachine, type Resources, type StatusEventType, type WorkerEvent } from '../../actors/worker-machine.js';
 import {
   STATUS_ACTION_EVENT,
   STATUS_ACTION_TARGET,
@@ -37,6 +29,7 @@ import type { WorkerRegistration } from '../protocol/validate.js';
 import { MAX_BATCH_OPS, type BatchOp, type DroverStore, type OpOutcome } from '../store/store.js';
 import type { Logger } from '../util/log.js';
 import { summarizeCapacity } from './capacity-summary.js';
+import { WorkerIndex } from './worker-index.js';
 
 type WorkerActor = Actor<typeof workerMachine>;
 
@@ -75,12 +68,49 @@ type QueuedOp =
 
 export type ShardOwnerState = 'serving' | 'draining' | 'closed';
 
+interface Sum {
+  cpu: number;
+  memory: number;
+  gpuCount: number;
+  count: number;
+}
+
+/** One worker's share of a commit batch's outcome. */
+interface Tally {
+  readonly placed: Sum;
+  readonly aborted: Sum;
+  readonly released: Sum;
+  statusSet: boolean;
+  /** The worker's highest ResourceVersion this batch reported. */
+  version: number;
+  /** Replies that must show the actor's state after the batch (status changes). */
+  readonly afterSettle: Array<() => void>;
+}
+
+const newTally = (): Tally => ({
+  placed: { cpu: 0, memory: 0, gpuCount: 0, count: 0 },
+  aborted: { cpu: 0, memory: 0, gpuCount: 0, count: 0 },
+  released: { cpu: 0, memory: 0, gpuCount: 0, count: 0 },
+  statusSet: false,
+  version: 0,
+  afterSettle: [],
+});
+
+function add(sum: Sum, cpu: number, memory: number, gpuCount: number): void {
+  sum.cpu += cpu;
+  sum.memory += memory;
+  sum.gpuCount += gpuCount;
+  sum.count += 1;
+}
+
 const unavailable = (message: string): ShardOpResult => ({ ok: false, code: 'UNAVAILABLE', message });
 
 export class ShardOwner {
   readonly shard: number;
   readonly epoch: number;
   private readonly actors = new Map<string, WorkerActor>();
+  /** Capacity columns mirrored from the actors, refreshed after every event sent to one. */
+  private readonly index = new WorkerIndex();
   private queue: QueuedOp[] = [];
   private committing = false;
   private flushScheduled = false;
@@ -143,7 +173,7 @@ export class ShardOwner {
   }
 
   capacity(): CapacityGroup[] {
-    return summarizeCapacity(this.availabilities());
+    return summarizeCapacity(this.index.availableWorkers());
   }
 
   /** Stop taking ops, let queued and in-flight writes finish, stop the actors. */
@@ -160,60 +190,41 @@ export class ShardOwner {
     this.failQueue('shard closed on this replica');
     for (const actor of this.actors.values()) actor.stop();
     this.actors.clear();
-  }
-
-  private *availabilities(): Generator<WorkerAvailability> {
-    for (const actor of this.actors.values()) {
-      const snapshot = actor.getSnapshot();
-      yield availability(snapshot.context, snapshot.value as WorkerStatus);
-    }
+    this.index.clear();
   }
 
   private addActor(record: WorkerRecord): WorkerActor {
     const actor = createActor(workerMachine, { input: record });
     actor.start();
     this.actors.set(record.id, actor);
+    this.index.add(actor);
     return actor;
+  }
+
+  private removeActor(actor: WorkerActor): void {
+    actor.stop();
+    this.actors.delete(actor.getSnapshot().context.spec.id);
+    this.index.remove(actor);
+  }
+
+  /** Every event to an actor goes through here, so the index never lags behind the actor. */
+  private tell(actor: WorkerActor, event: WorkerEvent): void {
+    actor.send(event);
+    this.index.refresh(actor);
   }
 
   private place(containerId: string, request: PlacementRequest, nonce: string, deadline: number): ShardOpResult | Promise<ShardOpResult> {
     if (this.queue.length >= this.options.maxQueuedOps) return unavailable(`shard ${this.shard} has ${this.queue.length} writes queued; retry`);
-    const actor = this.chooseWorker(request);
+    const actor = this.index.choose(request, this.options.strategy);
     if (actor === null) return { ok: false, code: 'NO_FIT', message: `no worker in shard ${this.shard} fits` };
     const before = actor.getSnapshot().context.reservations;
-    actor.send({ type: 'RESERVE', containerId, request });
+    this.tell(actor, { type: 'RESERVE', containerId, request });
     // The actor's guard re-checks what chooseWorker checked; disagreement is a bug, not an input error.
     if (actor.getSnapshot().context.reservations !== before + 1) {
       throw new Error(`worker ${actor.getSnapshot().context.spec.id} refused a reservation it was chosen for`);
     }
     const resources: Resources = { cpu: request.cpu, memory: request.memory, gpuCount: request.gpuCount };
     return this.enqueue((resolve) => ({ kind: 'place', actor, containerId, resources, deadline, nonce, resolve }));
-  }
-
-  /**
-   * Best worker by the configured strategy, scanning the actors' snapshots. One scratch object is
-   * reused for every candidate: this loop runs for every placement over every worker of the shard.
-   */
-  private chooseWorker(request: PlacementRequest): WorkerActor | null {
-    let best: WorkerActor | null = null;
-    let bestScore = Number.POSITIVE_INFINITY;
-    const scratch = { spec: undefined as unknown as WorkerAvailability['spec'], status: 'available' as WorkerStatus, freeCpu: 0, freeMemory: 0, freeGpuCount: 0 };
-    for (const actor of this.actors.values()) {
-      const snapshot = actor.getSnapshot();
-      if (snapshot.value !== 'available') continue;
-      const c = snapshot.context;
-      scratch.spec = c.spec;
-      scratch.freeCpu = c.freeCpu - c.reservedCpu;
-      scratch.freeMemory = c.freeMemory - c.reservedMemory;
-      scratch.freeGpuCount = c.freeGpuCount - c.reservedGpuCount;
-      if (placementRefusal(scratch, request) !== null) continue;
-      const score = placementScore(scratch, request, this.options.strategy);
-      if (score < bestScore) {
-        best = actor;
-        bestScore = score;
-      }
-    }
-    return best;
   }
 
   private release(containerId: string, workerId: string): ShardOpResult | Promise<ShardOpResult> {
@@ -232,7 +243,7 @@ export class ShardOwner {
     if (!snapshot.can(event)) {
       return { ok: false, code: 'CONFLICT', message: `worker ${workerId} is ${String(snapshot.value)}; it cannot ${action} from there` };
     }
-    actor.send(event);
+    this.tell(actor, event);
     return this.enqueue((resolve) => ({ kind: 'status', actor, status: target, resolve }));
   }
 
@@ -321,7 +332,7 @@ export class ShardOwner {
     const ops: BatchOp[] = [];
     for (const queued of batch) {
       if (queued.kind === 'place' && queued.deadline > 0 && queued.deadline < now) {
-        queued.actor.send({ type: 'PLACEMENT_ABORTED', resources: queued.resources });
+        this.tell(queued.actor, { type: 'PLACEMENT_ABORTED', resources: queued.resources, count: 1 });
         queued.resolve({ ok: false, code: 'EXPIRED', message: 'the router gave up on this placement' });
         continue;
       }
@@ -331,7 +342,7 @@ export class ShardOwner {
     if (ops.length === 0) return;
     if (!this.options.leaseHeld()) {
       for (const queued of live) {
-        if (queued.kind === 'place') queued.actor.send({ type: 'PLACEMENT_ABORTED', resources: queued.resources });
+        if (queued.kind === 'place') this.tell(queued.actor, { type: 'PLACEMENT_ABORTED', resources: queued.resources, count: 1 });
         queued.resolve(unavailable(`the lease of shard ${this.shard} ran out on this replica; retry`));
       }
       return;
@@ -346,7 +357,7 @@ export class ShardOwner {
       this.options.log.warn({ err: error, shard: this.shard, ops: ops.length }, 'commit failed; outcome unknown, reloading shard');
       this.reloadNeeded = true;
       for (const queued of live) {
-        if (queued.kind === 'place') queued.actor.send({ type: 'PLACEMENT_ABORTED', resources: queued.resources });
+        if (queued.kind === 'place') this.tell(queued.actor, { type: 'PLACEMENT_ABORTED', resources: queued.resources, count: 1 });
         queued.resolve(unavailable('Redis did not answer; the outcome is unknown, retry with the same id'));
       }
       return;
@@ -361,11 +372,15 @@ export class ShardOwner {
     }
 
     const resync = new Set<WorkerActor>();
+    const tallies = new Map<WorkerActor, Tally>();
     for (let i = 0; i < live.length; i += 1) {
       const queued = live[i]!;
-      const outcome = result.outcomes[i]!;
-      if (this.apply(queued, outcome)) resync.add(queued.actor);
+      let tally = tallies.get(queued.actor);
+      if (tally === undefined) tallies.set(queued.actor, (tally = newTally()));
+      if (this.apply(queued, result.outcomes[i]!, tally)) resync.add(queued.actor);
     }
+    // One event per kind per worker for the whole batch: fewer actor steps, same final state.
+    for (const [actor, tally] of tallies) this.settle(actor, tally);
     if (resync.size > 0) await this.resync(resync);
     this.options.onCapacityChange(this.shard);
   }
@@ -380,18 +395,22 @@ export class ShardOwner {
     return { kind: 'status', ...base, status: queued.status };
   }
 
-  /** Tell the actor and the waiting router how one op ended. Returns true when the actor must resync. */
-  private apply(queued: QueuedOp, outcome: OpOutcome): boolean {
-    const actor = queued.actor;
-    const workerId = actor.getSnapshot().context.spec.id;
+  /**
+   * Answer the waiting router for one op and add its effect to the worker's tally (told to the
+   * actor once per batch by `settle`). Returns true when the actor must resync from Redis.
+   */
+  private apply(queued: QueuedOp, outcome: OpOutcome, tally: Tally): boolean {
+    const workerId = queued.actor.getSnapshot().context.spec.id;
     this.stats.committedOps += 1;
+    if (outcome.version > tally.version) tally.version = outcome.version;
     if (queued.kind === 'place') {
+      const { cpu, memory, gpuCount } = queued.resources;
       if (outcome.code === 'PLACED') {
-        actor.send({ type: 'PLACEMENT_COMMITTED', resources: queued.resources, resourceVersion: outcome.version });
+        add(tally.placed, cpu, memory, gpuCount);
         queued.resolve({ ok: true, workerId });
         return false;
       }
-      actor.send({ type: 'PLACEMENT_ABORTED', resources: queued.resources });
+      add(tally.aborted, cpu, memory, gpuCount);
       if (outcome.code === 'ALREADY_PLACED') {
         const [holder = '', nonce = ''] = outcome.extra.split(' ');
         queued.resolve({ ok: false, code: 'ALREADY_PLACED', message: `container ${queued.containerId} is already placed on ${holder}`, workerId: holder, nonce });
@@ -410,7 +429,7 @@ export class ShardOwner {
     if (queued.kind === 'release') {
       if (outcome.code === 'RELEASED') {
         const [cpu, memory, gpuCount] = outcome.extra.split(' ').map(Number) as [number, number, number];
-        actor.send({ type: 'RELEASE_COMMITTED', resources: { cpu, memory, gpuCount }, resourceVersion: outcome.version });
+        add(tally.released, cpu, memory, gpuCount);
         queued.resolve({ ok: true, released: true, workerId });
         return false;
       }
@@ -427,13 +446,24 @@ export class ShardOwner {
       return true;
     }
     if (outcome.code === 'STATUS_SET') {
-      actor.send({ type: 'STATUS_COMMITTED', resourceVersion: outcome.version });
-      queued.resolve({ ok: true, worker: this.view(actor) });
+      tally.statusSet = true;
+      // Answered in settle(), once the actor knows the new version the reply shows.
+      tally.afterSettle.push(() => queued.resolve({ ok: true, worker: this.view(queued.actor) }));
       return false;
     }
     this.stats.versionConflicts += 1;
     queued.resolve({ ok: false, code: 'RETRY', message: `worker ${workerId} changed under this replica (${outcome.code})` });
     return true;
+  }
+
+  /** Tell one actor the batch's outcome for it, as at most one event of each kind. */
+  private settle(actor: WorkerActor, tally: Tally): void {
+    const { placed, aborted, released, version } = tally;
+    if (placed.count > 0) this.tell(actor, { type: 'PLACEMENT_COMMITTED', resources: placed, count: placed.count, resourceVersion: version });
+    if (aborted.count > 0) this.tell(actor, { type: 'PLACEMENT_ABORTED', resources: aborted, count: aborted.count });
+    if (released.count > 0) this.tell(actor, { type: 'RELEASE_COMMITTED', resources: released, resourceVersion: version });
+    if (tally.statusSet) this.tell(actor, { type: 'STATUS_COMMITTED', resourceVersion: version });
+    for (const answer of tally.afterSettle) answer();
   }
 
   private async resync(actors: Set<WorkerActor>): Promise<void> {
@@ -442,12 +472,8 @@ export class ShardOwner {
       try {
         const record = await this.options.store.readWorker(this.shard, id);
         this.stats.resyncs += 1;
-        if (record === null) {
-          actor.stop();
-          this.actors.delete(id);
-        } else {
-          actor.send({ type: 'SYNCED', record });
-        }
+        if (record === null) this.removeActor(actor);
+        else this.tell(actor, { type: 'SYNCED', record });
       } catch (error) {
         this.options.log.warn({ err: error, shard: this.shard, worker: id }, 'resync failed; reloading the shard before the next batch');
         this.reloadNeeded = true;
@@ -463,13 +489,10 @@ export class ShardOwner {
       seen.add(record.id);
       const actor = this.actors.get(record.id);
       if (actor === undefined) this.addActor(record);
-      else actor.send({ type: 'SYNCED', record });
+      else this.tell(actor, { type: 'SYNCED', record });
     }
-    for (const [id, actor] of this.actors) {
-      if (!seen.has(id)) {
-        actor.stop();
-        this.actors.delete(id);
-      }
+    for (const [id, actor] of [...this.actors]) {
+      if (!seen.has(id)) this.removeActor(actor);
     }
     this.reloadNeeded = false;
     this.stats.resyncs += records.length;
@@ -486,7 +509,7 @@ export class ShardOwner {
     const queued = this.queue;
     this.queue = [];
     for (const op of queued) {
-      if (op.kind === 'place') op.actor.send({ type: 'PLACEMENT_ABORTED', resources: op.resources });
+      if (op.kind === 'place') this.tell(op.actor, { type: 'PLACEMENT_ABORTED', resources: op.resources, count: 1 });
       op.resolve(unavailable(message));
     }
   }

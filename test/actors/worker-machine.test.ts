@@ -54,8 +54,13 @@ function eventsFor(snapshot: { context: WorkerContext }): WorkerEvent[] {
     })),
   ];
   if (c.reservations > 0) {
-    events.push({ type: 'PLACEMENT_COMMITTED', resources: unit, resourceVersion: c.resourceVersion + 1 });
-    events.push({ type: 'PLACEMENT_ABORTED', resources: unit });
+    events.push({ type: 'PLACEMENT_COMMITTED', resources: unit, count: 1, resourceVersion: c.resourceVersion + 1 });
+    events.push({ type: 'PLACEMENT_ABORTED', resources: unit, count: 1 });
+  }
+  if (c.reservations > 1) {
+    const two = { cpu: 2 * unit.cpu, memory: 2 * unit.memory, gpuCount: 2 * unit.gpuCount };
+    events.push({ type: 'PLACEMENT_COMMITTED', resources: two, count: 2, resourceVersion: c.resourceVersion + 2 });
+    events.push({ type: 'PLACEMENT_ABORTED', resources: two, count: 2 });
   }
   if (c.spec.cpu - c.freeCpu >= unit.cpu) events.push({ type: 'RELEASE_COMMITTED', resources: unit, resourceVersion: c.resourceVersion + 1 });
   return events;
@@ -117,7 +122,7 @@ function specify(status: WorkerStatus, c: WorkerContext, event: WorkerEvent): Ex
           reservedCpu: c.reservedCpu - event.resources.cpu,
           reservedMemory: c.reservedMemory - event.resources.memory,
           reservedGpuCount: c.reservedGpuCount - event.resources.gpuCount,
-          reservations: c.reservations - 1,
+          reservations: c.reservations - event.count,
           resourceVersion: event.resourceVersion,
         },
       };
@@ -128,7 +133,7 @@ function specify(status: WorkerStatus, c: WorkerContext, event: WorkerEvent): Ex
           reservedCpu: c.reservedCpu - event.resources.cpu,
           reservedMemory: c.reservedMemory - event.resources.memory,
           reservedGpuCount: c.reservedGpuCount - event.resources.gpuCount,
-          reservations: c.reservations - 1,
+          reservations: c.reservations - event.count,
         },
       };
     case 'RELEASE_COMMITTED':
@@ -242,7 +247,7 @@ describe('worker machine, by hand', () => {
     let c = actor.getSnapshot().context;
     expect(actor.getSnapshot().value).toBe('draining');
     expect([c.freeCpu, c.reservedCpu, c.reservations, c.resourceVersion]).toEqual([1_500, 1_000, 1, 9]);
-    actor.send({ type: 'PLACEMENT_COMMITTED', resources: unit, resourceVersion: 10 });
+    actor.send({ type: 'PLACEMENT_COMMITTED', resources: unit, count: 1, resourceVersion: 10 });
     c = actor.getSnapshot().context;
     expect([c.freeCpu, c.reservedCpu, c.reservations, c.resourceVersion]).toEqual([500, 0, 0, 10]);
   });
