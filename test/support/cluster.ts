@@ -43,8 +43,8 @@ export function storeFor(redis: Redis, prefix: string, historyCap = 10_000): Dro
 
 /**
  * Every key under a prefix with its full content (DUMP), for "nothing was written" assertions.
- * Lease keys are left out: the lease loop extends and re-takes them on its own schedule, and they
- * hold no capacity.
+ * Lease keys and the member set are left out: the lease loop and the heartbeat rewrite them on
+ * their own schedule, and they hold no capacity.
  */
 export async function snapshotKeys(redis: Redis, prefix: string): Promise<Map<string, string>> {
   const snapshot = new Map<string, string>();
@@ -53,7 +53,7 @@ export async function snapshotKeys(redis: Redis, prefix: string): Promise<Map<st
     const [next, keys] = await redis.scan(cursor, 'MATCH', `*${prefix}*`, 'COUNT', 1000);
     cursor = next;
     for (const key of keys) {
-      if (key.endsWith(':lease')) continue;
+      if (key.endsWith(':lease') || key.endsWith(':members')) continue;
       const dumped = await redis.dumpBuffer(key);
       if (dumped !== null) snapshot.set(key, dumped.toString('base64'));
     }
