@@ -5,6 +5,7 @@
  *   drover demo [--workers N] [--containers N] [--replicas N] [--concurrency N]
  *   drover chaos [--quick] [--faults LIST] [--mixed N] [--replicas N] [--workers N] [--seed N] [--results FILE]
  *   drover status                       every replica's shards, members and counters
+ *   drover bench [SCENARIO ...] [--out FILE] [--baseline-seconds N] | --report FILE
  *   drover submit --id ID --cpu M --memory MiB [--gpu TYPE] [--gpu-count N] [--pool P]
  *   drover release --id ID
  *   drover container --id ID
@@ -20,6 +21,9 @@ import { DroverClient, type Reply } from '../client/drover-client.js';
 import { loadConfig } from '../config.js';
 import { runDemo } from '../demo/demo.js';
 import { FAULTS, runChaos, type FaultName } from '../chaos/run.js';
+import { benchMarkdown } from '../bench/report.js';
+import { runBench } from '../bench/run.js';
+import { SCENARIOS, type ScenarioName } from '../bench/scenarios.js';
 import { Replica } from '../replica/replica.js';
 import { createLogger } from '../util/log.js';
 import { renderTable } from '../util/table.js';
@@ -29,6 +33,8 @@ const USAGE = `usage:
   drover demo [--workers N] [--containers N] [--replicas N] [--concurrency N]
   drover chaos [--quick] [--faults kill,pause,...] [--mixed N] [--replicas N] [--workers N] [--seed N] [--results FILE]
   drover status
+  drover bench [seed|scale|million|churn|rebalance|memory ...] [--out FILE] [--baseline-seconds N]
+  drover bench --report FILE          the README's results table from a results file
   drover submit --id ID --cpu MILLICORES --memory MIB [--gpu TYPE] [--gpu-count N] [--pool NAME]
   drover release --id ID
   drover container --id ID
@@ -57,6 +63,9 @@ const OPTIONS = {
   mixed: { type: 'string' },
   seed: { type: 'string' },
   results: { type: 'string' },
+  out: { type: 'string' },
+  report: { type: 'string' },
+  'baseline-seconds': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -162,6 +171,23 @@ async function workersCommand(action: string, values: Values): Promise<number> {
   });
 }
 
+async function benchCommand(names: string[], values: Values): Promise<number> {
+  if (values.report !== undefined) {
+    process.stdout.write(`${benchMarkdown(values.report)}\n`);
+    return 0;
+  }
+  const known = Object.keys(SCENARIOS);
+  for (const name of names) if (!known.includes(name)) throw new UsageError(`unknown scenario "${name}"; known: ${known.join(', ')}`);
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19);
+  const report = await runBench({
+    scenarios: (names.length > 0 ? names : known) as ScenarioName[],
+    outFile: values.out ?? `bench-results-${stamp}.json`,
+    baselineSeconds: positiveInt(values['baseline-seconds'], 30, 'baseline-seconds', 3_600),
+    out: (line) => process.stdout.write(`${line}\n`),
+  });
+  return report.scenarios.flatMap((s) => s.rows).every((r) => r.targetMet !== false) ? 0 : 1;
+}
+
 async function chaosCommand(values: Values): Promise<number> {
   const quick = values.quick === true;
   const faults = (values.faults ?? FAULTS.join(',')).split(',').filter((f) => f !== '');
@@ -212,6 +238,8 @@ export async function main(argv: string[]): Promise<number> {
         });
       case 'chaos':
         return await chaosCommand(values);
+      case 'bench':
+        return await benchCommand(positionals.slice(1), values);
       case 'status':
         return await withClient(async (client) => {
           const statuses = (await client.clusterStatus(500)).sort((a, b) => a.replicaId.localeCompare(b.replicaId));

@@ -42,6 +42,7 @@ export interface ContainerInfo {
 export interface ReplicaStatus {
   replicaId: string;
   uptimeMs: number;
+  memory: { rss: number; heapUsed: number; external: number; arrayBuffers: number };
   members: string[];
   desired: number[];
   shards: number[];

@@ -1,0 +1,594 @@
+/**
+ * The benchmark's scenarios. Each one starts what it needs (replica processes under a fresh
+ * prefix), measures, and returns rows for the results table plus details for the JSON file.
+ */
+import { Redis } from 'ioredis';
+import type { ContainerSpec, WorkerSpecInput } from '../client/drover-client.js';
+import { Progress } from '../util/progress.js';
+import { BenchCluster, placeInBatches, placeSingly, runLanes, type ClusterCounters } from './drover-bench.js';
+import { Latency, type LatencySummary } from './latency.js';
+import { ProcessWatch, round } from './process-stats.js';
+import { SEED_CONCURRENCY, SeedScheduler } from './seed-baseline.js';
+
+export interface BenchContext {
+  readonly redisUrl: string;
+  readonly natsUrl: string;
+  readonly redisPid: number | undefined;
+  readonly natsPid: number | undefined;
+  /** The baseline in `scale` stops after this long (it would take hours otherwise). */
+  readonly baselineSeconds: number;
+  readonly out: (line: string) => void;
+}
+
+export interface ResultRow {
+  readonly scenario: string;
+  readonly system: string;
+  readonly placements: number;
+  readonly seconds: number;
+  readonly placementsPerSecond: number;
+  readonly latency: LatencySummary | null;
+  readonly conflictsPerPlacement: number | null;
+  readonly reroutesPerPlacement: number | null;
+  readonly fenceRefusalsPerPlacement: number | null;
+  /** Sum over replica processes, percent of one core; and the largest replica RSS. */
+  readonly replicaCpuPercent: number | null;
+  readonly replicaMaxRssMiB: number | null;
+  readonly redisCpuPercent: number | null;
+  readonly target: string | null;
+  readonly targetMet: boolean | null;
+  readonly note: string;
+}
+
+export interface ScenarioResult {
+  readonly name: string;
+  readonly rows: ResultRow[];
+  readonly details: Record<string, unknown>;
+}
+
+const blankRow = {
+  latency: null,
+  conflictsPerPlacement: null,
+  reroutesPerPlacement: null,
+  fenceRefusalsPerPlacement: null,
+  replicaCpuPercent: null,
+  replicaMaxRssMiB: null,
+  redisCpuPercent: null,
+  target: null,
+  targetMet: null,
+  note: '',
+};
+
+function fleet(count: number, cpu: number, memory: number): WorkerSpecInput[] {
+  return Array.from({ length: count }, (_, i) => ({ id: `worker-${String(i).padStart(5, '0')}`, cpu, memory }));
+}
+
+function containers(count: number, prefix: string, cpu: number, memory: number): ContainerSpec[] {
+  return Array.from({ length: count }, (_, i) => ({ id: `${prefix}-${i}`, cpu, memory }));
+}
+
+function delta(after: ClusterCounters, before: ClusterCounters): ClusterCounters {
+  return {
+    placed: after.placed - before.placed,
+    reroutes: after.reroutes - before.reroutes,
+    versionConflicts: after.versionConflicts - before.versionConflicts,
+    fenceRefusals: after.fenceRefusals - before.fenceRefusals,
+    batches: after.batches - before.batches,
+    committedOps: after.committedOps - before.committedOps,
+  };
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+function usage(stats: Record<string, { cpuPercent: number; maxRssMiB: number }>, replicaIds: readonly string[]) {
+  const replicas = replicaIds.map((id) => stats[id]).filter((s) => s !== undefined);
+  return {
+    replicaCpuPercent: replicas.reduce((sum, s) => sum + s.cpuPercent, 0),
+    replicaMaxRssMiB: Math.max(0, ...replicas.map((s) => s.maxRssMiB)),
+    redisCpuPercent: stats.redis?.cpuPercent ?? null,
+  };
+}
+
+async function withRedis<T>(ctx: BenchContext, run: (redis: Redis) => Promise<T>): Promise<T> {
+  const redis = new Redis(ctx.redisUrl, { enableAutoPipelining: true, maxRetriesPerRequest: 2 });
+  try {
+    return await run(redis);
+  } finally {
+    redis.disconnect();
+  }
+}
+
+/** The seed's baseline for `requests`, SEED_CONCURRENCY at a time, optionally cut off after `seconds`. */
+async function runBaseline(
+  ctx: BenchContext,
+  label: string,
+  workers: readonly WorkerSpecInput[],
+  requests: readonly ContainerSpec[],
+  cutOffSeconds: number | null,
+  rounds = 1,
+) {
+  return withRedis(ctx, async (redis) => {
+    const seed = new SeedScheduler(redis, `seedbase${Date.now().toString(36)}`);
+    await seed.addWorkers(workers);
+    const latency = new Latency();
+    const watch = new ProcessWatch({ redis: ctx.redisPid, bench: process.pid });
+    const progress = new Progress(label, requests.length * rounds);
+    const roundSeconds: number[] = [];
+    let placed = 0;
+    let finished = 0;
+    let cutOff = false;
+    const started = performance.now();
+    for (let round = 0; round < rounds && !cutOff; round += 1) {
+      const roundStart = performance.now();
+      const slice = requests.map((r) => ({ ...r, id: `${r.id}-r${round}` }));
+      await runLanes(slice, SEED_CONCURRENCY, async (request) => {
+        if (cutOffSeconds !== null && (performance.now() - started) / 1000 > cutOffSeconds) {
+          cutOff = true;
+          return;
+        }
+        const sent = performance.now();
+        const outcome = await seed.schedule(request.id, request.cpu, request.memory);
+        finished += 1;
+        if (outcome.placed) {
+          placed += 1;
+          latency.record(performance.now() - sent);
+        }
+        progress.update(finished, `placed ${placed}, conflicts ${seed.stats.conflicts}`);
+      });
+      roundSeconds.push((performance.now() - roundStart) / 1000);
+    }
+    const seconds = (performance.now() - started) / 1000;
+    progress.done(`placed ${placed}${cutOff ? ' (cut off)' : ''}`);
+    const stats = watch.stop();
+    return { placed, finished, seconds, roundSeconds, cutOff, latency: latency.summary(), stats: { ...seed.stats }, redisCpuPercent: stats.redis?.cpuPercent ?? null };
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// seed: the audit's own workload, Drover and the seed's algorithm in the same run.
+
+export async function seedScenario(ctx: BenchContext): Promise<ScenarioResult> {
+  const WORKERS = 40;
+  const COUNT = 100;
+  const WARMUP_ROUNDS = 2;
+  const ROUNDS = 5;
+  const workers = fleet(WORKERS, 50_000, 65_536);
+  ctx.out(`seed: ${WORKERS} workers of 50,000 millicores, ${COUNT} containers of 1,000 millicores, ${COUNT} in flight; ` +
+    `${WARMUP_ROUNDS} warm-up rounds, then the median of ${ROUNDS}`);
+
+  const cluster = await BenchCluster.start({ redisUrl: ctx.redisUrl, natsUrl: ctx.natsUrl, replicas: 3, shards: 64 });
+  let droverRow: ResultRow;
+  const droverRounds: Array<{ seconds: number; placed: number; conflicts: number }> = [];
+  try {
+    await cluster.registerWorkers(workers);
+    for (let round = 0; round < WARMUP_ROUNDS; round += 1) {
+      await placeSingly(cluster.client, containers(COUNT, `warm${round}`, 1_000, 1_024), { inFlight: COUNT, latency: new Latency() });
+    }
+    const latency = new Latency();
+    const before = await cluster.counters();
+    const watch = new ProcessWatch({ ...cluster.replicaPids(), redis: ctx.redisPid });
+    for (let round = 0; round < ROUNDS; round += 1) {
+      const roundBefore = await cluster.counters();
+      const run = await placeSingly(cluster.client, containers(COUNT, `seed${round}`, 1_000, 1_024), { inFlight: COUNT, latency });
+      const d = delta(await cluster.counters(), roundBefore);
+      droverRounds.push({ seconds: run.seconds, placed: run.placed, conflicts: d.reroutes + d.versionConflicts + d.fenceRefusals });
+    }
+    const stats = watch.stop();
+    const d = delta(await cluster.counters(), before);
+    const placements = droverRounds.reduce((n, r) => n + r.placed, 0);
+    const seconds = median(droverRounds.map((r) => r.seconds));
+    const conflicts = d.reroutes + d.versionConflicts + d.fenceRefusals;
+    droverRow = {
+      ...blankRow,
+      scenario: 'seed',
+      system: 'drover (3 replicas)',
+      placements: COUNT,
+      seconds: round(seconds, 4),
+      placementsPerSecond: Math.round(COUNT / seconds),
+      latency: latency.summary(),
+      conflictsPerPlacement: round(conflicts / placements, 3),
+      reroutesPerPlacement: round(d.reroutes / placements, 3),
+      fenceRefusalsPerPlacement: round(d.fenceRefusals / placements, 3),
+      ...usage(stats, Object.keys(cluster.replicaPids())),
+      target: 'under 50 ms, 0 conflicts',
+      targetMet: seconds < 0.05 && conflicts === 0,
+      note: `median of ${ROUNDS} rounds of ${COUNT}: ${droverRounds.map((r) => `${(r.seconds * 1000).toFixed(1)} ms`).join(', ')}`,
+    };
+  } finally {
+    await cluster.stop();
+  }
+
+  const baseline = await runBaseline(ctx, 'seed baseline', workers, containers(COUNT, 'seedbase', 1_000, 1_024), null, WARMUP_ROUNDS + ROUNDS);
+  const measured = baseline.roundSeconds.slice(WARMUP_ROUNDS);
+  const baselineSeconds = median(measured);
+  const baselineRow: ResultRow = {
+    ...blankRow,
+    scenario: 'seed',
+    system: 'seed algorithm',
+    placements: COUNT,
+    seconds: round(baselineSeconds, 4),
+    placementsPerSecond: Math.round(COUNT / baselineSeconds),
+    latency: baseline.latency,
+    conflictsPerPlacement: round(baseline.stats.conflicts / Math.max(1, baseline.placed), 2),
+    redisCpuPercent: baseline.redisCpuPercent,
+    note: `median of ${ROUNDS} rounds after ${WARMUP_ROUNDS} warm-up: ${measured.map((s) => `${(s * 1000).toFixed(0)} ms`).join(', ')}; ` +
+      `the audit measured 1.11-1.37 s and 20.4-26.3 conflicts per placement`,
+  };
+  const ratio = baselineSeconds / droverRow.seconds;
+  ctx.out(`seed: drover ${(droverRow.seconds * 1000).toFixed(1)} ms, seed algorithm ${(baselineSeconds * 1000).toFixed(0)} ms: ${ratio.toFixed(1)}x`);
+  return { name: 'seed', rows: [droverRow, baselineRow], details: { droverRounds, baseline, ratio: round(ratio, 1) } };
+}
+
+// ---------------------------------------------------------------------------------------------
+// scale and million: many containers through batched submits.
+
+async function droverVolume(
+  ctx: BenchContext,
+  name: string,
+  workerCount: number,
+  count: number,
+  options: { target: string; met: (seconds: number, rate: number) => boolean },
+): Promise<{ row: ResultRow; details: Record<string, unknown> }> {
+  const BATCH = 500;
+  const IN_FLIGHT = 16;
+  const cluster = await BenchCluster.start({ redisUrl: ctx.redisUrl, natsUrl: ctx.natsUrl, replicas: 3, shards: 64 });
+  try {
+    await cluster.registerWorkers(fleet(workerCount, 128_000, 262_144));
+    const latency = new Latency();
+    const before = await cluster.counters();
+    const watch = new ProcessWatch({ ...cluster.replicaPids(), redis: ctx.redisPid, nats: ctx.natsPid, bench: process.pid });
+    const run = await placeInBatches(cluster.client, containers(count, name, 1_000, 1_024), {
+      batchSize: BATCH,
+      inFlight: IN_FLIGHT,
+      latency,
+      label: `${name}: placing`,
+    });
+    const stats = watch.stop();
+    const d = delta(await cluster.counters(), before);
+    const rate = run.placed / run.seconds;
+    const row: ResultRow = {
+      ...blankRow,
+      scenario: name,
+      system: 'drover (3 replicas)',
+      placements: run.placed,
+      seconds: round(run.seconds, 2),
+      placementsPerSecond: Math.round(rate),
+      latency: latency.summary(),
+      conflictsPerPlacement: round((d.reroutes + d.versionConflicts + d.fenceRefusals) / Math.max(1, run.placed), 4),
+      reroutesPerPlacement: round(d.reroutes / Math.max(1, run.placed), 4),
+      fenceRefusalsPerPlacement: round(d.fenceRefusals / Math.max(1, run.placed), 4),
+      ...usage(stats, Object.keys(cluster.replicaPids())),
+      target: options.target,
+      targetMet: run.failed === 0 && options.met(run.seconds, rate),
+      note: `${workerCount} workers; batches of ${BATCH}, ${IN_FLIGHT} in flight; ${run.failed} failed; ` +
+        `${d.batches} Redis commits for ${d.committedOps} writes`,
+    };
+    return { row, details: { run, counters: d, processes: stats } };
+  } finally {
+    await cluster.stop();
+  }
+}
+
+export async function scaleScenario(ctx: BenchContext): Promise<ScenarioResult> {
+  const WORKERS = 1_000;
+  const COUNT = 100_000;
+  ctx.out(`scale: 3 replicas, ${WORKERS} workers, ${COUNT} containers; the seed algorithm on the same workload, cut off after ${ctx.baselineSeconds} s`);
+  const drover = await droverVolume(ctx, 'scale', WORKERS, COUNT, { target: '20,000 placements/s or more', met: (_, rate) => rate >= 20_000 });
+  const workers = fleet(WORKERS, 128_000, 262_144);
+  const baseline = await runBaseline(ctx, 'scale baseline', workers, containers(COUNT, 'scalebase', 1_000, 1_024), ctx.baselineSeconds);
+  const baselineRate = baseline.placed / baseline.seconds;
+  const baselineRow: ResultRow = {
+    ...blankRow,
+    scenario: 'scale',
+    system: 'seed algorithm',
+    placements: baseline.placed,
+    seconds: round(baseline.seconds, 2),
+    placementsPerSecond: Math.round(baselineRate),
+    latency: baseline.latency,
+    conflictsPerPlacement: round(baseline.stats.conflicts / Math.max(1, baseline.placed), 2),
+    redisCpuPercent: baseline.redisCpuPercent,
+    note: baseline.cutOff
+      ? `cut off after ${ctx.baselineSeconds} s with ${baseline.placed} of ${COUNT} placed`
+      : `all ${COUNT} requests finished`,
+  };
+  const ratio = drover.row.placementsPerSecond / Math.max(1, baselineRate);
+  ctx.out(`scale: drover ${drover.row.placementsPerSecond}/s, seed algorithm ${Math.round(baselineRate)}/s: ${ratio.toFixed(0)}x`);
+  return { name: 'scale', rows: [drover.row, baselineRow], details: { drover: drover.details, baseline, ratio: round(ratio, 1) } };
+}
+
+export async function millionScenario(ctx: BenchContext): Promise<ScenarioResult> {
+  ctx.out('million: 3 replicas, 10,000 workers, 1,000,000 containers');
+  const drover = await droverVolume(ctx, 'million', 10_000, 1_000_000, { target: 'under 60 s', met: (seconds) => seconds < 60 });
+  return { name: 'million', rows: [drover.row], details: drover.details };
+}
+
+// ---------------------------------------------------------------------------------------------
+// churn: steady placements and releases at a fixed offered rate.
+
+export async function churnScenario(ctx: BenchContext): Promise<ScenarioResult> {
+  const WORKERS = 1_000;
+  const PREFILL = 32_000;
+  const PHASE_SECONDS = 8;
+  const MAX_IN_FLIGHT = 4_000;
+  ctx.out(`churn: 3 replicas, ${WORKERS} workers half full (${PREFILL} containers); each op submits one container or releases ` +
+    `the oldest, one request each; max rate found closed-loop, then ${PHASE_SECONDS} s open-loop at 25/50/90% of it`);
+  const cluster = await BenchCluster.start({ redisUrl: ctx.redisUrl, natsUrl: ctx.natsUrl, replicas: 3, shards: 64 });
+  try {
+    await cluster.registerWorkers(fleet(WORKERS, 64_000, 131_072));
+    const live: string[] = [];
+    let sequence = 0;
+    await placeInBatches(cluster.client, containers(PREFILL, 'prefill', 1_000, 1_024), {
+      batchSize: 500, inFlight: 8, latency: new Latency(), label: 'churn: prefill', onPlaced: () => undefined,
+    });
+    for (let i = 0; i < PREFILL; i += 1) live.push(`prefill-${i}`);
+    const client = cluster.client;
+    let failures = 0;
+    /** One op: alternate a submit and a release of the oldest live container. */
+    const op = async (): Promise<boolean> => {
+      sequence += 1;
+      if (sequence % 2 === 0 && live.length > 0) {
+        const id = live.shift()!;
+        const reply = await client.release(id);
+        return reply.ok;
+      }
+      const id = `churn-${sequence}`;
+      const reply = await client.submit({ id, cpu: 1_000, memory: 1_024 });
+      if (reply.ok) live.push(id);
+      return reply.ok;
+    };
+
+    // Closed loop: the most this setup sustains.
+    const closedLatency = new Latency();
+    let closedOps = 0;
+    const closedEnd = performance.now() + PHASE_SECONDS * 1000;
+    const progress = new Progress('churn: max rate', PHASE_SECONDS);
+    const ticker = setInterval(() => progress.update(Math.min(PHASE_SECONDS, Math.round((PHASE_SECONDS * 1000 - (closedEnd - performance.now())) / 1000)), `${closedOps} ops`), 500);
+    const closedStart = performance.now();
+    await Promise.all(
+      Array.from({ length: 256 }, async () => {
+        while (performance.now() < closedEnd) {
+          const sent = performance.now();
+          if (!(await op())) failures += 1;
+          closedLatency.record(performance.now() - sent);
+          closedOps += 1;
+        }
+      }),
+    );
+    clearInterval(ticker);
+    progress.done(`${closedOps} ops`);
+    const maxRate = closedOps / ((performance.now() - closedStart) / 1000);
+
+    const rows: ResultRow[] = [
+      {
+        ...blankRow,
+        scenario: 'churn',
+        system: 'drover: max (closed loop, 256 in flight)',
+        placements: closedOps,
+        seconds: PHASE_SECONDS,
+        placementsPerSecond: Math.round(maxRate),
+        latency: closedLatency.summary(),
+        note: 'ops/s: submits and releases, one request each',
+      },
+    ];
+    const levels: Record<string, unknown>[] = [];
+    for (const fraction of [0.25, 0.5, 0.9]) {
+      const rate = maxRate * fraction;
+      const latency = new Latency();
+      const watch = new ProcessWatch({ ...cluster.replicaPids(), redis: ctx.redisPid });
+      const phaseProgress = new Progress(`churn: ${fraction * 100}% of max`, Math.round(rate * PHASE_SECONDS));
+      let issued = 0;
+      let completed = 0;
+      let inFlight = 0;
+      let overloaded = 0;
+      const start = performance.now();
+      const total = Math.round(rate * PHASE_SECONDS);
+      const pending: Promise<void>[] = [];
+      // Open loop: op i is due at start + i / rate; latency counts from when it was due, so a
+      // stall shows up in the percentiles instead of silently slowing the offered load.
+      while (issued < total) {
+        const now = performance.now();
+        while (issued < total && start + (issued * 1000) / rate <= now) {
+          const due = start + (issued * 1000) / rate;
+          issued += 1;
+          if (inFlight >= MAX_IN_FLIGHT) {
+            overloaded += 1;
+            continue;
+          }
+          inFlight += 1;
+          pending.push(
+            op().then((ok) => {
+              if (!ok) failures += 1;
+              latency.record(performance.now() - due);
+              inFlight -= 1;
+              completed += 1;
+            }),
+          );
+        }
+        phaseProgress.update(completed);
+        await new Promise((r) => setTimeout(r, 2));
+      }
+      await Promise.all(pending);
+      phaseProgress.done();
+      const seconds = (performance.now() - start) / 1000;
+      const stats = watch.stop();
+      const summary = latency.summary();
+      levels.push({ fraction, offeredRate: Math.round(rate), completed, seconds, latency: summary, overloaded });
+      rows.push({
+        ...blankRow,
+        scenario: 'churn',
+        system: `drover: ${fraction * 100}% of max`,
+        placements: completed,
+        seconds: round(seconds, 2),
+        placementsPerSecond: Math.round(completed / seconds),
+        latency: summary,
+        ...usage(stats, Object.keys(cluster.replicaPids())),
+        note: `offered ${Math.round(rate)} ops/s${overloaded > 0 ? `; ${overloaded} ops dropped at ${MAX_IN_FLIGHT} in flight` : ''}`,
+      });
+    }
+    return { name: 'churn', rows, details: { maxRate: Math.round(maxRate), levels, failures } };
+  } finally {
+    await cluster.stop();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// rebalance: a replica joins and one leaves under load.
+
+export async function rebalanceScenario(ctx: BenchContext): Promise<ScenarioResult> {
+  const WINDOW_MS = 250;
+  const JOIN_AT = 4_000;
+  const LEAVE_AT = 11_000;
+  const END_AT = 18_000;
+  ctx.out(`rebalance: 3 replicas under batched load; a 4th joins at ${JOIN_AT / 1000} s, one leaves (SIGTERM) at ${LEAVE_AT / 1000} s; ` +
+    `placements counted per ${WINDOW_MS} ms window`);
+  const cluster = await BenchCluster.start({ redisUrl: ctx.redisUrl, natsUrl: ctx.natsUrl, replicas: 3, shards: 64 });
+  try {
+    await cluster.registerWorkers(fleet(1_000, 128_000, 262_144));
+    const windows: number[] = [];
+    let failed = 0;
+    let sequence = 0;
+    let running = true;
+    const start = performance.now();
+    const count = (n: number) => {
+      const w = Math.floor((performance.now() - start) / WINDOW_MS);
+      while (windows.length <= w) windows.push(0);
+      windows[w]! += n;
+    };
+    const lanes = Array.from({ length: 8 }, async () => {
+      while (running) {
+        const batch = Array.from({ length: 200 }, () => ({ id: `rb-${(sequence += 1)}`, cpu: 10, memory: 10 }));
+        try {
+          const reply = await cluster.client.submitBatch(batch);
+          if (!reply.ok) failed += batch.length;
+          else {
+            const placed = reply.results.filter((r) => r.ok).length;
+            count(placed);
+            failed += batch.length - placed;
+          }
+        } catch {
+          failed += batch.length;
+        }
+      }
+    });
+    const events: Record<string, number | null> = {};
+    const progress = new Progress('rebalance', END_AT / 1000);
+    const ticker = setInterval(() => progress.update(Math.floor((performance.now() - start) / 1000)), 500);
+    const at = (ms: number) => new Promise((r) => setTimeout(r, Math.max(0, start + ms - performance.now())));
+    await at(JOIN_AT);
+    const joinStart = performance.now();
+    await cluster.cluster.add();
+    await cluster.waitBalanced();
+    events.joinToBalancedMs = Math.round(performance.now() - joinStart);
+    await at(LEAVE_AT);
+    const leaveStart = performance.now();
+    const leaver = cluster.cluster.live()[0]!;
+    const exitCode = await leaver.terminate();
+    await cluster.waitBalanced();
+    events.leaveToBalancedMs = Math.round(performance.now() - leaveStart);
+    await at(END_AT);
+    running = false;
+    await Promise.all(lanes);
+    clearInterval(ticker);
+    progress.done();
+
+    const rate = (w: number) => (windows[w] ?? 0) * (1000 / WINDOW_MS);
+    const windowOf = (ms: number) => Math.floor(ms / WINDOW_MS);
+    const steady = (from: number, to: number) => {
+      const rates = [];
+      for (let w = windowOf(from); w < windowOf(to); w += 1) rates.push(rate(w));
+      return rates.reduce((a, b) => a + b, 0) / Math.max(1, rates.length);
+    };
+    const before = steady(1_000, JOIN_AT);
+    const analyse = (eventMs: number, until: number) => {
+      let dip = Number.POSITIVE_INFINITY;
+      let recoveredMs: number | null = null;
+      for (let w = windowOf(eventMs); w < windowOf(until); w += 1) {
+        dip = Math.min(dip, rate(w));
+        if (recoveredMs === null && w > windowOf(eventMs) && rate(w) >= 0.9 * before && dip < 0.9 * before) {
+          recoveredMs = (w + 1) * WINDOW_MS - eventMs;
+        }
+      }
+      // No window below 90% of the steady rate means there was nothing to recover from.
+      return { dipPercent: round((100 * dip) / before, 0), recoveredMs: dip >= 0.9 * before ? 0 : recoveredMs };
+    };
+    const join = analyse(JOIN_AT, LEAVE_AT);
+    const leave = analyse(LEAVE_AT, END_AT);
+    const after = steady(LEAVE_AT + 3_000, END_AT);
+    const placed = windows.reduce((a, b) => a + b, 0);
+    const row = (system: string, a: { dipPercent: number; recoveredMs: number | null }, balancedMs: number | null, note: string): ResultRow => ({
+      ...blankRow,
+      scenario: 'rebalance',
+      system,
+      placements: placed,
+      seconds: END_AT / 1000,
+      placementsPerSecond: Math.round(before),
+      note: `lowest ${WINDOW_MS} ms window ${a.dipPercent}% of the steady ${Math.round(before)}/s; back above 90% after ` +
+        `${a.recoveredMs === null ? 'never' : `${a.recoveredMs} ms`}; balanced after ${balancedMs} ms; ${note}`,
+    });
+    return {
+      name: 'rebalance',
+      rows: [
+        row('drover: replica joins', join, events.joinToBalancedMs ?? null, 'process start included'),
+        row('drover: replica leaves (SIGTERM)', leave, events.leaveToBalancedMs ?? null, `exit code ${exitCode}; ${failed} placements failed in the whole run`),
+      ],
+      details: { windowMs: WINDOW_MS, windows: windows.map((n) => n * (1000 / WINDOW_MS)), steadyBefore: Math.round(before), steadyAfter: Math.round(after), join, leave, events, failed, exitCode },
+    };
+  } finally {
+    await cluster.stop();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// memory: one replica holding 10,000 worker actors.
+
+export async function memoryScenario(ctx: BenchContext): Promise<ScenarioResult> {
+  const WORKERS = 10_000;
+  ctx.out(`memory: one replica (started with --expose-gc, so its status reports live memory) takes ${WORKERS} workers`);
+  const cluster = await BenchCluster.start({ redisUrl: ctx.redisUrl, natsUrl: ctx.natsUrl, replicas: 1, shards: 64, nodeArgs: ['--expose-gc'] });
+  try {
+    const [empty] = await cluster.statuses();
+    if (empty === undefined) throw new Error('the replica did not answer');
+    await cluster.registerWorkers(fleet(WORKERS, 128_000, 262_144));
+    await new Promise((r) => setTimeout(r, 1_000));
+    const [full] = await cluster.statuses();
+    if (full === undefined || full.workers !== WORKERS) throw new Error(`the replica holds ${full?.workers} workers, expected ${WORKERS}`);
+    const heapPerActor = (full.memory.heapUsed - empty.memory.heapUsed) / WORKERS;
+    const rssPerActor = (full.memory.rss - empty.memory.rss) / WORKERS;
+    const rssMiB = full.memory.rss / 1024 / 1024;
+    const row: ResultRow = {
+      ...blankRow,
+      scenario: 'memory',
+      system: 'drover (1 replica)',
+      placements: 0,
+      seconds: 0,
+      placementsPerSecond: 0,
+      replicaMaxRssMiB: round(rssMiB, 1),
+      target: 'under 8 KB per actor; under 300 MB RSS',
+      // Per actor is what the actors hold on the heap after a full GC; RSS also carries V8's
+      // free heap pages and the replica's buffers, so it is judged as the replica total.
+      targetMet: heapPerActor < 8 * 1024 && rssMiB < 300,
+      note: `${WORKERS} actors: heap ${Math.round(heapPerActor)} B per actor, RSS ${Math.round(rssPerActor)} B per actor; ` +
+        `RSS ${round(empty.memory.rss / 1024 / 1024, 1)} MiB empty, ${round(rssMiB, 1)} MiB with the actors`,
+    };
+    return {
+      name: 'memory',
+      rows: [row],
+      details: { workers: WORKERS, empty: empty.memory, full: full.memory, heapBytesPerActor: Math.round(heapPerActor), rssBytesPerActor: Math.round(rssPerActor) },
+    };
+  } finally {
+    await cluster.stop();
+  }
+}
+
+export const SCENARIOS = {
+  seed: seedScenario,
+  scale: scaleScenario,
+  million: millionScenario,
+  churn: churnScenario,
+  rebalance: rebalanceScenario,
+  memory: memoryScenario,
+} as const;
+export type ScenarioName = keyof typeof SCENARIOS;
