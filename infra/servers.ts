@@ -182,6 +182,39 @@ export function startRedis(options: RedisServerOptions = {}): Promise<ServerProc
   );
 }
 
+export interface LocalServers {
+  readonly redisUrl: string;
+  readonly natsUrl: string;
+  /** The servers started here (to stop at the end); empty when both URLs were given. */
+  readonly started: ServerProcess[];
+}
+
+/**
+ * REDIS_URL and NATS_URL when set; otherwise private servers on free ports (the demo, the
+ * benchmark and the tests all work this way).
+ */
+export async function serversFromEnv(env: Record<string, string | undefined> = process.env): Promise<LocalServers> {
+  const started: ServerProcess[] = [];
+  let redisUrl = env.REDIS_URL;
+  let natsUrl = env.NATS_URL;
+  try {
+    if (redisUrl === undefined || redisUrl === '') {
+      const redis = await startRedis();
+      started.push(redis);
+      redisUrl = redis.url;
+    }
+    if (natsUrl === undefined || natsUrl === '') {
+      const nats = await startNats();
+      started.push(nats);
+      natsUrl = nats.url;
+    }
+  } catch (error) {
+    await Promise.all(started.map((s) => s.stop()));
+    throw error;
+  }
+  return { redisUrl, natsUrl, started };
+}
+
 export interface NatsServerOptions {
   readonly port?: number;
 }
@@ -199,9 +232,4 @@ export function startNats(options: NatsServerOptions = {}): Promise<ServerProces
     },
     options.port,
   );
-}
-
-/** Remove a data directory left behind (tests call stop() which does this already). */
-export function removeDataDir(dir: string): void {
-  rmSync(dir, { recursive: true, force: true });
 }

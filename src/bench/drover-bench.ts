@@ -4,7 +4,7 @@
  * latency recorded per container from submit to placed.
  */
 import { DroverClient, type ContainerSpec, type ReplicaStatus, type WorkerSpecInput } from '../client/drover-client.js';
-import { ProcessCluster } from '../chaos/process-cluster.js';
+import { ProcessCluster } from '../replica/process-cluster.js';
 import type { ErrorCode } from '../protocol/errors.js';
 import { Progress } from '../util/progress.js';
 import type { Latency } from './latency.js';

@@ -8,7 +8,7 @@ import { cpus, totalmem } from 'node:os';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { Redis } from 'ioredis';
-import { findBinary, startNats, startRedis, type ServerProcess } from '../../infra/servers.js';
+import { findBinary, serversFromEnv } from '../../infra/servers.js';
 import { renderTable } from '../util/table.js';
 import { SCENARIOS, type BenchContext, type ResultRow, type ScenarioName, type ScenarioResult } from './scenarios.js';
 
@@ -77,20 +77,8 @@ export const RESULT_HEADERS = [
 export async function runBench(options: BenchOptions): Promise<BenchResults> {
   const out = options.out;
   const started = Date.now();
-  const servers: ServerProcess[] = [];
-  let redisUrl = process.env.REDIS_URL;
-  let natsUrl = process.env.NATS_URL;
   // The seed ran against a Redis without persistence; so do both systems here (see README).
-  if (redisUrl === undefined) {
-    const redis = await startRedis();
-    servers.push(redis);
-    redisUrl = redis.url;
-  }
-  if (natsUrl === undefined) {
-    const nats = await startNats();
-    servers.push(nats);
-    natsUrl = nats.url;
-  }
+  const { redisUrl, natsUrl, started: servers } = await serversFromEnv();
   const machine = machineDescription();
   out(`bench: ${machine.cpus} x ${machine.cpuModel}, ${machine.memoryGiB} GiB, Node ${machine.node}; ${machine.redis}; ${machine.nats}`);
   out(`bench: Redis ${redisUrl}, NATS ${natsUrl}; scenarios: ${options.scenarios.join(', ')}`);

@@ -12,7 +12,7 @@ import { DroverStore } from '../store/store.js';
 import { renderTable } from '../util/table.js';
 import { checkRun, type CheckReport, type Violation } from './checker.js';
 import { ChaosLoad, seededRandom } from './load.js';
-import { ProcessCluster, type ReplicaProcess } from './process-cluster.js';
+import { ProcessCluster, type ReplicaProcess } from '../replica/process-cluster.js';
 import { RequestLog } from './request-log.js';
 import { Redis } from 'ioredis';
 

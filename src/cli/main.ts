@@ -17,7 +17,7 @@
  * and exit 0 on success, 1 on an error reply, 2 on a usage error.
  */
 import { parseArgs } from 'node:util';
-import { DroverClient, type Reply } from '../client/drover-client.js';
+import { DroverClient, type Reply, type ResourceSpec } from '../client/drover-client.js';
 import { loadConfig } from '../config.js';
 import { runDemo } from '../demo/demo.js';
 import { FAULTS, runChaos, type FaultName } from '../chaos/run.js';
@@ -81,6 +81,22 @@ function required(values: Values, name: 'id' | 'cpu' | 'memory'): string {
 function numeric(raw: string | undefined): number | string | undefined {
   if (raw === undefined) return undefined;
   return /^-?\d+(\.\d+)?$/.test(raw) ? Number(raw) : raw;
+}
+
+/**
+ * --id, --cpu, --memory, --gpu, --gpu-count, --pool as a request body. Values that look like
+ * numbers are sent as numbers, anything else as typed, so the replica's validation (not the CLI)
+ * says what is wrong.
+ */
+function resourceSpec(values: Values): ResourceSpec {
+  return {
+    id: required(values, 'id'),
+    cpu: numeric(required(values, 'cpu')) as number,
+    memory: numeric(required(values, 'memory')) as number,
+    ...(values.gpu !== undefined ? { gpu: values.gpu } : {}),
+    ...(values['gpu-count'] !== undefined ? { gpuCount: numeric(values['gpu-count']) as number } : {}),
+    ...(values.pool !== undefined ? { pool: values.pool } : {}),
+  };
 }
 
 function positiveInt(raw: string | undefined, fallback: number, name: string, max: number): number {
@@ -147,16 +163,7 @@ async function workersCommand(action: string, values: Values): Promise<number> {
         return 0;
       }
       case 'register':
-        return print(
-          await client.registerWorker({
-            id: required(values, 'id'),
-            cpu: numeric(required(values, 'cpu')) as number,
-            memory: numeric(required(values, 'memory')) as number,
-            ...(values.gpu !== undefined ? { gpu: values.gpu } : {}),
-            ...(values['gpu-count'] !== undefined ? { gpuCount: numeric(values['gpu-count']) as number } : {}),
-            ...(values.pool !== undefined ? { pool: values.pool } : {}),
-          }),
-        );
+        return print(await client.registerWorker(resourceSpec(values)));
       case 'get':
         return print(await client.getWorker(required(values, 'id')));
       case 'drain':
@@ -255,18 +262,7 @@ export async function main(argv: string[]): Promise<number> {
           return statuses.length > 0 ? 0 : 1;
         });
       case 'submit':
-        return await withClient(async (client) =>
-          print(
-            await client.submit({
-              id: required(values, 'id'),
-              cpu: numeric(required(values, 'cpu')) as number,
-              memory: numeric(required(values, 'memory')) as number,
-              ...(values.gpu !== undefined ? { gpu: values.gpu } : {}),
-              ...(values['gpu-count'] !== undefined ? { gpuCount: numeric(values['gpu-count']) as number } : {}),
-              ...(values.pool !== undefined ? { pool: values.pool } : {}),
-            }),
-          ),
-        );
+        return await withClient(async (client) => print(await client.submit(resourceSpec(values))));
       case 'release':
         return await withClient(async (client) => print(await client.release(required(values, 'id'))));
       case 'container':

@@ -9,7 +9,8 @@ import { Subjects } from '../protocol/subjects.js';
 
 export type Reply<T> = ({ ok: true } & T) | { ok: false; error: { code: ErrorCode; message: string }; workerId?: string };
 
-export interface ContainerSpec {
+/** What a submit asks for, and what a registration offers: the same fields (see README). */
+export interface ResourceSpec {
   id: string;
   cpu: number;
   memory: number;
@@ -17,15 +18,8 @@ export interface ContainerSpec {
   gpuCount?: number;
   pool?: string;
 }
-
-export interface WorkerSpecInput {
-  id: string;
-  cpu: number;
-  memory: number;
-  gpu?: string;
-  gpuCount?: number;
-  pool?: string;
-}
+export type ContainerSpec = ResourceSpec;
+export type WorkerSpecInput = ResourceSpec;
 
 export type PlaceReply = Reply<{ status: 'placed'; id: string; workerId: string }>;
 

@@ -4,7 +4,7 @@
  * registers a fleet of workers over NATS, places a few thousand containers with a progress line,
  * releases some, checks the accounting in Redis, and prints a summary.
  */
-import { startNats, startRedis, type ServerProcess } from '../../infra/servers.js';
+import { serversFromEnv } from '../../infra/servers.js';
 import { auditAccounting } from '../audit/accounting.js';
 import { DroverClient, type ContainerSpec, type PlaceReply, type WorkerSpecInput } from '../client/drover-client.js';
 import { loadConfig } from '../config.js';
@@ -48,22 +48,10 @@ export function demoContainers(count: number, prefix = 'ctr'): ContainerSpec[] {
 export async function runDemo(options: DemoOptions): Promise<number> {
   const out = process.stdout;
   const log = createLogger(process.env.DROVER_LOG_LEVEL ?? 'warn', { role: 'demo' });
-  const servers: ServerProcess[] = [];
+  const { redisUrl, natsUrl, started: servers } = await serversFromEnv();
   const replicas: Replica[] = [];
   let client: DroverClient | null = null;
   try {
-    let redisUrl = process.env.REDIS_URL;
-    let natsUrl = process.env.NATS_URL;
-    if (redisUrl === undefined) {
-      const redis = await startRedis();
-      servers.push(redis);
-      redisUrl = redis.url;
-    }
-    if (natsUrl === undefined) {
-      const nats = await startNats();
-      servers.push(nats);
-      natsUrl = nats.url;
-    }
     // A fresh prefix per run, so a demo against a shared Redis never mixes with earlier data.
     const prefix = process.env.DROVER_PREFIX ?? `demo-${Date.now().toString(36)}`;
     out.write(`Drover demo: Redis ${redisUrl}${servers.some((s) => s.name === 'redis') ? ' (private)' : ''}, ` +

@@ -62,14 +62,6 @@ export class ShardLeases {
     return Math.max(100, Math.floor(this.options.ttlMs / 3));
   }
 
-  heldShards(): number[] {
-    return [...this.held.keys()].sort((a, b) => a - b);
-  }
-
-  epochOf(shard: number): number | null {
-    return this.held.get(shard)?.epoch ?? null;
-  }
-
   /** The shards this replica should own; the loop acquires missing ones. */
   setDesired(shards: Iterable<number>): void {
     this.desiredShards = new Set(shards);

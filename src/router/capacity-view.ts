@@ -157,35 +157,4 @@ export class CapacityView {
       return;
     }
   }
-
-  owner(shard: number): string | null {
-    return this.shards[shard]?.owner ?? null;
-  }
-
-  /** Shards with a known, owned summary. */
-  ownedShards(): number {
-    let count = 0;
-    for (const entry of this.shards) if (entry !== undefined && entry.owner !== null) count += 1;
-    return count;
-  }
-
-  /** Per-owner shard counts and free capacity totals, for the status view. */
-  describe(): Array<{ shard: number; owner: string | null; epoch: number; workers: number; freeCpu: number; freeMemory: number; ageMs: number }> {
-    const now = Date.now();
-    const rows = [];
-    for (let shard = 0; shard < this.shardCount; shard += 1) {
-      const entry = this.shards[shard];
-      if (entry === undefined) continue;
-      rows.push({
-        shard,
-        owner: entry.owner,
-        epoch: entry.epoch,
-        workers: entry.groups.reduce((sum, g) => sum + g.workers, 0),
-        freeCpu: entry.groups.reduce((sum, g) => sum + g.freeCpu, 0),
-        freeMemory: entry.groups.reduce((sum, g) => sum + g.freeMemory, 0),
-        ageMs: now - entry.receivedAt,
-      });
-    }
-    return rows;
-  }
 }

@@ -140,23 +140,6 @@ export class ShardOwner {
     return this.actors.size;
   }
 
-  get queuedOps(): number {
-    return this.queue.length;
-  }
-
-  /** Current state of every worker actor, for status views and the debug page. */
-  workerSnapshots(): Array<{ id: string; state: string; resourceVersion: number; reservations: number }> {
-    return [...this.actors.values()].map((actor) => {
-      const snapshot = actor.getSnapshot();
-      return {
-        id: snapshot.context.spec.id,
-        state: String(snapshot.value),
-        resourceVersion: snapshot.context.resourceVersion,
-        reservations: snapshot.context.reservations,
-      };
-    });
-  }
-
   /** Run one op for this shard. Never rejects: every failure is a result the router can act on. */
   execute(op: ShardOp): Promise<ShardOpResult> | ShardOpResult {
     if (this.ownerState !== 'serving') return unavailable(`shard ${this.shard} is ${this.ownerState} on this replica`);

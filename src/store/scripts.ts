@@ -31,10 +31,6 @@ function scripts(): Map<ScriptName, LoadedScript> {
   return loaded;
 }
 
-export function scriptSource(name: ScriptName): string {
-  return scripts().get(name)!.source;
-}
-
 export async function runScript(
   redis: Redis,
   name: ScriptName,

@@ -3,7 +3,7 @@
  * REDIS_URL / NATS_URL are given. Each test file works under its own key/subject prefix.
  */
 import type { TestProject } from 'vitest/node';
-import { startNats, startRedis, type ServerProcess } from '../../infra/servers.js';
+import { serversFromEnv } from '../../infra/servers.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -13,19 +13,7 @@ declare module 'vitest' {
 }
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
-  const started: ServerProcess[] = [];
-  let redisUrl = process.env.REDIS_URL;
-  let natsUrl = process.env.NATS_URL;
-  if (!redisUrl) {
-    const redis = await startRedis();
-    started.push(redis);
-    redisUrl = redis.url;
-  }
-  if (!natsUrl) {
-    const nats = await startNats();
-    started.push(nats);
-    natsUrl = nats.url;
-  }
+  const { redisUrl, natsUrl, started } = await serversFromEnv();
   project.provide('redisUrl', redisUrl);
   project.provide('natsUrl', natsUrl);
   return async () => {
