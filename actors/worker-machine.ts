@@ -54,7 +54,8 @@ export type WorkerEvent =
   | { type: 'DISABLE' }
   | { type: 'ENABLE' }
   | { type: 'MARK_LOST' }
-  | { type: 'STATUS_COMMITTED'; resourceVersion: number }
+  /** Redis now has `status`: the actor takes it even if a resync moved it back meanwhile. */
+  | { type: 'STATUS_COMMITTED'; status: WorkerStatus; resourceVersion: number }
   | { type: 'SYNCED'; record: WorkerRecord };
 
 /** The status-changing events and the state each leads to. */
@@ -98,6 +99,12 @@ const syncTo = (status: WorkerStatus) => ({
   guard: ({ event }: { event: WorkerEvent }) => event.type === 'SYNCED' && event.record.status === status,
   target: `.${status}`,
   actions: 'applyRecord' as const,
+});
+
+const committedAs = (status: WorkerStatus) => ({
+  guard: ({ event }: { event: WorkerEvent }) => event.type === 'STATUS_COMMITTED' && event.status === status,
+  target: `.${status}`,
+  actions: 'recordVersion' as const,
 });
 
 export const workerMachine = setup({
@@ -172,7 +179,7 @@ export const workerMachine = setup({
     PLACEMENT_COMMITTED: { actions: 'commitPlacement' },
     PLACEMENT_ABORTED: { actions: 'abortPlacement' },
     RELEASE_COMMITTED: { actions: 'commitRelease' },
-    STATUS_COMMITTED: { actions: 'recordVersion' },
+    STATUS_COMMITTED: [committedAs('pending'), committedAs('available'), committedAs('draining'), committedAs('disabled'), committedAs('lost')],
     SYNCED: [syncTo('pending'), syncTo('available'), syncTo('draining'), syncTo('disabled'), syncTo('lost')],
   },
   states: {

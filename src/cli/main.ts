@@ -124,6 +124,9 @@ async function withClient(fn: (client: DroverClient) => Promise<number>): Promis
 async function runReplica(): Promise<number> {
   const config = loadConfig();
   const log = createLogger(config.logLevel, { role: 'replica' });
+  // A bug that escapes every handler is logged loudly, but does not take the shards down with it:
+  // every write is fenced, and the leases keep the replica honest about what it owns.
+  process.on('unhandledRejection', (reason) => log.error({ err: reason }, 'unhandled rejection'));
   const replica = await Replica.start(config, log);
   return new Promise<number>((resolve) => {
     let signals = 0;

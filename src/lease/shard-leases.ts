@@ -62,6 +62,11 @@ export class ShardLeases {
     return Math.max(100, Math.floor(this.options.ttlMs / 3));
   }
 
+  /** The epoch of the lease this replica holds on the shard, or null. */
+  epochOf(shard: number): number | null {
+    return this.held.get(shard)?.epoch ?? null;
+  }
+
   /** The shards this replica should own; the loop acquires missing ones. */
   setDesired(shards: Iterable<number>): void {
     this.desiredShards = new Set(shards);
@@ -187,6 +192,8 @@ export class ShardLeases {
   }
 
   private async acquire(shard: number): Promise<void> {
+    // The pass listed its shards when it began; membership or a shutdown may have changed since.
+    if (this.stopped || !this.desiredShards.has(shard)) return;
     this.busy.add(shard);
     let lock: Lock | null = null;
     try {

@@ -52,8 +52,8 @@ export class Replica {
   readonly leases: ShardLeases;
   readonly membership: Membership;
   private readonly started = Date.now();
-  /** Shards being handed over right now (graceful, in the background). */
-  private readonly handingOver = new Set<number>();
+  /** Hand-overs in progress, one per shard (graceful, in the background). */
+  private readonly handingOver = new Map<number, Promise<void>>();
   private readonly served = new Map<number, ServedShard>();
   private readonly subscriptions: Subscription[] = [];
   private capacitySeq = 0;
@@ -118,6 +118,9 @@ export class Replica {
       enableOfflineQueue: false,
       autoResendUnfulfilledCommands: false,
       maxRetriesPerRequest: 0,
+      // A command that hangs (a half-open connection) fails well within a lease period, so a
+      // lost lease is noticed and the shard dropped instead of waiting on a dead socket.
+      commandTimeout: Math.max(500, Math.floor(config.leaseTtlMs / 3)),
       lazyConnect: true,
       connectionName: `drover-${config.replicaId}`,
     });
@@ -180,10 +183,7 @@ export class Replica {
     const desired = new Set(this.desired());
     this.leases.setDesired(desired);
     for (const shard of this.served.keys()) {
-      if (!desired.has(shard) && !this.handingOver.has(shard)) {
-        this.handingOver.add(shard);
-        void this.handOver(shard).finally(() => this.handingOver.delete(shard));
-      }
+      if (!desired.has(shard)) void this.handOver(shard);
     }
     this.leases.acquireSoon();
   }
@@ -236,7 +236,9 @@ export class Replica {
     await this.membership.leave();
     await this.router.stop();
     await Promise.all(this.servedShards().map((shard) => this.handOver(shard)));
+    // An acquisition that was under way may have opened a shard since: hand that over too.
     await this.leases.stop();
+    await Promise.all(this.servedShards().map((shard) => this.handOver(shard)));
     if (this.heartbeatTimer !== null) clearInterval(this.heartbeatTimer);
     if (this.capacityTimer !== null) clearTimeout(this.capacityTimer);
     await this.closeConnections();
@@ -244,13 +246,22 @@ export class Replica {
   }
 
   /** Give one shard up gracefully: stop taking ops, finish queued writes, release the lease. */
-  async handOver(shard: number): Promise<void> {
+  handOver(shard: number): Promise<void> {
+    const running = this.handingOver.get(shard);
+    if (running !== undefined) return running;
     const served = this.served.get(shard);
-    if (served === undefined) return;
-    await served.subscription.drain().catch(() => undefined);
-    await served.owner.drain();
-    this.retire(shard, served);
-    await this.leases.release(shard);
+    if (served === undefined) return Promise.resolve();
+    const handOver = (async () => {
+      await served.subscription.drain().catch(() => undefined);
+      await served.owner.drain();
+      // The lease may have been lost (and the shard even re-taken) while draining: only this
+      // ownership is ours to retire and release.
+      if (this.served.get(shard) !== served) return;
+      this.retire(shard, served);
+      if (this.leases.epochOf(shard) === served.owner.epoch) await this.leases.release(shard);
+    })().finally(() => this.handingOver.delete(shard));
+    this.handingOver.set(shard, handOver);
+    return handOver;
   }
 
   private async closeConnections(): Promise<void> {
@@ -282,6 +293,8 @@ export class Replica {
     this.served.set(shard, { owner, subscription, capacity: null });
     this.log.debug({ shard, epoch, workers: owner.workerCount }, 'shard opened');
     this.publishCapacity(shard);
+    // Membership may have moved on while the shard was loading: give it to its new owner.
+    if (!this.leases.isDesired(shard)) void this.handOver(shard);
   }
 
   /** Lease lost or fenced: stop serving the shard at once, without waiting for anything. */
@@ -324,10 +337,18 @@ export class Replica {
         return { ok: false, code: 'UNAVAILABLE', message: `shard ${shard} failed the op: ${(error as Error).message}` };
       }
     });
-    void Promise.all(results).then((settled) => {
-      const reply: ShardReply = { results: settled, capacity: this.capacityOf(shard) };
-      msg.respond(JSON.stringify(reply));
-    });
+    Promise.all(results).then(
+      (settled) => {
+        const reply: ShardReply = { results: settled, capacity: this.capacityOf(shard) };
+        msg.respond(JSON.stringify(reply));
+      },
+      (error: unknown) => {
+        // Owners answer every op with a result; reaching here is a bug. Answer, never hang.
+        this.log.error({ err: error, shard }, 'shard request failed');
+        const failed: ShardOpResult = { ok: false, code: 'UNAVAILABLE', message: `shard ${shard} failed the request` };
+        msg.respond(JSON.stringify({ results: ops.map(() => failed), capacity: null } satisfies ShardReply));
+      },
+    );
   }
 
   private capacityOf(shard: number): ShardCapacity | null {

@@ -170,7 +170,15 @@ export class Router {
 
   private async onSubmitBatch(msg: Msg): Promise<unknown> {
     const requests = parseContainerBatch(decodeObject(msg.data));
-    const results = await Promise.all(requests.map((request) => this.place(request)));
+    // One container's failure is its own answer; the others are answered as they ended.
+    const results = await Promise.all(
+      requests.map((request) =>
+        this.place(request).catch((error: unknown) => {
+          this.options.log.error({ err: error, container: request.id }, 'placement failed');
+          return replyFromError(error);
+        }),
+      ),
+    );
     return { ok: true, results };
   }
 
@@ -317,7 +325,18 @@ export class Router {
     const local = this.options.localOwner?.(shard) ?? null;
     if (local === null || local.state !== 'serving') return this.shardClient.send(shard, op);
     this.stats.localOps += 1;
-    const result = await local.execute(op);
+    let result: ShardOpResult;
+    try {
+      // Bounded like a remote request: a local owner stuck on Redis must not hold the client.
+      result = await withTimeout(Promise.resolve(local.execute(op)), this.options.config.shardRequestTimeoutMs + DEADLINE_GRACE_MS, {
+        ok: false,
+        code: 'UNAVAILABLE',
+        message: `the owner of shard ${shard} did not answer in time`,
+      });
+    } catch (error) {
+      this.options.log.error({ err: error, shard, op: op.k }, 'local shard op failed');
+      result = { ok: false, code: 'UNAVAILABLE', message: `shard ${shard} failed the op: ${(error as Error).message}` };
+    }
     // As a remote owner's reply would, refresh this router's view of the shard at once.
     const capacity = this.options.localCapacity?.(shard) ?? null;
     if (capacity !== null) this.view.update(capacity);
@@ -354,6 +373,15 @@ export class Router {
 
 function respond(msg: Msg, body: unknown): void {
   if (msg.reply) msg.respond(JSON.stringify(body));
+}
+
+/** `promise`, or `fallback` if it has not settled after `ms`. */
+function withTimeout<T>(promise: Promise<T>, ms: number, fallback: T): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<T>((resolve) => {
+    timer = setTimeout(() => resolve(fallback), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 function delay(ms: number): Promise<void> {

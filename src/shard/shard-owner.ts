@@ -80,7 +80,8 @@ interface Tally {
   readonly placed: Sum;
   readonly aborted: Sum;
   readonly released: Sum;
-  statusSet: boolean;
+  /** The status Redis now holds, when the batch changed it (the last change wins, as in Redis). */
+  status: WorkerStatus | null;
   /** The worker's highest ResourceVersion this batch reported. */
   version: number;
   /** Replies that must show the actor's state after the batch (status changes). */
@@ -91,7 +92,7 @@ const newTally = (): Tally => ({
   placed: { cpu: 0, memory: 0, gpuCount: 0, count: 0 },
   aborted: { cpu: 0, memory: 0, gpuCount: 0, count: 0 },
   released: { cpu: 0, memory: 0, gpuCount: 0, count: 0 },
-  statusSet: false,
+  status: null,
   version: 0,
   afterSettle: [],
 });
@@ -111,6 +112,9 @@ export class ShardOwner {
   private readonly actors = new Map<string, WorkerActor>();
   /** Capacity columns mirrored from the actors, refreshed after every event sent to one. */
   private readonly index = new WorkerIndex();
+  /** Counts actor creations; a reload leaves alone actors created after it began reading. */
+  private generation = 0;
+  private readonly createdAt = new Map<WorkerActor, number>();
   private queue: QueuedOp[] = [];
   private committing = false;
   private flushScheduled = false;
@@ -174,6 +178,7 @@ export class ShardOwner {
     for (const actor of this.actors.values()) actor.stop();
     this.actors.clear();
     this.index.clear();
+    this.createdAt.clear();
   }
 
   private addActor(record: WorkerRecord): WorkerActor {
@@ -181,6 +186,8 @@ export class ShardOwner {
     actor.start();
     this.actors.set(record.id, actor);
     this.index.add(actor);
+    this.generation += 1;
+    this.createdAt.set(actor, this.generation);
     return actor;
   }
 
@@ -188,6 +195,7 @@ export class ShardOwner {
     actor.stop();
     this.actors.delete(actor.getSnapshot().context.spec.id);
     this.index.remove(actor);
+    this.createdAt.delete(actor);
   }
 
   /** Every event to an actor goes through here, so the index never lags behind the actor. */
@@ -429,7 +437,7 @@ export class ShardOwner {
       return true;
     }
     if (outcome.code === 'STATUS_SET') {
-      tally.statusSet = true;
+      tally.status = queued.status;
       // Answered in settle(), once the actor knows the new version the reply shows.
       tally.afterSettle.push(() => queued.resolve({ ok: true, worker: this.view(queued.actor) }));
       return false;
@@ -445,7 +453,7 @@ export class ShardOwner {
     if (placed.count > 0) this.tell(actor, { type: 'PLACEMENT_COMMITTED', resources: placed, count: placed.count, resourceVersion: version });
     if (aborted.count > 0) this.tell(actor, { type: 'PLACEMENT_ABORTED', resources: aborted, count: aborted.count });
     if (released.count > 0) this.tell(actor, { type: 'RELEASE_COMMITTED', resources: released, resourceVersion: version });
-    if (tally.statusSet) this.tell(actor, { type: 'STATUS_COMMITTED', resourceVersion: version });
+    if (tally.status !== null) this.tell(actor, { type: 'STATUS_COMMITTED', status: tally.status, resourceVersion: version });
     for (const answer of tally.afterSettle) answer();
   }
 
@@ -466,6 +474,7 @@ export class ShardOwner {
 
   /** Resync every actor from Redis (after a commit of unknown outcome). */
   private async reload(): Promise<void> {
+    const startedAt = this.generation;
     const records = await this.options.store.loadShard(this.shard);
     const seen = new Set<string>();
     for (const record of records) {
@@ -475,7 +484,8 @@ export class ShardOwner {
       else this.tell(actor, { type: 'SYNCED', record });
     }
     for (const [id, actor] of [...this.actors]) {
-      if (!seen.has(id)) this.removeActor(actor);
+      // A worker registered while the reload was reading may be missing from what it read.
+      if (!seen.has(id) && (this.createdAt.get(actor) ?? 0) <= startedAt) this.removeActor(actor);
     }
     this.reloadNeeded = false;
     this.stats.resyncs += records.length;

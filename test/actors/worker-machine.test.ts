@@ -47,7 +47,7 @@ function eventsFor(snapshot: { context: WorkerContext }): WorkerEvent[] {
     { type: 'DISABLE' },
     { type: 'ENABLE' },
     { type: 'MARK_LOST' },
-    { type: 'STATUS_COMMITTED', resourceVersion: c.resourceVersion + 1 },
+    ...WORKER_STATUSES.map((status) => ({ type: 'STATUS_COMMITTED' as const, status, resourceVersion: c.resourceVersion + 1 })),
     ...WORKER_STATUSES.map((status) => ({
       type: 'SYNCED' as const,
       record: record(status, { freeCpu: c.freeCpu, freeMemory: c.freeMemory, freeGpuCount: c.freeGpuCount, resourceVersion: c.resourceVersion + 1 }),
@@ -147,7 +147,7 @@ function specify(status: WorkerStatus, c: WorkerContext, event: WorkerEvent): Ex
         },
       };
     case 'STATUS_COMMITTED':
-      return { status, context: { resourceVersion: event.resourceVersion } };
+      return { status: event.status, context: { resourceVersion: event.resourceVersion } };
     case 'SYNCED':
       return {
         status: event.record.status,
@@ -250,6 +250,16 @@ describe('worker machine, by hand', () => {
     actor.send({ type: 'PLACEMENT_COMMITTED', resources: unit, count: 1, resourceVersion: 10 });
     c = actor.getSnapshot().context;
     expect([c.freeCpu, c.reservedCpu, c.reservations, c.resourceVersion]).toEqual([500, 0, 0, 10]);
+  });
+
+  it('takes a committed status even when a resync moved it back while the write was in flight', () => {
+    const actor = createActor(workerMachine, { input: record('disabled') }).start();
+    actor.send({ type: 'ENABLE' });
+    actor.send({ type: 'SYNCED', record: record('disabled', { resourceVersion: 8 }) });
+    expect(actor.getSnapshot().value).toBe('disabled');
+    actor.send({ type: 'STATUS_COMMITTED', status: 'available', resourceVersion: 9 });
+    expect(actor.getSnapshot().value).toBe('available');
+    expect(actor.getSnapshot().context.resourceVersion).toBe(9);
   });
 
   it('a CPU-only request may use a GPU worker; a GPU request of any type needs free GPUs', () => {

@@ -150,3 +150,23 @@ describe('commit_batch', () => {
     expect(ops).toEqual(['register:w1', 'register:w2', 'place:c1']);
   });
 });
+
+describe('commit_batch input checks', () => {
+  it('refuses a batch with a malformed op before writing any of it', async () => {
+    const redis2 = connectRedis();
+    try {
+      const prefix2 = testPrefix('m');
+      const store2 = storeFor(redis2, prefix2);
+      await redis2.set(store2.keys.lease(SHARD), 'mine');
+      const epoch2 = await store2.takeEpoch(SHARD, 'mine');
+      await store2.registerWorker(epoch2, spec('w1'), 'available');
+      const before = await snapshotKeys(redis2, prefix2);
+      await expect(
+        store2.commitBatch(SHARD, epoch2, [place('c1', 'w1', 1), { kind: 'status', workerId: 'w1', expectedVersion: 2, status: 'sleeping' as never }]),
+      ).rejects.toThrow(/malformed op 1/);
+      expect(await snapshotKeys(redis2, prefix2)).toEqual(before);
+    } finally {
+      await redis2.quit();
+    }
+  });
+});

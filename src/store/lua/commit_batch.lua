@@ -58,10 +58,30 @@ if n == nil or n < 0 or n > 1000 or #KEYS ~= 2 + 3 * n or #ARGV ~= 5 + 9 * n the
   return redis.error_reply('ERR commit_batch: malformed batch')
 end
 
+local STATUSES = {pending = true, available = true, draining = true, disabled = true, lost = true}
+
+-- Check every op before writing anything: Redis does not roll back a script's earlier writes
+-- when it fails part way, so a malformed op must be refused while nothing has been written.
+for i = 0, n - 1 do
+  local base = 6 + 9 * i
+  local kind = ARGV[base]
+  local ok = tonumber(ARGV[base + 3]) ~= nil
+  if kind == 'P' then
+    ok = ok and tonumber(ARGV[base + 4]) ~= nil and tonumber(ARGV[base + 5]) ~= nil
+      and tonumber(ARGV[base + 6]) ~= nil and tonumber(ARGV[base + 7]) ~= nil
+  elseif kind == 'S' then
+    ok = ok and STATUSES[ARGV[base + 4]] == true
+  elseif kind ~= 'R' then
+    ok = false
+  end
+  if not ok then
+    return redis.error_reply('ERR commit_batch: malformed op ' .. i .. ' (' .. tostring(kind) .. ')')
+  end
+end
+
 local time = redis.call('TIME')
 local nowMs = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
-local STATUSES = {pending = true, available = true, draining = true, disabled = true, lost = true}
 local bumps = {}
 local out = {'OK'}
 
@@ -151,9 +171,7 @@ for i = 0, n - 1 do
     end
   elseif kind == 'S' then
     local version = tonumber(redis.call('HGET', workerKey, 'resourceVersion'))
-    if not STATUSES[ARGV[base + 4]] then
-      return redis.error_reply('ERR commit_batch: unknown status ' .. tostring(ARGV[base + 4]))
-    elseif version == nil then
+    if version == nil then
       reply('WORKER_NOT_FOUND', 0, '')
     elseif version ~= expected then
       reply('RV_CONFLICT', version, '')
@@ -164,8 +182,6 @@ for i = 0, n - 1 do
       history({'op', 'status', 'worker', workerId, 'status', ARGV[base + 4], 'version', version, 'epoch', epoch})
       reply('STATUS_SET', version, '')
     end
-  else
-    return redis.error_reply('ERR commit_batch: unknown op kind ' .. tostring(kind))
   end
 end
 
