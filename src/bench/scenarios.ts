@@ -141,7 +141,7 @@ async function runBaseline(
       roundSeconds.push((performance.now() - roundStart) / 1000);
     }
     const seconds = (performance.now() - started) / 1000;
-    progress.done(`placed ${placed}${cutOff ? ' (cut off)' : ''}`);
+    progress.done(`placed ${placed}${cutOff ? ' (cut off)' : ''}`, finished);
     const stats = watch.stop();
     return { placed, finished, seconds, roundSeconds, cutOff, latency: latency.summary(), stats: { ...seed.stats }, redisCpuPercent: stats.redis?.cpuPercent ?? null };
   });

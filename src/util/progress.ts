@@ -33,11 +33,12 @@ export class Progress {
     else this.stream.write(`${text}\n`);
   }
 
-  /** Draw the final state (once, even if the last update already showed the total). */
-  done(extra = ''): void {
-    if (this.lastDone !== this.total) {
+  /** Draw the final state (once): `count` when the work stopped short of the total. */
+  done(extra = '', count = this.total): void {
+    if (this.lastDone !== count) {
       this.lastDraw = 0;
-      this.update(this.total, extra);
+      this.lastDone = -1;
+      this.update(count, extra);
     }
     if (this.tty) this.stream.write('\n');
   }
