@@ -2,10 +2,10 @@
  * A small typed client for Drover's public NATS contract. The CLI, the demo, the benchmark and the
  * tests all use it; any other NATS client speaking the same JSON works just as well.
  */
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
 import type { ErrorCode } from '../protocol/errors.js';
 import type { WorkerView } from '../protocol/shard-messages.js';
-import { Subjects } from '../protocol/subjects.js';
+import { DEADLINE_HEADER, Subjects } from '../protocol/subjects.js';
 
 export type Reply<T> = ({ ok: true } & T) | { ok: false; error: { code: ErrorCode; message: string }; workerId?: string };
 
@@ -69,7 +69,10 @@ export class DroverClient {
 
   /** Send raw bytes to a subject and return the parsed reply (used by tests of malformed input). */
   async raw(subject: string, payload: string | Uint8Array): Promise<Record<string, unknown>> {
-    const reply = await this.nc.request(subject, payload, { timeout: this.timeoutMs });
+    // The request is worth nothing to us after our timeout: say so, so it is not acted on later.
+    const deadline = headers();
+    deadline.set(DEADLINE_HEADER, String(Date.now() + this.timeoutMs));
+    const reply = await this.nc.request(subject, payload, { timeout: this.timeoutMs, headers: deadline });
     return reply.json<Record<string, unknown>>();
   }
 

@@ -1,4 +1,12 @@
 /**
+ * Optional request header: the Unix ms after which the client no longer waits for the answer. A
+ * router does not start a request past it, and a placement is never written after it (the Lua
+ * script checks it on Redis's clock), so a client that retries after a timeout cannot have its
+ * earlier attempt land later, behind an answer it already got.
+ */
+export const DEADLINE_HEADER = 'Drover-Deadline';
+
+/**
  * NATS subjects. Public subjects are what clients use; shard subjects are internal (router to the
  * shard's lease holder); capacity subjects carry each shard's free capacity from owner to routers.
  */

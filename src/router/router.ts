@@ -10,7 +10,7 @@ import type { DroverConfig } from '../config.js';
 import { DroverError, errorReply, replyFromError, type ErrorReply } from '../protocol/errors.js';
 import type { ShardCapacity, ShardOp, ShardOpResult, StatusAction, WorkerView } from '../protocol/shard-messages.js';
 import { parseShardCapacity, workerView } from '../protocol/shard-messages.js';
-import type { Subjects } from '../protocol/subjects.js';
+import { DEADLINE_HEADER, type Subjects } from '../protocol/subjects.js';
 import {
   decodeObject,
   parseContainerBatch,
@@ -51,6 +51,8 @@ export interface RouterStats {
   invalid: number;
   /** Ops handed to an owner in this process (no NATS hop). */
   localOps: number;
+  /** Requests dropped because their client's deadline had passed before the router began. */
+  expired: number;
 }
 
 type PlaceReply =
@@ -78,7 +80,7 @@ export interface RouterOptions {
 export class Router {
   readonly view: CapacityView;
   readonly shardClient: ShardClient;
-  readonly stats: RouterStats = { placed: 0, reroutes: 0, noCapacity: 0, unavailable: 0, alreadyPlaced: 0, released: 0, invalid: 0, localOps: 0 };
+  readonly stats: RouterStats = { placed: 0, reroutes: 0, noCapacity: 0, unavailable: 0, alreadyPlaced: 0, released: 0, invalid: 0, localOps: 0, expired: 0 };
   private readonly subscriptions: Subscription[] = [];
   private capacitySubscription: Subscription | null = null;
   private inFlight = 0;
@@ -143,6 +145,13 @@ export class Router {
   }
 
   private serve(msg: Msg, handler: (msg: Msg) => Promise<unknown>): void {
+    const deadline = clientDeadline(msg);
+    if (deadline !== null && Date.now() > deadline) {
+      // The client stopped waiting (this replica was paused, or very busy): acting now could
+      // place a container behind an answer the client already got for a retry.
+      this.stats.expired += 1;
+      return;
+    }
     if (this.inFlight >= MAX_ROUTER_IN_FLIGHT) {
       respond(msg, errorReply('UNAVAILABLE', `router busy: ${this.inFlight} requests in flight; retry`));
       return;
@@ -165,15 +174,16 @@ export class Router {
   }
 
   private async onSubmit(msg: Msg): Promise<PlaceReply> {
-    return this.place(parseContainerRequest(decodeObject(msg.data)));
+    return this.place(parseContainerRequest(decodeObject(msg.data)), clientDeadline(msg));
   }
 
   private async onSubmitBatch(msg: Msg): Promise<unknown> {
     const requests = parseContainerBatch(decodeObject(msg.data));
+    const deadline = clientDeadline(msg);
     // One container's failure is its own answer; the others are answered as they ended.
     const results = await Promise.all(
       requests.map((request) =>
-        this.place(request).catch((error: unknown) => {
+        this.place(request, deadline).catch((error: unknown) => {
           this.options.log.error({ err: error, container: request.id }, 'placement failed');
           return replyFromError(error);
         }),
@@ -182,8 +192,11 @@ export class Router {
     return { ok: true, results };
   }
 
-  /** Route one placement: try fitting shards until one places it or the attempts run out. */
-  async place(request: ContainerRequest): Promise<PlaceReply> {
+  /**
+   * Route one placement: try fitting shards until one places it or the attempts run out. No
+   * attempt may be written after `clientDeadline` (when the client sent one).
+   */
+  async place(request: ContainerRequest, clientDeadline: number | null = null): Promise<PlaceReply> {
     this.nonceCounter += 1;
     const nonce = `${this.options.config.replicaId}.${this.nonceCounter}`;
     const tried = new Set<number>();
@@ -193,7 +206,12 @@ export class Router {
       if (shard === null) break;
       tried.add(shard);
       this.view.consume(shard, request);
-      const deadline = Date.now() + this.options.config.shardRequestTimeoutMs;
+      const routerDeadline = Date.now() + this.options.config.shardRequestTimeoutMs;
+      const deadline = clientDeadline === null ? routerDeadline : Math.min(routerDeadline, clientDeadline);
+      if (deadline <= Date.now()) {
+        lastUnavailable = 'the client deadline passed';
+        break;
+      }
       const op: ShardOp = { k: 'place', id: request.id, request, nonce, deadline };
       const result = await this.send(shard, op);
       if (result.ok) {
@@ -373,6 +391,14 @@ export class Router {
 
 function respond(msg: Msg, body: unknown): void {
   if (msg.reply) msg.respond(JSON.stringify(body));
+}
+
+/** The client's deadline header, if it sent a valid one. */
+function clientDeadline(msg: Msg): number | null {
+  const raw = msg.headers?.get(DEADLINE_HEADER);
+  if (raw === undefined || raw === '') return null;
+  const value = Number(raw);
+  return Number.isSafeInteger(value) && value > 0 ? value : null;
 }
 
 /** `promise`, or `fallback` if it has not settled after `ms`. */
