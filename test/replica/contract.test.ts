@@ -4,7 +4,9 @@
  */
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { headers } from '@nats-io/transport-node';
 import { auditAccounting } from '../../src/audit/accounting.js';
+import { DEADLINE_HEADER } from '../../src/protocol/subjects.js';
 import type { DroverClient } from '../../src/client/drover-client.js';
 import type { Replica } from '../../src/replica/replica.js';
 import { connectClient, connectRedis, delay, startReplica } from '../support/cluster.js';
@@ -153,6 +155,21 @@ describe('accounting and concurrency', () => {
     const worker = await client.getWorker('dup-w');
     expect(worker.ok && worker.worker.freeCpu).toBe(100_000 - 100);
     expect(await redis.scard(replica.store.keys.workerContainers(worker.ok ? worker.worker.shard : -1, 'dup-w'))).toBe(1);
+  });
+
+  it('does not act on a request whose client deadline has passed', async () => {
+    await client.registerWorker({ id: 'late-w', cpu: 1_000, memory: 1_000, pool: 'late' });
+    await settle();
+    const expired = headers();
+    expired.set(DEADLINE_HEADER, String(Date.now() - 1));
+    const late = client.nc.request(`${replica.config.prefix}.submit`, JSON.stringify({ id: 'late-c', cpu: 100, memory: 100, pool: 'late' }), {
+      timeout: 500,
+      headers: expired,
+    });
+    await expect(late).rejects.toThrow(/timeout/i);
+    expect(await redis.exists(replica.store.keys.container('late-c'))).toBe(0);
+    // The same request with time left is served.
+    expect(await client.submit({ id: 'late-c', cpu: 100, memory: 100, pool: 'late' })).toMatchObject({ ok: true, workerId: 'late-w' });
   });
 
   it('a batch submit places each container and answers per container', async () => {
