@@ -176,17 +176,28 @@ export async function checkRun(store: DroverStore, shards: number, records: read
     });
   }
   let unacknowledgedPlacements = 0;
-  const refusedIds = new Map<string, string>();
+  const refused = new Map<string, RequestRecord>();
   for (const record of records) {
     const final = record.final;
-    if (record.op === 'submit' && final?.kind === 'error' && final.code !== 'UNAVAILABLE') refusedIds.set(record.id, final.code);
+    if (record.op === 'submit' && final?.kind === 'error' && final.code !== 'UNAVAILABLE') refused.set(record.id, record);
   }
   for (const id of placements.keys()) {
     if (acks.has(id)) continue;
-    const refusal = refusedIds.get(id);
+    const record = refused.get(id);
     // UNAVAILABLE means "outcome unknown, retry": a placement behind it is allowed. A definite no is not.
-    if (refusal !== undefined) report('false-refusal', `submit of ${id} was answered ${refusal}, but Redis placed it`);
-    else unacknowledgedPlacements += 1;
+    if (record === undefined) {
+      unacknowledgedPlacements += 1;
+      continue;
+    }
+    const container = await store.readContainer(id).catch(() => null);
+    const attempts = record.attempts
+      .map((a) => `+${a.at - record.startedAt} ms ${a.outcome.kind === 'error' ? a.outcome.code : a.outcome.kind}`)
+      .join(', ');
+    report(
+      'false-refusal',
+      `submit of ${id} was answered ${(record.final as { code: string }).code}, but Redis placed it on ${container?.workerId} ` +
+        `at +${(container?.placedAt ?? 0) - record.startedAt} ms (nonce ${container?.nonce}); attempts: ${attempts}`,
+    );
   }
 
   // 4. The end state adds up.

@@ -49,6 +49,11 @@ export type ShardOpResult =
       readonly message: string;
       readonly workerId?: string;
       readonly nonce?: string;
+      /**
+       * The write may still happen (Redis did not answer, or the owner did not answer in time):
+       * nobody may conclude "not placed" before the op's deadline has passed.
+       */
+      readonly unknown?: boolean;
     };
 
 export interface ShardRequest {

@@ -201,6 +201,8 @@ export class Router {
     const nonce = `${this.options.config.replicaId}.${this.nonceCounter}`;
     const tried = new Set<number>();
     let lastUnavailable: string | null = null;
+    /** The latest deadline of an attempt whose write may still land (its outcome is unknown). */
+    let unknownUntil = 0;
     for (let attempt = 0; attempt < MAX_ROUTE_ATTEMPTS; attempt += 1) {
       const shard = this.view.choose(request, tried, this.options.config.replicaId);
       if (shard === null) break;
@@ -238,6 +240,7 @@ export class Router {
         case 'EXPIRED':
           this.stats.reroutes += 1;
           lastUnavailable = result.message;
+          if (result.unknown === true) unknownUntil = Math.max(unknownUntil, deadline);
           break;
         default:
           throw new DroverError('INTERNAL', `shard ${shard} answered ${result.code}: ${result.message}`);
@@ -245,7 +248,17 @@ export class Router {
     }
     // Before saying "not placed": an attempt that timed out, of this request or of an earlier one
     // with the same id, may have committed after all. Redis knows; the answer must match it.
-    const placed = await this.options.store.readContainer(request.id).catch(() => null);
+    // An attempt of unknown outcome can still be written until its deadline (Redis checks it on
+    // its own clock): read only once that has passed, with the same grace as for timeouts.
+    const wait = unknownUntil + DEADLINE_GRACE_MS - Date.now();
+    if (unknownUntil > 0 && wait > 0) await delay(wait);
+    let placed;
+    try {
+      placed = await this.options.store.readContainer(request.id);
+    } catch {
+      this.stats.unavailable += 1;
+      return errorReply('UNAVAILABLE', `could not place ${request.id} now, and Redis cannot say whether an attempt did; retry with the same id`);
+    }
     if (placed !== null) {
       if (placed.nonce === nonce) {
         this.stats.placed += 1;

@@ -78,7 +78,8 @@ export class ShardClient {
       const message = describe(error, shard);
       if (error instanceof errors.TimeoutError) this.stats.timeouts += 1;
       if (error instanceof errors.RequestError && error.isNoResponders()) this.stats.noResponders += 1;
-      results = list.map(() => ({ ok: false as const, code: 'UNAVAILABLE' as const, message }));
+      const unknown = error instanceof errors.TimeoutError;
+      results = list.map(() => ({ ok: false as const, code: 'UNAVAILABLE' as const, message, unknown }));
     } finally {
       this.inFlightRequests -= 1;
     }

@@ -104,7 +104,7 @@ function add(sum: Sum, cpu: number, memory: number, gpuCount: number): void {
   sum.count += 1;
 }
 
-const unavailable = (message: string): ShardOpResult => ({ ok: false, code: 'UNAVAILABLE', message });
+const unavailable = (message: string, unknown = false): ShardOpResult => ({ ok: false, code: 'UNAVAILABLE', message, unknown });
 
 export class ShardOwner {
   readonly shard: number;
@@ -349,7 +349,7 @@ export class ShardOwner {
       this.reloadNeeded = true;
       for (const queued of live) {
         if (queued.kind === 'place') this.tell(queued.actor, { type: 'PLACEMENT_ABORTED', resources: queued.resources, count: 1 });
-        queued.resolve(unavailable('Redis did not answer; the outcome is unknown, retry with the same id'));
+        queued.resolve(unavailable('Redis did not answer; the outcome is unknown, retry with the same id', true));
       }
       return;
     }
