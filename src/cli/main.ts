@@ -19,11 +19,10 @@
 import { parseArgs } from 'node:util';
 import { DroverClient, type Reply, type ResourceSpec } from '../client/drover-client.js';
 import { loadConfig } from '../config.js';
-import { runDemo } from '../demo/demo.js';
-import { FAULTS, runChaos, type FaultName } from '../chaos/run.js';
-import { benchMarkdown } from '../bench/report.js';
-import { runBench } from '../bench/run.js';
-import { SCENARIOS, type ScenarioName } from '../bench/scenarios.js';
+// The demo, the chaos suite and the benchmark are loaded only when asked for, so a replica does
+// not carry their modules (HDR histograms, process clusters) in its memory.
+import type { FaultName } from '../chaos/run.js';
+import type { ScenarioName } from '../bench/scenarios.js';
 import { Replica } from '../replica/replica.js';
 import { createLogger } from '../util/log.js';
 import { renderTable } from '../util/table.js';
@@ -183,9 +182,12 @@ async function workersCommand(action: string, values: Values): Promise<number> {
 
 async function benchCommand(names: string[], values: Values): Promise<number> {
   if (values.report !== undefined) {
+    const { benchMarkdown } = await import('../bench/report.js');
     process.stdout.write(`${benchMarkdown(values.report)}\n`);
     return 0;
   }
+  const { runBench } = await import('../bench/run.js');
+  const { SCENARIOS } = await import('../bench/scenarios.js');
   const known = Object.keys(SCENARIOS);
   for (const name of names) if (!known.includes(name)) throw new UsageError(`unknown scenario "${name}"; known: ${known.join(', ')}`);
   const stamp = new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19);
@@ -199,6 +201,7 @@ async function benchCommand(names: string[], values: Values): Promise<number> {
 }
 
 async function chaosCommand(values: Values): Promise<number> {
+  const { FAULTS, runChaos } = await import('../chaos/run.js');
   const quick = values.quick === true;
   const faults = (values.faults ?? FAULTS.join(',')).split(',').filter((f) => f !== '');
   for (const fault of faults) {
@@ -240,7 +243,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'replica':
         return await runReplica();
       case 'demo':
-        return await runDemo({
+        return await (await import('../demo/demo.js')).runDemo({
           workers: positiveInt(values.workers, 200, 'workers', 100_000),
           containers: positiveInt(values.containers, 5_000, 'containers', 10_000_000),
           replicas: positiveInt(values.replicas, 1, 'replicas', 16),

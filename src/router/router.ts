@@ -358,12 +358,9 @@ export class Router {
     this.stats.localOps += 1;
     let result: ShardOpResult;
     try {
-      // Bounded like a remote request: a local owner stuck on Redis must not hold the client.
-      result = await withTimeout(Promise.resolve(local.execute(op)), this.options.config.shardRequestTimeoutMs + DEADLINE_GRACE_MS, {
-        ok: false,
-        code: 'UNAVAILABLE',
-        message: `the owner of shard ${shard} did not answer in time`,
-      });
+      // Bounded without a timer of our own: the owner's Redis commands time out (commandTimeout,
+      // a third of the lease TTL), and an op queued behind them is answered when they do.
+      result = await local.execute(op);
     } catch (error) {
       this.options.log.error({ err: error, shard, op: op.k }, 'local shard op failed');
       result = { ok: false, code: 'UNAVAILABLE', message: `shard ${shard} failed the op: ${(error as Error).message}` };
@@ -412,15 +409,6 @@ function clientDeadline(msg: Msg): number | null {
   if (raw === undefined || raw === '') return null;
   const value = Number(raw);
   return Number.isSafeInteger(value) && value > 0 ? value : null;
-}
-
-/** `promise`, or `fallback` if it has not settled after `ms`. */
-function withTimeout<T>(promise: Promise<T>, ms: number, fallback: T): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<T>((resolve) => {
-    timer = setTimeout(() => resolve(fallback), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 function delay(ms: number): Promise<void> {
