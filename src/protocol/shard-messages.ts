@@ -1,10 +1,14 @@
 /**
  * Internal messages between a router and a shard's owner, and the capacity summaries owners
- * publish. Both ends are Drover replicas of the same version, but the payloads are still checked
- * where they arrive (`parseShardRequest`), because a malformed message must not crash a replica.
+ * publish. Both ends are normally Drover replicas of the same version, but a shard subject is a
+ * NATS subject like any other and anyone on the bus can publish to it, so every op is checked
+ * where it arrives (`parseShardRequest`) with the same rules as the public requests: a malformed or
+ * hostile op gets INVALID_REQUEST and never reaches an actor or Redis.
  */
 import { type PlacementRequest, type WorkerRecord, type WorkerStatus } from '../../actors/capacity.js';
-import type { WorkerRegistration } from './validate.js';
+import { DroverError } from './errors.js';
+import { ID_PATTERN } from './limits.js';
+import { parseContainerRequest, parseWorkerRegistration, type WorkerRegistration } from './validate.js';
 
 /** Most ops in one router-to-owner message. */
 export const MAX_SHARD_OPS = 1000;
@@ -58,6 +62,16 @@ export type ShardOpResult =
 
 export interface ShardRequest {
   readonly ops: readonly ShardOp[];
+}
+
+/** An op of a received shard request that failed its checks, kept in place so results line up. */
+export interface InvalidShardOp {
+  readonly k: 'invalid';
+  readonly message: string;
+}
+
+export interface ReceivedShardRequest {
+  readonly ops: ReadonlyArray<ShardOp | InvalidShardOp>;
 }
 
 export interface ShardReply {
@@ -124,19 +138,82 @@ function isObject(value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
 
-/** Shape check of an internal request; the router validated the fields, the owner checks the frame. */
-export function parseShardRequest(value: unknown): ShardRequest {
+/** Nonces are "<replica id>.<counter>"; a bound on their length keeps container records small. */
+const NONCE_PATTERN = /^[A-Za-z0-9_.-]{1,160}$/;
+/** A deadline is Unix ms; anything outside these years is not one a router made. */
+const MIN_DEADLINE_MS = Date.UTC(2020, 0, 1);
+const MAX_DEADLINE_MS = Date.UTC(2200, 0, 1);
+
+function invalidOp(message: string): DroverError {
+  return new DroverError('INVALID_REQUEST', message);
+}
+
+function onlyKeys(op: Record<string, unknown>, allowed: readonly string[]): void {
+  for (const key of Object.keys(op)) {
+    if (!allowed.includes(key)) throw invalidOp(`unknown field "${key}" in a ${String(op.k)} op`);
+  }
+}
+
+function opId(op: Record<string, unknown>, field: string): string {
+  const value = op[field];
+  if (typeof value !== 'string' || !ID_PATTERN.test(value)) throw invalidOp(`${String(op.k)} op: "${field}" must match ${ID_PATTERN.source}`);
+  return value;
+}
+
+/**
+ * Check one op of a shard request as strictly as the public parsers check a client's request, and
+ * return it rebuilt from the checked fields only (nothing unchecked is passed on).
+ */
+export function parseShardOp(value: unknown): ShardOp {
+  if (!isObject(value)) throw invalidOp('shard op must be an object');
+  switch (value.k) {
+    case 'place': {
+      onlyKeys(value, ['k', 'id', 'request', 'nonce', 'deadline']);
+      if (!isObject(value.request)) throw invalidOp('place op: "request" must be an object');
+      const { id, ...request } = parseContainerRequest({ ...value.request, id: value.id }, 'place op');
+      const nonce = value.nonce;
+      if (typeof nonce !== 'string' || !NONCE_PATTERN.test(nonce)) throw invalidOp(`place op: "nonce" must match ${NONCE_PATTERN.source}`);
+      const deadline = value.deadline;
+      if (typeof deadline !== 'number' || !Number.isInteger(deadline) || deadline < MIN_DEADLINE_MS || deadline > MAX_DEADLINE_MS) {
+        throw invalidOp('place op: "deadline" must be a time in Unix milliseconds');
+      }
+      return { k: 'place', id, request, nonce, deadline };
+    }
+    case 'release':
+      onlyKeys(value, ['k', 'id', 'workerId']);
+      return { k: 'release', id: opId(value, 'id'), workerId: opId(value, 'workerId') };
+    case 'register':
+      onlyKeys(value, ['k', 'worker']);
+      if (!isObject(value.worker)) throw invalidOp('register op: "worker" must be an object');
+      return { k: 'register', worker: parseWorkerRegistration(value.worker) };
+    case 'status': {
+      onlyKeys(value, ['k', 'workerId', 'action']);
+      const action = value.action;
+      if (action !== 'drain' && action !== 'disable' && action !== 'enable') throw invalidOp('status op: "action" must be drain, disable or enable');
+      return { k: 'status', workerId: opId(value, 'workerId'), action };
+    }
+    default:
+      throw invalidOp(`unknown shard op kind ${JSON.stringify(value.k)}`);
+  }
+}
+
+/**
+ * Check a received shard request. A malformed frame throws; a malformed op becomes an
+ * InvalidShardOp in its place, so the other ops still run and every result keeps its index.
+ */
+export function parseShardRequest(value: unknown): ReceivedShardRequest {
   if (!isObject(value) || !Array.isArray(value.ops)) throw new Error('shard request without an ops array');
   if (value.ops.length === 0 || value.ops.length > MAX_SHARD_OPS) throw new Error(`shard request with ${value.ops.length} ops`);
-  for (const op of value.ops) {
-    if (!isObject(op) || !['place', 'release', 'register', 'status'].includes(op.k as string)) {
-      throw new Error('shard request with a malformed op');
-    }
-    if (op.k === 'status' && !['drain', 'disable', 'enable'].includes(op.action as string)) {
-      throw new Error('shard status op with an unknown action');
-    }
-  }
-  return value as unknown as ShardRequest;
+  return {
+    ops: value.ops.map((op: unknown): ShardOp | InvalidShardOp => {
+      try {
+        return parseShardOp(op);
+      } catch (error) {
+        if (error instanceof DroverError) return { k: 'invalid', message: error.message };
+        throw error;
+      }
+    }),
+  };
 }
 
 export function parseShardCapacity(value: unknown): ShardCapacity | null {

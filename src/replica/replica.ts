@@ -329,6 +329,7 @@ export class Replica {
       return;
     }
     const results = ops.map((op): ShardOpResult | Promise<ShardOpResult> => {
+      if (op.k === 'invalid') return { ok: false, code: 'INVALID_REQUEST', message: op.message };
       if (served === undefined) return { ok: false, code: 'UNAVAILABLE', message: `this replica does not serve shard ${shard}` };
       try {
         return served.owner.execute(op);

@@ -34,7 +34,8 @@ type Case = [name: string, subject: string, payload: string, code: string, messa
 
 const cases: Case[] = [
   ['malformed JSON', 'submit', '{"id": "c1", ', 'INVALID_REQUEST', /not valid JSON/],
-  ['NaN literal', 'submit', '{"id":"c1","cpu":NaN,"memory":1}', 'INVALID_REQUEST', /not valid JSON/],
+  ['NaN literal (JSON has no NaN)', 'submit', '{"id":"c1","cpu":NaN,"memory":1}', 'INVALID_REQUEST', /not valid JSON/],
+  ['NaN as a string', 'submit', JSON.stringify({ ...container, cpu: 'NaN' }), 'INVALID_REQUEST', /"cpu" must be a number/],
   ['empty payload', 'submit', '', 'INVALID_REQUEST', /empty/],
   ['array instead of object', 'submit', '[1,2]', 'INVALID_REQUEST', /JSON object/],
   ['string instead of object', 'submit', '"c1"', 'INVALID_REQUEST', /JSON object/],
@@ -55,6 +56,9 @@ const cases: Case[] = [
   ['absurd cpu', 'submit', JSON.stringify({ ...container, cpu: 1e15 }), 'INVALID_REQUEST', /"cpu" must be between/],
   ['zero memory', 'submit', JSON.stringify({ ...container, memory: 0 }), 'INVALID_REQUEST', /"memory" must be between 1/],
   ['absurd memory', 'submit', JSON.stringify({ ...container, memory: 2 ** 40 }), 'INVALID_REQUEST', /"memory" must be between/],
+  ['negative memory', 'submit', JSON.stringify({ ...container, memory: -128 }), 'INVALID_REQUEST', /"memory" must be between 1/],
+  ['fractional memory', 'submit', JSON.stringify({ ...container, memory: 127.5 }), 'INVALID_REQUEST', /"memory" must be a whole number/],
+  ['memory as a string', 'submit', JSON.stringify({ ...container, memory: '128Mi' }), 'INVALID_REQUEST', /"memory" must be a number/],
   ['null memory', 'submit', JSON.stringify({ ...container, memory: null }), 'INVALID_REQUEST', /"memory" is required/],
   ['negative gpuCount', 'submit', JSON.stringify({ ...container, gpuCount: -1 }), 'INVALID_REQUEST', /"gpuCount" must be between 0/],
   ['fractional gpuCount', 'submit', JSON.stringify({ ...container, gpuCount: 1.5 }), 'INVALID_REQUEST', /"gpuCount" must be a whole number/],
@@ -67,14 +71,25 @@ const cases: Case[] = [
   ['batch: empty', 'submit.batch', JSON.stringify({ containers: [] }), 'INVALID_REQUEST', /1 to 500/],
   ['batch: one bad entry', 'submit.batch', JSON.stringify({ containers: [container, { ...container, id: 'c2', cpu: -1 }] }), 'INVALID_REQUEST', /containers\[1\]: "cpu"/],
   ['batch: duplicate ids', 'submit.batch', JSON.stringify({ containers: [container, container] }), 'INVALID_REQUEST', /appears twice/],
+  ['register: malformed JSON', 'workers.register', '{"id":"w9","cpu":', 'INVALID_REQUEST', /not valid JSON/],
+  ['register: payload over 64 KiB', 'workers.register', JSON.stringify({ ...worker, pad: 'x'.repeat(70 * 1024) }), 'INVALID_REQUEST', /limit is 65536/],
   ['register: missing memory', 'workers.register', JSON.stringify({ id: 'w9', cpu: 1 }), 'INVALID_REQUEST', /"memory" is required/],
   ['register: zero cpu', 'workers.register', JSON.stringify({ ...worker, cpu: 0 }), 'INVALID_REQUEST', /"cpu" must be between 1/],
+  ['register: negative cpu', 'workers.register', JSON.stringify({ ...worker, cpu: -1_000 }), 'INVALID_REQUEST', /"cpu" must be between 1/],
+  ['register: fractional memory', 'workers.register', JSON.stringify({ ...worker, memory: 1_024.5 }), 'INVALID_REQUEST', /"memory" must be a whole number/],
+  ['register: cpu as a string', 'workers.register', JSON.stringify({ ...worker, cpu: '1000m' }), 'INVALID_REQUEST', /"cpu" must be a number/],
+  ['register: negative gpuCount', 'workers.register', JSON.stringify({ ...worker, gpu: 'a100', gpuCount: -2 }), 'INVALID_REQUEST', /"gpuCount" must be between 0/],
   ['register: absurd memory', 'workers.register', JSON.stringify({ ...worker, memory: 1e12 }), 'INVALID_REQUEST', /"memory" must be between/],
   ['register: gpu without count', 'workers.register', JSON.stringify({ ...worker, gpu: 'a100' }), 'INVALID_REQUEST', /"gpuCount" is required/],
   ['register: gpu count without type', 'workers.register', JSON.stringify({ ...worker, gpuCount: 2 }), 'INVALID_REQUEST', /needs a "gpu" type/],
   ['register: id with subject characters', 'workers.register', JSON.stringify({ ...worker, id: 'w.>' }), 'INVALID_REQUEST', /"id" must match/],
   ['register: unknown field', 'workers.register', JSON.stringify({ ...worker, zone: 'a' }), 'INVALID_REQUEST', /unknown field "zone"/],
-  ['release: bad id', 'release', JSON.stringify({ id: '' }), 'INVALID_REQUEST', /"id" must match/],
+  ['release: empty id', 'release', JSON.stringify({ id: '' }), 'INVALID_REQUEST', /"id" must match/],
+  ['release: id with a dot', 'release', JSON.stringify({ id: 'placed-1.x' }), 'INVALID_REQUEST', /"id" must match/],
+  ['release: missing id', 'release', '{}', 'INVALID_REQUEST', /"id" is required/],
+  ['containers.get: id with >', 'containers.get', JSON.stringify({ id: 'a>' }), 'INVALID_REQUEST', /"id" must match/],
+  ['workers.get: id with *', 'workers.get', JSON.stringify({ id: 'w*' }), 'INVALID_REQUEST', /"id" must match/],
+  ['workers.drain: id with a dot', 'workers.drain', JSON.stringify({ id: 'w1.x' }), 'INVALID_REQUEST', /"id" must match/],
   ['release: unknown container', 'release', JSON.stringify({ id: 'never-placed' }), 'NOT_FOUND', /not known/],
   ['containers.get: unknown', 'containers.get', JSON.stringify({ id: 'never-placed' }), 'NOT_FOUND', /not known/],
   ['workers.get: unknown', 'workers.get', JSON.stringify({ id: 'ghost' }), 'NOT_FOUND', /not registered/],
@@ -91,6 +106,37 @@ describe('bad input', () => {
     expect(reply).toMatchObject({ ok: false, error: { code } });
     expect((reply as { error: { message: string } }).error.message).toMatch(message);
     // Let anything a broken handler might have queued reach Redis before comparing.
+    await delay(5);
+    expect(await snapshotKeys(redis, replica.config.prefix)).toEqual(before);
+  });
+
+  // Shard subjects are internal, but anyone on the bus can publish to them: the owner checks each
+  // op as strictly as the routers check public requests, and answers a bad one INVALID_REQUEST.
+  const place = (request: Record<string, unknown>, extra: Record<string, unknown> = {}) => ({
+    k: 'place', id: 'evil', request: { cpu: 100, memory: 128, gpu: null, gpuCount: 0, pool: null, ...request }, nonce: 'x.1', deadline: Date.now() + 5_000, ...extra,
+  });
+  const shardCases: Array<[name: string, op: Record<string, unknown>, message: RegExp]> = [
+    ['place: negative amounts', place({ cpu: -5_000, memory: -5_000 }), /"cpu" must be between 1/],
+    ['place: fractional cpu', place({ cpu: 0.5 }), /"cpu" must be a whole number/],
+    ['place: id with a dot', place({}, { id: 'evil.id' }), /"id" must match/],
+    ['place: unknown request field', place({ memroy: 1 }), /unknown field "memroy"/],
+    ['place: missing nonce', place({}, { nonce: undefined }), /"nonce" must match/],
+    ['place: deadline as a string', place({}, { deadline: 'soon' }), /"deadline"/],
+    ['place: extra op field', place({}, { force: true }), /unknown field "force"/],
+    ['release: worker id with >', { k: 'release', id: 'placed-1', workerId: 'w>' }, /"workerId" must match/],
+    ['register: zero cpu', { k: 'register', worker: { id: 'w-evil', cpu: 0, memory: 1 } }, /"cpu" must be between 1/],
+    ['status: unknown action', { k: 'status', workerId: 'w1', action: 'explode' }, /"action"/],
+    ['unknown op kind', { k: 'drop-table' }, /unknown shard op kind/],
+  ];
+
+  it.each(shardCases)('shard subject, %s -> INVALID_REQUEST', async (_name, op, message) => {
+    const shard = (await client.getWorker('w1')) as { worker: { shard: number } };
+    const before = await snapshotKeys(redis, replica.config.prefix);
+    const reply = await client.raw(`${replica.config.prefix}.shard.${shard.worker.shard}`, JSON.stringify({ ops: [op] }));
+    const results = reply.results as Array<{ ok: boolean; code: string; message: string }>;
+    expect(results).toHaveLength(1);
+    expect(results[0]).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });
+    expect(results[0]?.message).toMatch(message);
     await delay(5);
     expect(await snapshotKeys(redis, replica.config.prefix)).toEqual(before);
   });

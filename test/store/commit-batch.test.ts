@@ -169,4 +169,23 @@ describe('commit_batch input checks', () => {
       await redis2.quit();
     }
   });
+
+  // The script is the last line of defence: an amount that is not a whole positive number would
+  // add capacity to the worker instead of taking it.
+  it.each([
+    ['negative cpu', { cpu: -5_000 }],
+    ['zero cpu', { cpu: 0 }],
+    ['fractional cpu', { cpu: 0.5 }],
+    ['negative memory', { memory: -1 }],
+    ['zero memory', { memory: 0 }],
+    ['negative gpuCount', { gpuCount: -1 }],
+    ['fractional gpuCount', { gpuCount: 1.5 }],
+    ['NaN cpu', { cpu: Number.NaN }],
+    ['infinite memory', { memory: Number.POSITIVE_INFINITY }],
+  ] as const)('refuses a placement with %s and writes nothing', async (_name, amounts) => {
+    await store.registerWorker(epoch, spec('w1'), 'available');
+    const before = await snapshotKeys(redis, prefix);
+    await expect(store.commitBatch(SHARD, epoch, [place('c1', 'w1', 1, 500, amounts)])).rejects.toThrow(/malformed op 0/);
+    expect(await snapshotKeys(redis, prefix)).toEqual(before);
+  });
 });

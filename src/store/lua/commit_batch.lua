@@ -15,7 +15,8 @@
     ARGV[4]              seconds to keep a released container's record; 0 keeps it forever
     ARGV[5]              op count n (at most 1000)
     ARGV[6+9i .. 14+9i]  op i: kind, containerId, workerId, expectedVersion, a, b, c, deadline, nonce
-                           kind 'P' place:   a = cpu, b = memory, c = gpuCount
+                           kind 'P' place:   a = cpu, b = memory (whole, at least 1), c = gpuCount
+                                             (whole, at least 0); a malformed op fails the batch
                            kind 'R' release: a, b, c, deadline, nonce unused
                            kind 'S' status:  a = the new status; containerId unused
                          deadline: Unix ms (Redis clock) after which a placement must not be
@@ -60,6 +61,11 @@ end
 
 local STATUSES = {pending = true, available = true, draining = true, disabled = true, lost = true}
 
+local function wholeAtLeast(text, min)
+  local value = tonumber(text)
+  return value ~= nil and value == math.floor(value) and value >= min and value < 2^53
+end
+
 -- Check every op before writing anything: Redis does not roll back a script's earlier writes
 -- when it fails part way, so a malformed op must be refused while nothing has been written.
 for i = 0, n - 1 do
@@ -67,8 +73,10 @@ for i = 0, n - 1 do
   local kind = ARGV[base]
   local ok = tonumber(ARGV[base + 3]) ~= nil
   if kind == 'P' then
-    ok = ok and tonumber(ARGV[base + 4]) ~= nil and tonumber(ARGV[base + 5]) ~= nil
-      and tonumber(ARGV[base + 6]) ~= nil and tonumber(ARGV[base + 7]) ~= nil
+    -- A placement takes at least 1 millicore and 1 MiB and a whole number of each: a zero,
+    -- negative or fractional amount would create capacity instead of taking it.
+    ok = ok and wholeAtLeast(ARGV[base + 4], 1) and wholeAtLeast(ARGV[base + 5], 1)
+      and wholeAtLeast(ARGV[base + 6], 0) and wholeAtLeast(ARGV[base + 7], 0)
   elseif kind == 'S' then
     ok = ok and STATUSES[ARGV[base + 4]] == true
   elseif kind ~= 'R' then
