@@ -53,16 +53,21 @@ export interface ShardOwnerOptions {
   readonly onCapacityChange: (shard: number) => void;
 }
 
+interface QueuedPlacement {
+  readonly kind: 'place';
+  readonly actor: WorkerActor;
+  readonly containerId: string;
+  readonly request: PlacementRequest;
+  readonly resources: Resources;
+  readonly deadline: number;
+  readonly nonce: string;
+  /** Already decided once more after Redis refused its first worker (at most one such retry). */
+  readonly redecided: boolean;
+  readonly resolve: (result: ShardOpResult) => void;
+}
+
 type QueuedOp =
-  | {
-      readonly kind: 'place';
-      readonly actor: WorkerActor;
-      readonly containerId: string;
-      readonly resources: Resources;
-      readonly deadline: number;
-      readonly nonce: string;
-      readonly resolve: (result: ShardOpResult) => void;
-    }
+  | QueuedPlacement
   | { readonly kind: 'release'; readonly actor: WorkerActor; readonly containerId: string; readonly resolve: (result: ShardOpResult) => void }
   | { readonly kind: 'status'; readonly actor: WorkerActor; readonly status: WorkerStatus; readonly resolve: (result: ShardOpResult) => void };
 
@@ -204,7 +209,7 @@ export class ShardOwner {
     this.index.refresh(actor);
   }
 
-  private place(containerId: string, request: PlacementRequest, nonce: string, deadline: number): ShardOpResult | Promise<ShardOpResult> {
+  private place(containerId: string, request: PlacementRequest, nonce: string, deadline: number, redecided = false): ShardOpResult | Promise<ShardOpResult> {
     if (this.queue.length >= this.options.maxQueuedOps) return unavailable(`shard ${this.shard} has ${this.queue.length} writes queued; retry`);
     const actor = this.index.choose(request, this.options.strategy);
     if (actor === null) return { ok: false, code: 'NO_FIT', message: `no worker in shard ${this.shard} fits` };
@@ -215,7 +220,7 @@ export class ShardOwner {
       throw new Error(`worker ${actor.getSnapshot().context.spec.id} refused a reservation it was chosen for`);
     }
     const resources: Resources = { cpu: request.cpu, memory: request.memory, gpuCount: request.gpuCount };
-    return this.enqueue((resolve) => ({ kind: 'place', actor, containerId, resources, deadline, nonce, resolve }));
+    return this.enqueue((resolve) => ({ kind: 'place', actor, containerId, request, resources, deadline, nonce, redecided, resolve }));
   }
 
   private release(containerId: string, workerId: string): ShardOpResult | Promise<ShardOpResult> {
@@ -363,17 +368,42 @@ export class ShardOwner {
     }
 
     const resync = new Set<WorkerActor>();
+    const redecide: QueuedPlacement[] = [];
     const tallies = new Map<WorkerActor, Tally>();
     for (let i = 0; i < live.length; i += 1) {
       const queued = live[i]!;
       let tally = tallies.get(queued.actor);
       if (tally === undefined) tallies.set(queued.actor, (tally = newTally()));
-      if (this.apply(queued, result.outcomes[i]!, tally)) resync.add(queued.actor);
+      if (this.apply(queued, result.outcomes[i]!, tally, redecide)) resync.add(queued.actor);
     }
     // One event per kind per worker for the whole batch: fewer actor steps, same final state.
     for (const [actor, tally] of tallies) this.settle(actor, tally);
     if (resync.size > 0) await this.resync(resync);
+    for (const queued of redecide) this.redecide(queued);
     this.options.onCapacityChange(this.shard);
+  }
+
+  /**
+   * A placement Redis refused because the worker had changed under this replica (its version,
+   * capacity or status was not what the actor held) is decided once more, now that the actor has
+   * resynced from Redis: it goes through the actors' guards and the fenced script again, so this
+   * is not a blind retry. Answering the router "try elsewhere" instead would make it skip this
+   * shard and could answer NO_CAPACITY while this very shard has room. A second refusal is
+   * answered RETRY.
+   */
+  private redecide(queued: QueuedPlacement): void {
+    if (this.ownerState === 'closed') {
+      queued.resolve(unavailable(`shard ${this.shard} closed on this replica; retry`));
+      return;
+    }
+    let result: ShardOpResult | Promise<ShardOpResult>;
+    try {
+      result = this.place(queued.containerId, queued.request, queued.nonce, queued.deadline, true);
+    } catch (error) {
+      this.options.log.error({ err: error, shard: this.shard, container: queued.containerId }, 'placement could not be decided again');
+      result = { ok: false, code: 'RETRY', message: `shard ${this.shard} could not decide the placement again` };
+    }
+    void Promise.resolve(result).then(queued.resolve);
   }
 
   private batchOp(queued: QueuedOp): BatchOp {
@@ -390,7 +420,7 @@ export class ShardOwner {
    * Answer the waiting router for one op and add its effect to the worker's tally (told to the
    * actor once per batch by `settle`). Returns true when the actor must resync from Redis.
    */
-  private apply(queued: QueuedOp, outcome: OpOutcome, tally: Tally): boolean {
+  private apply(queued: QueuedOp, outcome: OpOutcome, tally: Tally, redecide: QueuedPlacement[]): boolean {
     const workerId = queued.actor.getSnapshot().context.spec.id;
     this.stats.committedOps += 1;
     if (outcome.version > tally.version) tally.version = outcome.version;
@@ -414,7 +444,11 @@ export class ShardOwner {
       // RV_CONFLICT, NO_CAPACITY, NOT_SCHEDULABLE, WORKER_NOT_FOUND: the actor's view was not Redis's.
       this.stats.versionConflicts += 1;
       this.options.log.warn({ shard: this.shard, worker: workerId, code: outcome.code }, 'placement refused by Redis; resyncing worker');
-      queued.resolve({ ok: false, code: 'RETRY', message: `worker ${workerId} changed under this replica (${outcome.code})` });
+      if (queued.redecided) {
+        queued.resolve({ ok: false, code: 'RETRY', message: `worker ${workerId} changed under this replica (${outcome.code})` });
+      } else {
+        redecide.push(queued);
+      }
       return true;
     }
     if (queued.kind === 'release') {
