@@ -98,6 +98,8 @@ describe('accounting and concurrency', () => {
     let seed = 42;
     const random = () => ((seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31);
     const live: string[] = [];
+    // The test's own record of what holds what, independent of anything Drover keeps.
+    const holding = new Map<string, { workerId: string; cpu: number; memory: number }>();
     let placed = 0;
     let released = 0;
     for (let round = 0; round < 20; round += 1) {
@@ -107,11 +109,13 @@ describe('accounting and concurrency', () => {
         if (reply.ok) {
           placed += 1;
           live.push(submits[i]!.id);
+          holding.set(submits[i]!.id, { workerId: reply.workerId, cpu: submits[i]!.cpu, memory: submits[i]!.memory });
         } else expect(reply.error.code).toBe('NO_CAPACITY');
       });
       const toRelease = live.splice(0, Math.floor(live.length * random() * 0.6));
       const releases = await Promise.all(toRelease.map((id) => client.release(id)));
       for (const r of releases) expect(r.ok).toBe(true);
+      for (const id of toRelease) holding.delete(id);
       released += toRelease.length;
     }
     expect(placed).toBeGreaterThan(200);
@@ -119,6 +123,21 @@ describe('accounting and concurrency', () => {
     const audit = await auditAccounting(replica.store, replica.config.shards);
     expect(audit.violations).toEqual([]);
     expect(audit.livePlacements).toBeGreaterThanOrEqual(live.length);
+    // Each worker, as the contract reports it, against the test's own record of the replies.
+    for (const w of workers) {
+      const mine = [...holding.values()].filter((h) => h.workerId === w.id);
+      const reply = await client.getWorker(w.id);
+      expect(reply).toMatchObject({
+        ok: true,
+        worker: {
+          freeCpu: w.cpu - mine.reduce((sum, h) => sum + h.cpu, 0),
+          freeMemory: w.memory - mine.reduce((sum, h) => sum + h.memory, 0),
+        },
+      });
+    }
+    for (const [id, h] of holding) {
+      expect(await client.getContainer(id)).toMatchObject({ ok: true, container: { status: 'placed', workerId: h.workerId } });
+    }
   });
 
   it('never over-commits a few small workers under 500 concurrent submits', async () => {
