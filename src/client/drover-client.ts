@@ -31,6 +31,8 @@ export interface ContainerInfo {
   cpu: number;
   memory: number;
   gpuCount: number;
+  placedAt: number;
+  releasedAt: number | null;
 }
 
 export interface ReplicaStatus {

@@ -291,7 +291,9 @@ export class Router {
     const { id } = parseIdRequest(decodeObject(msg.data));
     const container = await this.read(() => this.options.store.readContainer(id));
     if (container === null) throw new DroverError('NOT_FOUND', `container ${id} is not known`);
-    return { ok: true, container };
+    // The nonce is the router's internal request id (for recognising its own retries): not contract.
+    const { nonce: _nonce, ...view } = container;
+    return { ok: true, container: view };
   }
 
   private async onRegister(msg: Msg): Promise<unknown> {

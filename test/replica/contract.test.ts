@@ -56,7 +56,12 @@ describe('public contract', () => {
     const cpuOnly = await client.submit({ id: 'job-4', cpu: 100, memory: 100 });
     expect(cpuOnly.ok && cpuOnly.workerId).toBe('cpu-1');
 
-    expect(await client.getContainer('job-1')).toMatchObject({ ok: true, container: { id: 'job-1', status: 'placed', workerId: 'gpu-1' } });
+    const job = await client.getContainer('job-1');
+    expect(job).toMatchObject({ ok: true, container: { id: 'job-1', status: 'placed', workerId: 'gpu-1', releasedAt: null } });
+    // Exactly the contract's fields: nothing internal leaks into the reply.
+    expect(Object.keys((job as { container: object }).container).sort()).toEqual(
+      ['cpu', 'gpuCount', 'id', 'memory', 'placedAt', 'releasedAt', 'shard', 'status', 'workerId'],
+    );
     const worker = await client.getWorker('gpu-1');
     expect(worker.ok && [worker.worker.freeCpu, worker.worker.freeGpuCount, worker.worker.resourceVersion]).toEqual([6_900, 0, 3]);
 
