@@ -28,6 +28,16 @@ export interface ClusterCounters {
   committedOps: number;
 }
 
+export const NO_COUNTERS: ClusterCounters = { placed: 0, reroutes: 0, versionConflicts: 0, fenceRefusals: 0, batches: 0, committedOps: 0 };
+
+export function sumCounters(all: readonly ClusterCounters[]): ClusterCounters {
+  const sum = { ...NO_COUNTERS };
+  for (const c of all) {
+    for (const key of Object.keys(sum) as Array<keyof ClusterCounters>) sum[key] += c[key];
+  }
+  return sum;
+}
+
 export class BenchCluster {
   private constructor(
     readonly prefix: string,
@@ -83,16 +93,23 @@ export class BenchCluster {
   }
 
   async counters(): Promise<ClusterCounters> {
-    const sum: ClusterCounters = { placed: 0, reroutes: 0, versionConflicts: 0, fenceRefusals: 0, batches: 0, committedOps: 0 };
+    return sumCounters([...(await this.countersByReplica()).values()]);
+  }
+
+  /** Each live replica's counters, by replica id (a replica that leaves takes its counters along). */
+  async countersByReplica(): Promise<Map<string, ClusterCounters>> {
+    const byReplica = new Map<string, ClusterCounters>();
     for (const s of await this.statuses()) {
-      sum.placed += s.router.placed ?? 0;
-      sum.reroutes += s.router.reroutes ?? 0;
-      sum.versionConflicts += s.owners.versionConflicts ?? 0;
-      sum.fenceRefusals += s.owners.fenceRefusals ?? 0;
-      sum.batches += s.owners.batches ?? 0;
-      sum.committedOps += s.owners.committedOps ?? 0;
+      byReplica.set(s.replicaId, {
+        placed: s.router.placed ?? 0,
+        reroutes: s.router.reroutes ?? 0,
+        versionConflicts: s.owners.versionConflicts ?? 0,
+        fenceRefusals: s.owners.fenceRefusals ?? 0,
+        batches: s.owners.batches ?? 0,
+        committedOps: s.owners.committedOps ?? 0,
+      });
     }
-    return sum;
+    return byReplica;
   }
 
   replicaPids(): Record<string, number | undefined> {

@@ -28,40 +28,51 @@ export function sampleProcess(pid: number | undefined): ProcessSample | null {
 
 /** Watches processes during a measured phase: CPU used over the phase, and the highest RSS seen. */
 export class ProcessWatch {
+  private readonly pids: Record<string, number | undefined>;
   private readonly start = new Map<string, ProcessSample>();
+  /** The last sample seen, so a process that exits during the phase keeps the CPU it used. */
+  private readonly last = new Map<string, ProcessSample>();
   private readonly maxRss = new Map<string, number>();
   private readonly timer: NodeJS.Timeout;
   private readonly began = performance.now();
 
-  constructor(private readonly pids: Record<string, number | undefined>, intervalMs = 250) {
-    for (const [name, pid] of Object.entries(pids)) {
-      const sample = sampleProcess(pid);
-      if (sample !== null) {
-        this.start.set(name, sample);
-        this.maxRss.set(name, sample.rssBytes);
-      }
-    }
-    this.timer = setInterval(() => this.sampleRss(), intervalMs);
+  constructor(pids: Record<string, number | undefined>, intervalMs = 250) {
+    this.pids = {};
+    for (const [name, pid] of Object.entries(pids)) this.add(name, pid);
+    this.timer = setInterval(() => this.sample(), intervalMs);
   }
 
-  private sampleRss(): void {
+  /** Watch one more process from now on (a replica that joins during the phase). */
+  add(name: string, pid: number | undefined): void {
+    this.pids[name] = pid;
+    const sample = sampleProcess(pid);
+    if (sample !== null) {
+      this.start.set(name, sample);
+      this.last.set(name, sample);
+      this.maxRss.set(name, sample.rssBytes);
+    }
+  }
+
+  private sample(): void {
     for (const [name, pid] of Object.entries(this.pids)) {
       const sample = sampleProcess(pid);
-      if (sample !== null) this.maxRss.set(name, Math.max(this.maxRss.get(name) ?? 0, sample.rssBytes));
+      if (sample === null) continue;
+      this.last.set(name, sample);
+      this.maxRss.set(name, Math.max(this.maxRss.get(name) ?? 0, sample.rssBytes));
     }
   }
 
   /** Per process: CPU seconds used, CPU as a percentage of one core, and the highest RSS in MiB. */
   stop(): Record<string, { cpuSeconds: number; cpuPercent: number; maxRssMiB: number }> {
     clearInterval(this.timer);
-    this.sampleRss();
+    this.sample();
     const seconds = (performance.now() - this.began) / 1000;
     const out: Record<string, { cpuSeconds: number; cpuPercent: number; maxRssMiB: number }> = {};
     for (const [name, pid] of Object.entries(this.pids)) {
       const first = this.start.get(name);
-      const last = sampleProcess(pid);
-      if (first === undefined) continue;
-      const cpuSeconds = (last?.cpuSeconds ?? first.cpuSeconds) - first.cpuSeconds;
+      const last = sampleProcess(pid) ?? this.last.get(name) ?? first;
+      if (first === undefined || last === undefined) continue;
+      const cpuSeconds = last.cpuSeconds - first.cpuSeconds;
       out[name] = {
         cpuSeconds: round(cpuSeconds, 2),
         cpuPercent: round((100 * cpuSeconds) / Math.max(seconds, 0.001), 0),

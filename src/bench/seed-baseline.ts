@@ -12,6 +12,12 @@
  * container is not already scheduled (the seed's "layer 3"). 250 requests run at once (the
  * seed's maxConcurrentScheduling).
  *
+ * Two details the audit does not spell out. The lock's one retry waits 100 ms: the audit's
+ * `Acquire(..., TtlS: 5, Retries: 1)` is the platform's lock wrapper, which (in its public source)
+ * retries with redislock's ExponentialBackoff(100 ms, TTL), whose first wait is the 100 ms minimum.
+ * The audit's schedulingTimeoutPerWorker (250 ms) is not modelled: one worker's lock, retry,
+ * re-read and write take about 100 ms at most here, so the timeout would not fire.
+ *
  * The worker order is the same for every request (all workers are equally available and of equal
  * priority, so the seed's scoring leaves them in the order read; we sort by id). That order is
  * what makes concurrent requests collide, which is where the seed's 20-26 conflicts per
