@@ -56,7 +56,8 @@ export class BenchCluster {
         DROVER_SHARDS: String(options.shards),
         ...options.env,
       },
-      options.nodeArgs,
+      // DROVER_BENCH_NODE_ARGS adds node flags to every replica, e.g. "--cpu-prof --cpu-prof-dir=prof".
+      [...(options.nodeArgs ?? []), ...(process.env.DROVER_BENCH_NODE_ARGS ?? '').split(' ').filter((arg) => arg !== '')],
     );
     for (let i = 0; i < options.replicas; i += 1) await cluster.add();
     const client = await DroverClient.connect(options.natsUrl, prefix, 120_000, 'drover-bench');

@@ -105,6 +105,36 @@ local function reply(code, version, extra)
   out[#out + 1] = extra
 end
 
+-- Each worker's hash is read once per batch and written once at its end: a batch often holds
+-- many ops for one worker (the owner packs workers), and the script is atomic, so nobody can see
+-- the state in between. `false` marks a worker that does not exist.
+local workers = {}
+local dirty = {}
+
+local function loadWorker(key)
+  local w = workers[key]
+  if w == nil then
+    local v = redis.call('HMGET', key, 'resourceVersion', 'status', 'freeCpu', 'freeMemory', 'freeGpuCount')
+    local version = tonumber(v[1])
+    if version == nil then
+      w = false
+    else
+      w = {version = version, status = v[2], freeCpu = tonumber(v[3]), freeMemory = tonumber(v[4]), freeGpus = tonumber(v[5])}
+    end
+    workers[key] = w
+  end
+  return w
+end
+
+local function bump(key, w)
+  w.version = w.version + 1
+  if not w.dirty then
+    w.dirty = true
+    dirty[#dirty + 1] = key
+  end
+  bumps[key] = (bumps[key] or 0) + 1
+end
+
 for i = 0, n - 1 do
   local workerKey, setKey, containerKey = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
   local base = 6 + 9 * i
@@ -120,30 +150,24 @@ for i = 0, n - 1 do
     elseif deadline > 0 and nowMs > deadline then
       reply('EXPIRED', 0, '')
     else
-      local w = redis.call('HMGET', workerKey, 'resourceVersion', 'status', 'freeCpu', 'freeMemory', 'freeGpuCount')
-      local version = tonumber(w[1])
-      if version == nil then
+      local w = loadWorker(workerKey)
+      if not w then
         reply('WORKER_NOT_FOUND', 0, '')
-      elseif version ~= expected then
-        reply('RV_CONFLICT', version, '')
-      elseif w[2] ~= 'available' then
-        reply('NOT_SCHEDULABLE', version, w[2])
+      elseif w.version ~= expected then
+        reply('RV_CONFLICT', w.version, '')
+      elseif w.status ~= 'available' then
+        reply('NOT_SCHEDULABLE', w.version, w.status)
+      elseif w.freeCpu < cpu or w.freeMemory < memory or w.freeGpus < gpus then
+        reply('NO_CAPACITY', w.version, '')
       else
-        local freeCpu, freeMemory, freeGpus = tonumber(w[3]) - cpu, tonumber(w[4]) - memory, tonumber(w[5]) - gpus
-        if freeCpu < 0 or freeMemory < 0 or freeGpus < 0 then
-          reply('NO_CAPACITY', version, '')
-        else
-          version = version + 1
-          redis.call('HSET', workerKey, 'freeCpu', freeCpu, 'freeMemory', freeMemory, 'freeGpuCount', freeGpus,
-            'resourceVersion', version)
-          redis.call('HSET', containerKey, 'status', 'placed', 'workerId', workerId, 'shard', shard,
-            'cpu', cpu, 'memory', memory, 'gpuCount', gpus, 'placedAt', nowMs, 'nonce', ARGV[base + 8])
-          redis.call('SADD', setKey, containerId)
-          bumps[workerKey] = (bumps[workerKey] or 0) + 1
-          history({'op', 'place', 'container', containerId, 'worker', workerId, 'cpu', cpu, 'memory', memory,
-            'gpuCount', gpus, 'version', version, 'epoch', epoch})
-          reply('PLACED', version, '')
-        end
+        w.freeCpu, w.freeMemory, w.freeGpus = w.freeCpu - cpu, w.freeMemory - memory, w.freeGpus - gpus
+        bump(workerKey, w)
+        redis.call('HSET', containerKey, 'status', 'placed', 'workerId', workerId, 'shard', shard,
+          'cpu', cpu, 'memory', memory, 'gpuCount', gpus, 'placedAt', nowMs, 'nonce', ARGV[base + 8])
+        redis.call('SADD', setKey, containerId)
+        history({'op', 'place', 'container', containerId, 'worker', workerId, 'cpu', cpu, 'memory', memory,
+          'gpuCount', gpus, 'version', w.version, 'epoch', epoch})
+        reply('PLACED', w.version, '')
       end
     end
   elseif kind == 'R' then
@@ -155,42 +179,44 @@ for i = 0, n - 1 do
     elseif c[1] == 'released' then
       reply('ALREADY_RELEASED', 0, c[2])
     else
-      local w = redis.call('HMGET', workerKey, 'resourceVersion', 'freeCpu', 'freeMemory', 'freeGpuCount')
-      local version = tonumber(w[1])
-      if version == nil then
+      local w = loadWorker(workerKey)
+      if not w then
         reply('WORKER_NOT_FOUND', 0, '')
-      elseif version ~= expected then
-        reply('RV_CONFLICT', version, '')
+      elseif w.version ~= expected then
+        reply('RV_CONFLICT', w.version, '')
       else
         local cpu, memory, gpus = tonumber(c[3]), tonumber(c[4]), tonumber(c[5])
-        version = version + 1
-        redis.call('HSET', workerKey, 'freeCpu', tonumber(w[2]) + cpu, 'freeMemory', tonumber(w[3]) + memory,
-          'freeGpuCount', tonumber(w[4]) + gpus, 'resourceVersion', version)
+        w.freeCpu, w.freeMemory, w.freeGpus = w.freeCpu + cpu, w.freeMemory + memory, w.freeGpus + gpus
+        bump(workerKey, w)
         redis.call('HSET', containerKey, 'status', 'released', 'releasedAt', nowMs)
         if retention > 0 then
           redis.call('EXPIRE', containerKey, retention)
         end
         redis.call('SREM', setKey, containerId)
-        bumps[workerKey] = (bumps[workerKey] or 0) + 1
         history({'op', 'release', 'container', containerId, 'worker', workerId, 'cpu', cpu, 'memory', memory,
-          'gpuCount', gpus, 'version', version, 'epoch', epoch})
-        reply('RELEASED', version, cpu .. ' ' .. memory .. ' ' .. gpus)
+          'gpuCount', gpus, 'version', w.version, 'epoch', epoch})
+        reply('RELEASED', w.version, cpu .. ' ' .. memory .. ' ' .. gpus)
       end
     end
   elseif kind == 'S' then
-    local version = tonumber(redis.call('HGET', workerKey, 'resourceVersion'))
-    if version == nil then
+    local w = loadWorker(workerKey)
+    if not w then
       reply('WORKER_NOT_FOUND', 0, '')
-    elseif version ~= expected then
-      reply('RV_CONFLICT', version, '')
+    elseif w.version ~= expected then
+      reply('RV_CONFLICT', w.version, '')
     else
-      version = version + 1
-      redis.call('HSET', workerKey, 'status', ARGV[base + 4], 'resourceVersion', version)
-      bumps[workerKey] = (bumps[workerKey] or 0) + 1
-      history({'op', 'status', 'worker', workerId, 'status', ARGV[base + 4], 'version', version, 'epoch', epoch})
-      reply('STATUS_SET', version, '')
+      w.status = ARGV[base + 4]
+      bump(workerKey, w)
+      history({'op', 'status', 'worker', workerId, 'status', w.status, 'version', w.version, 'epoch', epoch})
+      reply('STATUS_SET', w.version, '')
     end
   end
+end
+
+for _, key in ipairs(dirty) do
+  local w = workers[key]
+  redis.call('HSET', key, 'freeCpu', w.freeCpu, 'freeMemory', w.freeMemory, 'freeGpuCount', w.freeGpus,
+    'status', w.status, 'resourceVersion', w.version)
 end
 
 return out
