@@ -142,10 +142,15 @@ async function runFault(ctx: Context, fault: FaultName): Promise<Omit<FaultResul
       const victimStatus = (await ctx.observer.clusterStatus(500)).find((s) => s.replicaId === victim.id);
       const refusals = victimStatus?.owners.fenceRefusals ?? 0;
       const lost = victimStatus?.leases.lost ?? 0;
+      // On waking, the replica must have found out that its leases ran out (it gives them up and
+      // stops writing them; any write it still sends is refused by the fence in Redis).
+      const foundOut = victimStatus !== undefined && lost > 0;
       return {
-        fault, replica: victim.id, start, end: Date.now(), ok: reowned !== null && rejoined !== null,
+        fault, replica: victim.id, start, end: Date.now(), ok: reowned !== null && rejoined !== null && foundOut,
         timings: { 'SIGSTOP to all shards owned by others': reowned, 'paused for': pausedMs, 'SIGCONT to balanced': rejoined },
-        note: `on waking it gave up ${lost} expired leases; ${refusals} writes refused by the fence`,
+        note: victimStatus === undefined
+          ? 'the woken replica did not answer a status request'
+          : `on waking it gave up ${lost} expired leases; ${refusals} writes refused by the fence`,
       };
     }
     case 'join': {

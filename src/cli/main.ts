@@ -105,6 +105,13 @@ function positiveInt(raw: string | undefined, fallback: number, name: string, ma
   return value;
 }
 
+function wholeNumber(raw: string | undefined, fallback: number, name: string, max: number): number {
+  if (raw === undefined) return fallback;
+  const value = Number(raw);
+  if (!Number.isSafeInteger(value) || value < 0 || value > max) throw new UsageError(`--${name} must be a whole number from 0 to ${max}`);
+  return value;
+}
+
 function print(reply: Reply<object>): number {
   process.stdout.write(`${JSON.stringify(reply, null, 2)}\n`);
   return reply.ok ? 0 : 1;
@@ -207,13 +214,16 @@ async function chaosCommand(values: Values): Promise<number> {
   for (const fault of faults) {
     if (!(FAULTS as readonly string[]).includes(fault)) throw new UsageError(`unknown fault "${fault}"; known: ${FAULTS.join(', ')}`);
   }
+  const mixedFaults = wholeNumber(values.mixed, quick ? 2 : 8, 'mixed', 1_000);
+  // A run that injects nothing would say PASS about a cluster that was never disturbed.
+  if (faults.length === 0 && mixedFaults === 0) throw new UsageError('nothing to inject: give --faults or a --mixed count above 0');
   const result = await runChaos({
     replicas: positiveInt(values.replicas, 3, 'replicas', 16),
     workers: positiveInt(values.workers, quick ? 200 : 300, 'workers', 100_000),
     shards: quick ? 16 : 32,
     leaseTtlMs: quick ? 1_500 : 2_000,
     scenarios: faults as FaultName[],
-    mixedFaults: values.mixed === undefined ? (quick ? 2 : 8) : Number(values.mixed),
+    mixedFaults,
     settleMs: quick ? 1_500 : 5_000,
     clients: quick ? 3 : 4,
     lanesPerClient: quick ? 4 : 8,

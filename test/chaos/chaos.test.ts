@@ -12,7 +12,7 @@ describe('chaos (short form)', () => {
     const lines: string[] = [];
     const result = await runChaos({
       replicas: 3,
-      workers: 200,
+      workers: 300,
       shards: 16,
       leaseTtlMs: 1_500,
       scenarios: FAULTS,
