@@ -16,8 +16,12 @@ import { ProcessCluster, type ReplicaProcess } from '../replica/process-cluster.
 import { RequestLog } from './request-log.js';
 import { Redis } from 'ioredis';
 
+/** Single faults, each run once as its own scenario by default. */
 export const FAULTS = ['kill', 'pause', 'join', 'leave', 'nats-restart', 'redis-restart'] as const;
-export type FaultName = (typeof FAULTS)[number];
+/** Faults that overlap: a replica is paused while Redis crashes and restarts. */
+export const OVERLAPPING_FAULTS = ['pause-redis-restart'] as const;
+export const ALL_FAULTS = [...FAULTS, ...OVERLAPPING_FAULTS] as const;
+export type FaultName = (typeof ALL_FAULTS)[number];
 
 export interface ChaosOptions {
   readonly replicas: number;
@@ -127,32 +131,14 @@ async function runFault(ctx: Context, fault: FaultName): Promise<Omit<FaultResul
         note: `lease TTL ${options.leaseTtlMs} ms`,
       };
     }
-    case 'pause': {
-      const victim = pick(ctx, cluster.live());
-      victim.signal('SIGSTOP');
-      const others = cluster.live();
-      const reowned = await waitFor(() => allOwnedBy(ctx, others), start);
-      const pauseFor = 2 * options.leaseTtlMs + 200;
-      const remaining = start + pauseFor - Date.now();
-      if (remaining > 0) await new Promise((r) => setTimeout(r, remaining));
-      const pausedMs = Date.now() - start;
-      const resumeAt = Date.now();
-      victim.signal('SIGCONT');
-      const rejoined = await waitFor(() => balanced(ctx, cluster.live()), resumeAt);
-      const victimStatus = (await ctx.observer.clusterStatus(500)).find((s) => s.replicaId === victim.id);
-      const refusals = victimStatus?.owners.fenceRefusals ?? 0;
-      const lost = victimStatus?.leases.lost ?? 0;
-      // On waking, the replica must have found out that its leases ran out (it gives them up and
-      // stops writing them; any write it still sends is refused by the fence in Redis).
-      const foundOut = victimStatus !== undefined && lost > 0;
-      return {
-        fault, replica: victim.id, start, end: Date.now(), ok: reowned !== null && rejoined !== null && foundOut,
-        timings: { 'SIGSTOP to all shards owned by others': reowned, 'paused for': pausedMs, 'SIGCONT to balanced': rejoined },
-        note: victimStatus === undefined
-          ? 'the woken replica did not answer a status request'
-          : `on waking it gave up ${lost} expired leases; ${refusals} writes refused by the fence`,
-      };
-    }
+    case 'pause':
+      return pauseFault(ctx, fault, start, null);
+    case 'pause-redis-restart':
+      return pauseFault(ctx, fault, start, async () => {
+        const begun = Date.now();
+        await ctx.redis.restart();
+        return Date.now() - begun;
+      });
     case 'join': {
       await cluster.add();
       const started = Date.now() - start;
@@ -197,10 +183,55 @@ async function runFault(ctx: Context, fault: FaultName): Promise<Omit<FaultResul
   }
 }
 
+/**
+ * SIGSTOP a replica for at least twice the lease TTL, optionally with another fault (`during`,
+ * returning how long it took) while it is stopped, then SIGCONT it. Passes when the others own
+ * every shard while it is stopped, the cluster is balanced again after it wakes, and the woken
+ * replica reports that it found its leases had run out.
+ */
+async function pauseFault(
+  ctx: Context,
+  fault: FaultName,
+  start: number,
+  during: (() => Promise<number>) | null,
+): Promise<Omit<FaultResult, 'unavailable' | 'transportFailures'> & { start: number; end: number }> {
+  const { cluster, options } = ctx;
+  const victim = pick(ctx, cluster.live());
+  victim.signal('SIGSTOP');
+  const others = cluster.live();
+  const duringMs = during === null ? null : await during();
+  const reowned = await waitFor(() => allOwnedBy(ctx, others), start);
+  const pauseFor = 2 * options.leaseTtlMs + 200;
+  const remaining = start + pauseFor - Date.now();
+  if (remaining > 0) await new Promise((r) => setTimeout(r, remaining));
+  const pausedMs = Date.now() - start;
+  const resumeAt = Date.now();
+  victim.signal('SIGCONT');
+  const rejoined = await waitFor(() => balanced(ctx, cluster.live()), resumeAt);
+  const victimStatus = (await ctx.observer.clusterStatus(500)).find((s) => s.replicaId === victim.id);
+  const refusals = victimStatus?.owners.fenceRefusals ?? 0;
+  const lost = victimStatus?.leases.lost ?? 0;
+  // On waking, the replica must have found out that its leases ran out (it gives them up and
+  // stops writing them; any write it still sends is refused by the fence in Redis).
+  const foundOut = victimStatus !== undefined && lost > 0;
+  return {
+    fault, replica: victim.id, start, end: Date.now(), ok: reowned !== null && rejoined !== null && foundOut,
+    timings: {
+      ...(duringMs === null ? {} : { 'Redis down while paused (SIGKILL to ready)': duringMs }),
+      'SIGSTOP to all shards owned by others': reowned,
+      'paused for': pausedMs,
+      'SIGCONT to balanced': rejoined,
+    },
+    note: victimStatus === undefined
+      ? 'the woken replica did not answer a status request'
+      : `on waking it gave up ${lost} expired leases; ${refusals} writes refused by the fence`,
+  };
+}
+
 /** Faults for the mixed phase: keep between `replicas` and `replicas + 2` processes running. */
 function mixedFault(ctx: Context): FaultName {
   const live = ctx.cluster.live().length;
-  const choices: FaultName[] = ['kill', 'pause', 'nats-restart', 'redis-restart'];
+  const choices: FaultName[] = ['kill', 'pause', 'nats-restart', 'redis-restart', 'pause-redis-restart'];
   if (live < ctx.options.replicas + 2) choices.push('join');
   if (live > ctx.options.replicas) choices.push('leave');
   return pick(ctx, choices);

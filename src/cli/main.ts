@@ -208,11 +208,11 @@ async function benchCommand(names: string[], values: Values): Promise<number> {
 }
 
 async function chaosCommand(values: Values): Promise<number> {
-  const { FAULTS, runChaos } = await import('../chaos/run.js');
+  const { ALL_FAULTS, runChaos } = await import('../chaos/run.js');
   const quick = values.quick === true;
-  const faults = (values.faults ?? FAULTS.join(',')).split(',').filter((f) => f !== '');
+  const faults = (values.faults ?? ALL_FAULTS.join(',')).split(',').filter((f) => f !== '');
   for (const fault of faults) {
-    if (!(FAULTS as readonly string[]).includes(fault)) throw new UsageError(`unknown fault "${fault}"; known: ${FAULTS.join(', ')}`);
+    if (!(ALL_FAULTS as readonly string[]).includes(fault)) throw new UsageError(`unknown fault "${fault}"; known: ${ALL_FAULTS.join(', ')}`);
   }
   const mixedFaults = wholeNumber(values.mixed, quick ? 2 : 8, 'mixed', 1_000);
   // A run that injects nothing would say PASS about a cluster that was never disturbed.

@@ -1,11 +1,11 @@
 /**
  * The short form of `npm run chaos`, inside `npm test`: three replica processes under continuous
  * load, each fault once (SIGKILL, SIGSTOP past twice the lease TTL, join, SIGTERM leave, NATS
- * restart, Redis restart), then two mixed faults; the checker must find nothing and every fault
+ * restart, Redis restart, and a replica stopped while Redis restarts), then two mixed faults; the checker must find nothing and every fault
  * must recover. The long form runs more faults for longer with the same code.
  */
 import { describe, expect, it } from 'vitest';
-import { FAULTS, runChaos } from '../../src/chaos/run.js';
+import { ALL_FAULTS, runChaos } from '../../src/chaos/run.js';
 
 describe('chaos (short form)', () => {
   it('survives every fault with no double placement, no over-commit and nothing lost', async () => {
@@ -15,7 +15,7 @@ describe('chaos (short form)', () => {
       workers: 300,
       shards: 16,
       leaseTtlMs: 1_500,
-      scenarios: FAULTS,
+      scenarios: ALL_FAULTS,
       mixedFaults: 2,
       settleMs: 1_500,
       clients: 3,
@@ -29,7 +29,7 @@ describe('chaos (short form)', () => {
     });
     expect(result.report.violations).toEqual([]);
     expect(result.problems).toEqual([]);
-    expect(result.faults.map((f) => f.fault)).toEqual([...FAULTS, expect.any(String), expect.any(String)]);
+    expect(result.faults.map((f) => f.fault)).toEqual([...ALL_FAULTS, expect.any(String), expect.any(String)]);
     for (const fault of result.faults) expect(fault.ok, `${fault.fault}: ${JSON.stringify(fault.timings)}`).toBe(true);
     // The load was real: thousands of requests, most placed or released, through every fault.
     expect(result.report.counts.requests).toBeGreaterThan(2_000);
