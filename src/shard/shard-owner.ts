@@ -10,11 +10,12 @@
  *
  * A refused write is never retried blindly: an epoch refusal means another replica owns the shard
  * (this owner closes at once); a version or capacity refusal means the actor's view was wrong (the
- * actor is resynced from Redis and the router is told to try elsewhere).
+ * actor is resynced from Redis and the placement decided once more from that; a second refusal
+ * tells the router to try elsewhere).
  */
 import { createActor, type Actor } from 'xstate';
 import type { PlacementRequest, PlacementStrategy, WorkerRecord, WorkerStatus } from '../../actors/capacity.js';
-import { workerMachine, type Resources, type StatusEventType, type WorkerEvent } from '../../actors/worker-machine.js';
+import { workerMachine, type StatusEventType, type WorkerEvent } from '../../actors/worker-machine.js';
 import {
   STATUS_ACTION_EVENT,
   STATUS_ACTION_TARGET,
@@ -57,8 +58,8 @@ interface QueuedPlacement {
   readonly kind: 'place';
   readonly actor: WorkerActor;
   readonly containerId: string;
+  /** What it asks for; its cpu, memory and gpuCount are the resources reserved on `actor`. */
   readonly request: PlacementRequest;
-  readonly resources: Resources;
   readonly deadline: number;
   readonly nonce: string;
   /** Already decided once more after Redis refused its first worker (at most one such retry). */
@@ -203,6 +204,11 @@ export class ShardOwner {
     this.createdAt.delete(actor);
   }
 
+  /** Give back the reservation of a placement that will not be written (one actor event). */
+  private abortReservation(queued: QueuedPlacement): void {
+    this.tell(queued.actor, { type: 'PLACEMENT_ABORTED', resources: queued.request, count: 1 });
+  }
+
   /** Every event to an actor goes through here, so the index never lags behind the actor. */
   private tell(actor: WorkerActor, event: WorkerEvent): void {
     actor.send(event);
@@ -219,8 +225,7 @@ export class ShardOwner {
     if (actor.getSnapshot().context.reservations !== before + 1) {
       throw new Error(`worker ${actor.getSnapshot().context.spec.id} refused a reservation it was chosen for`);
     }
-    const resources: Resources = { cpu: request.cpu, memory: request.memory, gpuCount: request.gpuCount };
-    return this.enqueue((resolve) => ({ kind: 'place', actor, containerId, request, resources, deadline, nonce, redecided, resolve }));
+    return this.enqueue((resolve) => ({ kind: 'place', actor, containerId, request, deadline, nonce, redecided, resolve }));
   }
 
   private release(containerId: string, workerId: string): ShardOpResult | Promise<ShardOpResult> {
@@ -328,7 +333,7 @@ export class ShardOwner {
     const ops: BatchOp[] = [];
     for (const queued of batch) {
       if (queued.kind === 'place' && queued.deadline > 0 && queued.deadline < now) {
-        this.tell(queued.actor, { type: 'PLACEMENT_ABORTED', resources: queued.resources, count: 1 });
+        this.abortReservation(queued);
         queued.resolve({ ok: false, code: 'EXPIRED', message: 'the router gave up on this placement' });
         continue;
       }
@@ -338,7 +343,7 @@ export class ShardOwner {
     if (ops.length === 0) return;
     if (!this.options.leaseHeld()) {
       for (const queued of live) {
-        if (queued.kind === 'place') this.tell(queued.actor, { type: 'PLACEMENT_ABORTED', resources: queued.resources, count: 1 });
+        if (queued.kind === 'place') this.abortReservation(queued);
         queued.resolve(unavailable(`the lease of shard ${this.shard} ran out on this replica; retry`));
       }
       return;
@@ -353,7 +358,7 @@ export class ShardOwner {
       this.options.log.warn({ err: error, shard: this.shard, ops: ops.length }, 'commit failed; outcome unknown, reloading shard');
       this.reloadNeeded = true;
       for (const queued of live) {
-        if (queued.kind === 'place') this.tell(queued.actor, { type: 'PLACEMENT_ABORTED', resources: queued.resources, count: 1 });
+        if (queued.kind === 'place') this.abortReservation(queued);
         queued.resolve(unavailable('Redis did not answer; the outcome is unknown, retry with the same id', true));
       }
       return;
@@ -410,7 +415,8 @@ export class ShardOwner {
     const context = queued.actor.getSnapshot().context;
     const base = { workerId: context.spec.id, expectedVersion: context.resourceVersion };
     if (queued.kind === 'place') {
-      return { kind: 'place', ...base, containerId: queued.containerId, ...queued.resources, deadline: queued.deadline, nonce: queued.nonce };
+      const { cpu, memory, gpuCount } = queued.request;
+      return { kind: 'place', ...base, containerId: queued.containerId, cpu, memory, gpuCount, deadline: queued.deadline, nonce: queued.nonce };
     }
     if (queued.kind === 'release') return { kind: 'release', ...base, containerId: queued.containerId };
     return { kind: 'status', ...base, status: queued.status };
@@ -425,7 +431,7 @@ export class ShardOwner {
     this.stats.committedOps += 1;
     if (outcome.version > tally.version) tally.version = outcome.version;
     if (queued.kind === 'place') {
-      const { cpu, memory, gpuCount } = queued.resources;
+      const { cpu, memory, gpuCount } = queued.request;
       if (outcome.code === 'PLACED') {
         add(tally.placed, cpu, memory, gpuCount);
         queued.resolve({ ok: true, workerId });
@@ -536,7 +542,7 @@ export class ShardOwner {
     const queued = this.queue;
     this.queue = [];
     for (const op of queued) {
-      if (op.kind === 'place') this.tell(op.actor, { type: 'PLACEMENT_ABORTED', resources: op.resources, count: 1 });
+      if (op.kind === 'place') this.abortReservation(op);
       op.resolve(unavailable(message));
     }
   }
