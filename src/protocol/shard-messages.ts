@@ -7,8 +7,7 @@
  */
 import { type PlacementRequest, type WorkerRecord, type WorkerStatus } from '../../actors/capacity.js';
 import { DroverError } from './errors.js';
-import { ID_PATTERN } from './limits.js';
-import { parseContainerRequest, parseWorkerRegistration, type WorkerRegistration } from './validate.js';
+import { id, invalid, onlyFields, parseContainerRequest, parseWorkerRegistration, type WorkerRegistration } from './validate.js';
 
 /** Most ops in one router-to-owner message. */
 export const MAX_SHARD_OPS = 1000;
@@ -144,56 +143,40 @@ const NONCE_PATTERN = /^[A-Za-z0-9_.-]{1,160}$/;
 const MIN_DEADLINE_MS = Date.UTC(2020, 0, 1);
 const MAX_DEADLINE_MS = Date.UTC(2200, 0, 1);
 
-function invalidOp(message: string): DroverError {
-  return new DroverError('INVALID_REQUEST', message);
-}
-
-function onlyKeys(op: Record<string, unknown>, allowed: readonly string[]): void {
-  for (const key of Object.keys(op)) {
-    if (!allowed.includes(key)) throw invalidOp(`unknown field "${key}" in a ${String(op.k)} op`);
-  }
-}
-
-function opId(op: Record<string, unknown>, field: string): string {
-  const value = op[field];
-  if (typeof value !== 'string' || !ID_PATTERN.test(value)) throw invalidOp(`${String(op.k)} op: "${field}" must match ${ID_PATTERN.source}`);
-  return value;
-}
-
 /**
  * Check one op of a shard request as strictly as the public parsers check a client's request, and
  * return it rebuilt from the checked fields only (nothing unchecked is passed on).
  */
 export function parseShardOp(value: unknown): ShardOp {
-  if (!isObject(value)) throw invalidOp('shard op must be an object');
+  if (!isObject(value)) throw invalid('shard op must be an object');
   switch (value.k) {
     case 'place': {
-      onlyKeys(value, ['k', 'id', 'request', 'nonce', 'deadline']);
-      if (!isObject(value.request)) throw invalidOp('place op: "request" must be an object');
-      const { id, ...request } = parseContainerRequest({ ...value.request, id: value.id }, 'place op');
+      onlyFields(value, ['k', 'id', 'request', 'nonce', 'deadline'], 'place op');
+      if (!isObject(value.request)) throw invalid('place op: "request" must be an object');
+      const { id: containerId, ...request } = parseContainerRequest({ ...value.request, id: value.id }, 'place op');
       const nonce = value.nonce;
-      if (typeof nonce !== 'string' || !NONCE_PATTERN.test(nonce)) throw invalidOp(`place op: "nonce" must match ${NONCE_PATTERN.source}`);
+      if (typeof nonce !== 'string' || !NONCE_PATTERN.test(nonce)) throw invalid(`place op: "nonce" must match ${NONCE_PATTERN.source}`);
       const deadline = value.deadline;
       if (typeof deadline !== 'number' || !Number.isInteger(deadline) || deadline < MIN_DEADLINE_MS || deadline > MAX_DEADLINE_MS) {
-        throw invalidOp('place op: "deadline" must be a time in Unix milliseconds');
+        throw invalid('place op: "deadline" must be a time in Unix milliseconds');
       }
-      return { k: 'place', id, request, nonce, deadline };
+      return { k: 'place', id: containerId, request, nonce, deadline };
     }
     case 'release':
-      onlyKeys(value, ['k', 'id', 'workerId']);
-      return { k: 'release', id: opId(value, 'id'), workerId: opId(value, 'workerId') };
+      onlyFields(value, ['k', 'id', 'workerId'], 'release op');
+      return { k: 'release', id: id(value, 'id', 'release op'), workerId: id(value, 'workerId', 'release op') };
     case 'register':
-      onlyKeys(value, ['k', 'worker']);
-      if (!isObject(value.worker)) throw invalidOp('register op: "worker" must be an object');
+      onlyFields(value, ['k', 'worker'], 'register op');
+      if (!isObject(value.worker)) throw invalid('register op: "worker" must be an object');
       return { k: 'register', worker: parseWorkerRegistration(value.worker) };
     case 'status': {
-      onlyKeys(value, ['k', 'workerId', 'action']);
+      onlyFields(value, ['k', 'workerId', 'action'], 'status op');
       const action = value.action;
-      if (action !== 'drain' && action !== 'disable' && action !== 'enable') throw invalidOp('status op: "action" must be drain, disable or enable');
-      return { k: 'status', workerId: opId(value, 'workerId'), action };
+      if (action !== 'drain' && action !== 'disable' && action !== 'enable') throw invalid('status op: "action" must be drain, disable or enable');
+      return { k: 'status', workerId: id(value, 'workerId', 'status op'), action };
     }
     default:
-      throw invalidOp(`unknown shard op kind ${JSON.stringify(value.k)}`);
+      throw invalid(`unknown shard op kind ${JSON.stringify(value.k)}`);
   }
 }
 

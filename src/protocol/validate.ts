@@ -43,7 +43,7 @@ export interface ListRequest {
 
 type Json = Record<string, unknown>;
 
-function invalid(message: string): DroverError {
+export function invalid(message: string): DroverError {
   return new DroverError('INVALID_REQUEST', message);
 }
 
@@ -65,13 +65,13 @@ export function decodeObject(data: Uint8Array): Json {
   return value as Json;
 }
 
-function onlyFields(body: Json, allowed: readonly string[], where = 'request'): void {
+export function onlyFields(body: Json, allowed: readonly string[], where = 'request'): void {
   for (const key of Object.keys(body)) {
     if (!allowed.includes(key)) throw invalid(`unknown field "${key}" in ${where}; allowed: ${allowed.join(', ')}`);
   }
 }
 
-function id(body: Json, field: string, where: string): string {
+export function id(body: Json, field: string, where: string): string {
   const value = body[field];
   if (value === undefined) throw invalid(`${where}: "${field}" is required`);
   if (typeof value !== 'string') throw invalid(`${where}: "${field}" must be a string`);
