@@ -77,6 +77,16 @@ function delta(after: ClusterCounters, before: ClusterCounters): ClusterCounters
   };
 }
 
+/** A Drover row's conflict columns: counter changes over a phase, per placement made in it. */
+function perPlacement(d: ClusterCounters, placed: number, digits = 4) {
+  const per = (n: number) => round(n / Math.max(1, placed), digits);
+  return {
+    conflictsPerPlacement: per(d.reroutes + d.versionConflicts + d.fenceRefusals),
+    reroutesPerPlacement: per(d.reroutes),
+    fenceRefusalsPerPlacement: per(d.fenceRefusals),
+  };
+}
+
 function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = Math.floor(sorted.length / 2);
@@ -225,9 +235,7 @@ export async function seedScenario(ctx: BenchContext): Promise<ScenarioResult> {
       seconds: round(seconds, 4),
       placementsPerSecond: Math.round(fewestPlaced / seconds),
       latency: latency.summary(),
-      conflictsPerPlacement: round(conflicts / placements, 3),
-      reroutesPerPlacement: round(d.reroutes / placements, 3),
-      fenceRefusalsPerPlacement: round(d.fenceRefusals / placements, 3),
+      ...perPlacement(d, placements, 3),
       ...usage(stats, Object.keys(cluster.replicaPids())),
       target: 'under 50 ms, 0 conflicts',
       targetMet: seconds < 0.05 && conflicts === 0 && fewestPlaced === COUNT,
@@ -298,9 +306,7 @@ async function droverVolume(
       seconds: round(run.seconds, 2),
       placementsPerSecond: Math.round(rate),
       latency: latency.summary(),
-      conflictsPerPlacement: round((d.reroutes + d.versionConflicts + d.fenceRefusals) / Math.max(1, run.placed), 4),
-      reroutesPerPlacement: round(d.reroutes / Math.max(1, run.placed), 4),
-      fenceRefusalsPerPlacement: round(d.fenceRefusals / Math.max(1, run.placed), 4),
+      ...perPlacement(d, run.placed),
       ...usage(stats, Object.keys(cluster.replicaPids())),
       target: options.target,
       targetMet: run.failed === 0 && options.met(run.seconds, rate),
@@ -406,9 +412,7 @@ export async function churnScenario(ctx: BenchContext): Promise<ScenarioResult> 
       seconds: round(seconds, 2),
       placementsPerSecond: Math.round(phase.placed / seconds),
       latency: phase.placeLatency.summary(),
-      conflictsPerPlacement: round((d.reroutes + d.versionConflicts + d.fenceRefusals) / Math.max(1, phase.placed), 4),
-      reroutesPerPlacement: round(d.reroutes / Math.max(1, phase.placed), 4),
-      fenceRefusalsPerPlacement: round(d.fenceRefusals / Math.max(1, phase.placed), 4),
+      ...perPlacement(d, phase.placed),
       ...usageOf,
       note: `${Math.round(ops / seconds)} ops/s (${phase.placed} placements, ${phase.released} releases, release p99 ` +
         `${phase.releaseLatency.summary().p99Ms} ms)${note}`,
@@ -572,8 +576,8 @@ export async function rebalanceScenario(ctx: BenchContext): Promise<ScenarioResu
     progress.done();
     /** Counter change between two snapshots; a replica gone by `after` counts up to `before`'s. */
     const change = (after: Map<string, ClusterCounters>, before: Map<string, ClusterCounters>) =>
-      delta(sumCounters([...before.keys(), ...after.keys()].filter((id, i, all) => all.indexOf(id) === i)
-        .map((id) => after.get(id) ?? before.get(id) ?? NO_COUNTERS)), sumCounters([...before.values()]));
+      delta(sumCounters([...new Set([...before.keys(), ...after.keys()])].map((id) => after.get(id) ?? before.get(id) ?? NO_COUNTERS)),
+        sumCounters([...before.values()]));
 
     const rate = (w: number) => (windows[w] ?? 0) * (1000 / WINDOW_MS);
     const windowOf = (ms: number) => Math.floor(ms / WINDOW_MS);
@@ -619,9 +623,7 @@ export async function rebalanceScenario(ctx: BenchContext): Promise<ScenarioResu
         seconds,
         placementsPerSecond: Math.round(placed / seconds),
         latency: latency.summary(),
-        conflictsPerPlacement: round((d.reroutes + d.versionConflicts + d.fenceRefusals) / Math.max(1, placed), 4),
-        reroutesPerPlacement: round(d.reroutes / Math.max(1, placed), 4),
-        fenceRefusalsPerPlacement: round(d.fenceRefusals / Math.max(1, placed), 4),
+        ...perPlacement(d, placed),
         ...usage(stats, Object.keys(stats).filter((name) => name !== 'redis')),
         note: `${span[0] / 1000}-${span[1] / 1000} s; lowest ${WINDOW_MS} ms window ${a.dipPercent}% of the steady ${Math.round(before)}/s ` +
           `before the join; back above 90% after ${a.recoveredMs === null ? 'never' : `${a.recoveredMs} ms`}; balanced after ${balancedMs} ms; ${note}`,
