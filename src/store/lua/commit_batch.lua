@@ -24,9 +24,9 @@
                          nonce: the router's id for the client request, stored with the
                          placement so a retry of the same request can recognise its own write
 
-  expectedVersion is the worker's ResourceVersion as the writer's actor last saw it. Within one
-  batch the script counts its own writes to each worker, so op i must find
-  version == expectedVersion + (earlier successful ops on that worker in this batch).
+  expectedVersion is the worker's ResourceVersion as the writer's actor last saw it, the same for
+  every op of one worker in a batch: it must equal the version the worker had when the batch
+  began (the script's own writes within the batch bump the version but are not a conflict).
 
   Output:
     {'FENCED', currentEpoch}   nothing was written: the writer's epoch is not the current one
@@ -90,7 +90,6 @@ end
 local time = redis.call('TIME')
 local nowMs = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
-local bumps = {}
 local out = {'OK'}
 
 local function history(fields)
@@ -107,7 +106,8 @@ end
 
 -- Each worker's hash is read once per batch and written once at its end: a batch often holds
 -- many ops for one worker (the owner packs workers), and the script is atomic, so nobody can see
--- the state in between. `false` marks a worker that does not exist.
+-- the state in between. `false` marks a worker that does not exist; `before` is the version it
+-- had when the batch began, which every op's expectedVersion must match.
 local workers = {}
 local dirty = {}
 
@@ -119,7 +119,8 @@ local function loadWorker(key)
     if version == nil then
       w = false
     else
-      w = {version = version, status = v[2], freeCpu = tonumber(v[3]), freeMemory = tonumber(v[4]), freeGpus = tonumber(v[5])}
+      w = {before = version, version = version, status = v[2], freeCpu = tonumber(v[3]), freeMemory = tonumber(v[4]),
+        freeGpus = tonumber(v[5])}
     end
     workers[key] = w
   end
@@ -132,14 +133,13 @@ local function bump(key, w)
     w.dirty = true
     dirty[#dirty + 1] = key
   end
-  bumps[key] = (bumps[key] or 0) + 1
 end
 
 for i = 0, n - 1 do
   local workerKey, setKey, containerKey = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
   local base = 6 + 9 * i
   local kind, containerId, workerId = ARGV[base], ARGV[base + 1], ARGV[base + 2]
-  local expected = tonumber(ARGV[base + 3]) + (bumps[workerKey] or 0)
+  local expected = tonumber(ARGV[base + 3])
   local deadline = tonumber(ARGV[base + 7])
 
   if kind == 'P' then
@@ -153,7 +153,7 @@ for i = 0, n - 1 do
       local w = loadWorker(workerKey)
       if not w then
         reply('WORKER_NOT_FOUND', 0, '')
-      elseif w.version ~= expected then
+      elseif w.before ~= expected then
         reply('RV_CONFLICT', w.version, '')
       elseif w.status ~= 'available' then
         reply('NOT_SCHEDULABLE', w.version, w.status)
@@ -182,7 +182,7 @@ for i = 0, n - 1 do
       local w = loadWorker(workerKey)
       if not w then
         reply('WORKER_NOT_FOUND', 0, '')
-      elseif w.version ~= expected then
+      elseif w.before ~= expected then
         reply('RV_CONFLICT', w.version, '')
       else
         local cpu, memory, gpus = tonumber(c[3]), tonumber(c[4]), tonumber(c[5])
@@ -202,7 +202,7 @@ for i = 0, n - 1 do
     local w = loadWorker(workerKey)
     if not w then
       reply('WORKER_NOT_FOUND', 0, '')
-    elseif w.version ~= expected then
+    elseif w.before ~= expected then
       reply('RV_CONFLICT', w.version, '')
     else
       w.status = ARGV[base + 4]
