@@ -115,9 +115,9 @@ export class Router {
     });
     nc.publish(subjects.capacityRefresh);
     await nc.flush();
-    const handlers: Array<[string, (msg: Msg) => Promise<unknown>]> = [
-      [subjects.submit, (msg) => this.onSubmit(msg)],
-      [subjects.submitBatch, (msg) => this.onSubmitBatch(msg)],
+    const handlers: Array<[string, Handler]> = [
+      [subjects.submit, (msg, deadline) => this.onSubmit(msg, deadline)],
+      [subjects.submitBatch, (msg, deadline) => this.onSubmitBatch(msg, deadline)],
       [subjects.release, (msg) => this.onRelease(msg)],
       [subjects.containersGet, (msg) => this.onContainerGet(msg)],
       [subjects.workersRegister, (msg) => this.onRegister(msg)],
@@ -144,7 +144,7 @@ export class Router {
     this.capacitySubscription = null;
   }
 
-  private serve(msg: Msg, handler: (msg: Msg) => Promise<unknown>): void {
+  private serve(msg: Msg, handler: Handler): void {
     const deadline = clientDeadline(msg);
     if (deadline !== null && Date.now() > deadline) {
       // The client stopped waiting (this replica was paused, or very busy): acting now could
@@ -157,7 +157,7 @@ export class Router {
       return;
     }
     this.inFlight += 1;
-    handler(msg)
+    handler(msg, deadline)
       .then((reply) => respond(msg, reply), (error: unknown) => {
         if (!(error instanceof DroverError)) this.options.log.error({ err: error, subject: msg.subject }, 'request failed');
         else if (error.code === 'INVALID_REQUEST') this.stats.invalid += 1;
@@ -173,13 +173,12 @@ export class Router {
       });
   }
 
-  private async onSubmit(msg: Msg): Promise<PlaceReply> {
-    return this.place(parseContainerRequest(decodeObject(msg.data)), clientDeadline(msg));
+  private async onSubmit(msg: Msg, deadline: number | null): Promise<PlaceReply> {
+    return this.place(parseContainerRequest(decodeObject(msg.data)), deadline);
   }
 
-  private async onSubmitBatch(msg: Msg): Promise<unknown> {
+  private async onSubmitBatch(msg: Msg, deadline: number | null): Promise<unknown> {
     const requests = parseContainerBatch(decodeObject(msg.data));
-    const deadline = clientDeadline(msg);
     // One container's failure is its own answer; the others are answered as they ended.
     const results = await Promise.all(
       requests.map((request) =>
@@ -404,6 +403,9 @@ export class Router {
 function respond(msg: Msg, body: unknown): void {
   if (msg.reply) msg.respond(JSON.stringify(body));
 }
+
+/** A public subject's handler, given the request and its client's deadline (read once, in `serve`). */
+type Handler = (msg: Msg, clientDeadline: number | null) => Promise<unknown>;
 
 /** The client's deadline header, if it sent a valid one. */
 function clientDeadline(msg: Msg): number | null {
