@@ -39,7 +39,7 @@ export interface UnfencedWriteJob {
 const SEED_LOCK_TTL_MS = 5_000;
 
 /** The seed's placement path on Drover's keys: checks, then `beforeWrite`, then the unfenced write. */
-export async function placeUnfenced(store: DroverStore, placement: UnfencedPlacement, beforeWrite: () => Promise<void>): Promise<string> {
+async function placeUnfenced(store: DroverStore, placement: UnfencedPlacement, beforeWrite: () => Promise<void>): Promise<string> {
   const { redis, keys } = store;
   const { containerId, shard, workerId, cpu, memory } = placement;
   // Layer 3 of the seed: is the container already scheduled?
@@ -71,7 +71,7 @@ function say(event: Record<string, unknown>): void {
 }
 
 /** The process: hold the shard's lease like a (seed-style) replica, then place once, unfenced. */
-export async function runUnfencedWriter(job: UnfencedWriteJob): Promise<void> {
+async function runUnfencedWriter(job: UnfencedWriteJob): Promise<void> {
   const redis = new Redis(job.redisUrl, { maxRetriesPerRequest: 2 });
   const store = new DroverStore(redis, { prefix: job.prefix, historyCap: 0, releasedRetentionSeconds: 0 });
   const redlock = new Redlock([redis], { retryCount: 20, retryDelay: 100 });
