@@ -19,6 +19,11 @@ export interface DroverConfig {
   readonly leaseTtlMs: number;
   /** How long a replica stays a member after its last heartbeat (heartbeats every quarter of it). */
   readonly memberTtlMs: number;
+  /**
+   * A link (to NATS or to Redis) with no round trip faster than half of this for this long counts
+   * as cut: the replica gives up its shards and steps out of the members until it is back.
+   */
+  readonly linkTimeoutMs: number;
   /** How long a router waits for a shard owner before trying elsewhere. */
   readonly shardRequestTimeoutMs: number;
   readonly strategy: PlacementStrategy;
@@ -64,10 +69,11 @@ export function loadConfig(env: Env = process.env, overrides: Partial<DroverConf
     replicaId,
     leaseTtlMs,
     memberTtlMs: overrides.memberTtlMs ?? integerVar(env, 'DROVER_MEMBER_TTL_MS', leaseTtlMs, 200, 600_000),
+    linkTimeoutMs: overrides.linkTimeoutMs ?? integerVar(env, 'DROVER_LINK_TIMEOUT_MS', Math.min(leaseTtlMs, Math.max(1_000, Math.floor(leaseTtlMs / 3))), 200, leaseTtlMs),
     shardRequestTimeoutMs: overrides.shardRequestTimeoutMs ?? integerVar(env, 'DROVER_SHARD_TIMEOUT_MS', 2_000, 50, 60_000),
     strategy,
     historyCap: overrides.historyCap ?? integerVar(env, 'DROVER_HISTORY_CAP', 10_000, 0, 100_000_000),
-    releasedRetentionSeconds: overrides.releasedRetentionSeconds ?? integerVar(env, 'DROVER_RELEASED_RETENTION_S', 86_400, 0, 31_536_000),
+    releasedRetentionSeconds: overrides.releasedRetentionSeconds ?? integerVar(env, 'DROVER_RELEASED_RETENTION_S', 3_600, 0, 31_536_000),
     logLevel: overrides.logLevel ?? env.DROVER_LOG_LEVEL ?? 'info',
     maxQueuedOpsPerShard: overrides.maxQueuedOpsPerShard ?? integerVar(env, 'DROVER_MAX_QUEUED_OPS', 20_000, 1, 1_000_000),
   };

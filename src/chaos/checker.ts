@@ -162,13 +162,12 @@ export async function checkRun(store: DroverStore, shards: number, records: read
   const ackedIds = [...acks.keys()];
   for (let i = 0; i < ackedIds.length; i += 500) {
     const slice = ackedIds.slice(i, i + 500);
-    const pipeline = store.redis.pipeline();
-    for (const id of slice) pipeline.hmget(store.keys.container(id), 'status', 'workerId');
-    const replies = (await pipeline.exec()) ?? [];
+    const containers = await store.readContainers(slice);
     slice.forEach((id, index) => {
-      const [status, workerId] = (replies[index]?.[1] ?? []) as Array<string | null>;
+      const status = containers[index]?.status;
+      const workerId = containers[index]?.workerId;
       const acked = [...acks.get(id)!][0]!;
-      if (status === null || status === undefined) report('missing', `container ${id} was acknowledged on ${acked} but Redis has no record of it`);
+      if (status === undefined) report('missing', `container ${id} was acknowledged on ${acked} but Redis has no record of it`);
       else if (workerId !== acked) report('missing', `container ${id} was acknowledged on ${acked} but Redis has it on ${workerId}`);
       else if (status === 'released' && !releasedAcks.has(id)) report('missing', `container ${id} is released in Redis but no client released it`);
       else if (status === 'placed' && releasedAcks.has(id)) report('missing', `container ${id} was acknowledged released but Redis still has it placed`);
@@ -196,7 +195,7 @@ export async function checkRun(store: DroverStore, shards: number, records: read
     report(
       'false-refusal',
       `submit of ${id} was answered ${(record.final as { code: string }).code}, but Redis placed it on ${container?.workerId} ` +
-        `at +${(container?.placedAt ?? 0) - record.startedAt} ms (nonce ${container?.nonce}); attempts: ${attempts}`,
+        `at +${(container?.placedAt ?? 0) - record.startedAt} ms (request key ${container?.requestKey}); attempts: ${attempts}`,
     );
   }
 

@@ -1,8 +1,9 @@
 /**
  * Continuous submits and releases from several clients, each on its own NATS connection, as a
  * careful production client behaves: a request that gets no reply (timeout, lost connection) or
- * UNAVAILABLE is retried with the same container id, with backoff, until it gets an explicit
- * answer or runs out of attempts. Every attempt is recorded in the RequestLog.
+ * UNAVAILABLE is retried with the same container id and the same request key, with backoff, until
+ * it gets an explicit answer or runs out of attempts. Thanks to the key, a retry whose earlier
+ * attempt was placed is answered "placed"; an ALREADY_PLACED is therefore a real duplicate. Every attempt is recorded in the RequestLog.
  */
 import { DroverClient, type PlaceReply } from '../client/drover-client.js';
 import type { RequestLog, RequestRecord } from './request-log.js';
@@ -88,15 +89,15 @@ export class ChaosLoad {
 
   private async submit(client: DroverClient, name: string, id: string, cpu: number, memory: number): Promise<NonNullable<RequestRecord['final']>> {
     const record = this.options.log.begin(name, 'submit', id, cpu, memory);
-    let ambiguous = false;
+    // One request key for every attempt: a retry whose earlier attempt was placed is told "placed".
+    const requestKey = DroverClient.newRequestKey();
     for (let attempt = 0; attempt < this.options.maxAttempts; attempt += 1) {
       if (attempt > 0) await backoff(attempt);
       let reply: PlaceReply;
       try {
-        reply = await client.submit({ id, cpu, memory });
+        reply = await client.submit({ id, cpu, memory }, requestKey);
       } catch (error) {
         record.attempts.push({ at: Date.now(), outcome: { kind: 'transport', message: (error as Error).message } });
-        ambiguous = true;
         continue;
       }
       if (reply.ok) {
@@ -105,14 +106,7 @@ export class ChaosLoad {
       }
       const code = reply.error.code;
       record.attempts.push({ at: Date.now(), outcome: { kind: 'error', code, ...(reply.workerId !== undefined ? { workerId: reply.workerId } : {}) } });
-      if (code === 'UNAVAILABLE') {
-        ambiguous = true;
-        continue;
-      }
-      // An earlier attempt of ours whose answer we never got placed it: that is our placement.
-      if (code === 'ALREADY_PLACED' && ambiguous && reply.workerId !== undefined) {
-        return this.finish(record, { kind: 'placed', workerId: reply.workerId });
-      }
+      if (code === 'UNAVAILABLE') continue;
       return this.finish(record, { kind: 'error', code });
     }
     return this.finish(record, this.lastExplicit(record) ?? { kind: 'lost' });
@@ -120,10 +114,11 @@ export class ChaosLoad {
 
   private async release(client: DroverClient, name: string, id: string): Promise<void> {
     const record = this.options.log.begin(name, 'release', id);
+    const requestKey = DroverClient.newRequestKey();
     for (let attempt = 0; attempt < this.options.maxAttempts; attempt += 1) {
       if (attempt > 0) await backoff(attempt);
       try {
-        const reply = await client.release(id);
+        const reply = await client.release(id, requestKey);
         if (reply.ok) {
           record.attempts.push({ at: Date.now(), outcome: { kind: 'released' } });
           this.finish(record, { kind: 'released' });

@@ -302,7 +302,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     await load.stop();
     load = null;
     await storeRedis.connect();
-    const store = new DroverStore(storeRedis, { prefix, historyCap: 0, releasedRetentionSeconds: 0 });
+    const store = new DroverStore(storeRedis, { prefix, shards: options.shards, historyCap: 0, releasedRetentionSeconds: 0 });
     out(`chaos: checking ${log.records.length} requests against Redis`);
     const report = await checkRun(store, options.shards, log.records);
 

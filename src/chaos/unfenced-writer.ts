@@ -73,7 +73,7 @@ function say(event: Record<string, unknown>): void {
 /** The process: hold the shard's lease like a (seed-style) replica, then place once, unfenced. */
 async function runUnfencedWriter(job: UnfencedWriteJob): Promise<void> {
   const redis = new Redis(job.redisUrl, { maxRetriesPerRequest: 2 });
-  const store = new DroverStore(redis, { prefix: job.prefix, historyCap: 0, releasedRetentionSeconds: 0 });
+  const store = new DroverStore(redis, { prefix: job.prefix, shards: 1 /* it registers no worker */, historyCap: 0, releasedRetentionSeconds: 0 });
   const redlock = new Redlock([redis], { retryCount: 20, retryDelay: 100 });
   redlock.on('error', () => undefined);
   let lease = await redlock.acquire([store.keys.lease(job.placement.shard)], job.leaseTtlMs);

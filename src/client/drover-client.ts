@@ -5,7 +5,8 @@
 import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
 import type { ErrorCode } from '../protocol/errors.js';
 import type { WorkerView } from '../protocol/shard-messages.js';
-import { DEADLINE_HEADER, Subjects } from '../protocol/subjects.js';
+import { randomBytes } from 'node:crypto';
+import { DEADLINE_HEADER, REQUEST_KEY_HEADER, Subjects } from '../protocol/subjects.js';
 
 export type Reply<T> = ({ ok: true } & T) | { ok: false; error: { code: ErrorCode; message: string }; workerId?: string };
 
@@ -69,17 +70,26 @@ export class DroverClient {
     await this.nc.drain();
   }
 
-  /** Send raw bytes to a subject and return the parsed reply (used by tests of malformed input). */
-  async raw(subject: string, payload: string | Uint8Array): Promise<Record<string, unknown>> {
+  /** A fresh request key: give the same one to every retry of one request (see REQUEST_KEY_HEADER). */
+  static newRequestKey(): string {
+    return `k-${randomBytes(12).toString('hex')}`;
+  }
+
+  /**
+   * Send raw bytes to a subject and return the parsed reply (used by tests of malformed input).
+   * `requestKey` goes in the Drover-Request-Key header.
+   */
+  async raw(subject: string, payload: string | Uint8Array, requestKey?: string): Promise<Record<string, unknown>> {
     // The request is worth nothing to us after our timeout: say so, so it is not acted on later.
-    const deadline = headers();
-    deadline.set(DEADLINE_HEADER, String(Date.now() + this.timeoutMs));
-    const reply = await this.nc.request(subject, payload, { timeout: this.timeoutMs, headers: deadline });
+    const header = headers();
+    header.set(DEADLINE_HEADER, String(Date.now() + this.timeoutMs));
+    if (requestKey !== undefined) header.set(REQUEST_KEY_HEADER, requestKey);
+    const reply = await this.nc.request(subject, payload, { timeout: this.timeoutMs, headers: header });
     return reply.json<Record<string, unknown>>();
   }
 
-  private async call<T>(subject: string, body: unknown): Promise<Reply<T>> {
-    return (await this.raw(subject, JSON.stringify(body))) as Reply<T>;
+  private async call<T>(subject: string, body: unknown, requestKey?: string): Promise<Reply<T>> {
+    return (await this.raw(subject, JSON.stringify(body), requestKey)) as Reply<T>;
   }
 
   registerWorker(worker: WorkerSpecInput): Promise<Reply<{ worker: WorkerView }>> {
@@ -100,14 +110,21 @@ export class DroverClient {
   listWorkers(cursor: string | null = null, limit = 500): Promise<Reply<{ workers: WorkerView[]; next: string | null }>> {
     return this.call(this.subjects.workersList, { cursor, limit });
   }
-  submit(container: ContainerSpec): Promise<PlaceReply> {
-    return this.call(this.subjects.submit, container);
+  removeWorker(id: string): Promise<Reply<{ id: string; status: 'removed' }>> {
+    return this.call(this.subjects.workersRemove, { id });
   }
-  submitBatch(containers: ContainerSpec[]): Promise<Reply<{ results: PlaceReply[] }>> {
-    return this.call(this.subjects.submitBatch, { containers });
+  /**
+   * Place a container. Pass the same `requestKey` to every retry of one submit (a new one is made
+   * when none is given): a retry whose first attempt was placed then gets "placed" again.
+   */
+  submit(container: ContainerSpec, requestKey: string = DroverClient.newRequestKey()): Promise<PlaceReply> {
+    return this.call(this.subjects.submit, container, requestKey);
   }
-  release(id: string): Promise<Reply<{ id: string; status: 'released' }>> {
-    return this.call(this.subjects.release, { id });
+  submitBatch(containers: ContainerSpec[], requestKey: string = DroverClient.newRequestKey()): Promise<Reply<{ results: PlaceReply[] }>> {
+    return this.call(this.subjects.submitBatch, { containers }, requestKey);
+  }
+  release(id: string, requestKey: string = DroverClient.newRequestKey()): Promise<Reply<{ id: string; status: 'released' }>> {
+    return this.call(this.subjects.release, { id }, requestKey);
   }
   getContainer(id: string): Promise<Reply<{ container: ContainerInfo }>> {
     return this.call(this.subjects.containersGet, { id });

@@ -1,19 +1,28 @@
 /**
- * Shard leases, taken and extended with redlock, each acquisition numbered by a Redis epoch.
+ * Shard leases, each acquisition numbered by a Redis epoch; extended and released with redlock.
  *
- * Redlock alone is not safe (a paused process wakes up believing it still holds an expired lock);
- * the epoch is what makes it safe: `take_epoch` bumps the shard's epoch only for the current
- * holder, and every capacity write checks it (see commit_batch.lua). The lease decides who *should*
- * write; the epoch makes sure nobody else *can*.
+ * A lease alone is not safe (a paused process wakes up believing it still holds an expired lock);
+ * the epoch is what makes it safe: `acquire_lease.lua` takes the lease and bumps the shard's epoch
+ * in one atomic step, and every capacity write checks the epoch (see commit_batch.lua). The lease
+ * decides who *should* write; the epoch makes sure nobody else *can*.
+ *
+ * Why not redlock's own acquire: it draws a fresh random value per call, so an acquisition that
+ * ran in Redis but whose reply was lost (a command timeout on a slow link) leaves a lease that
+ * nobody, not even this replica, can use until it expires; on a link slow enough for every reply
+ * to be late, the shard would never be owned. Here the value is one per process, so acquiring is
+ * idempotent: the next attempt finds its own value and takes the lease again. Redlock extends and
+ * releases it (a Lock built on that value), which is exactly its compare-value-then-act scripts.
  *
  * Every third of the lease TTL the keeper extends what it holds (an extension that fails, or a
  * lease whose time ran out while the process was stalled, is given up at once) and tries to
  * acquire desired shards nobody holds. Handing a shard over is the replica's job: it drains the
  * shard's owner and then calls `release`.
  */
+import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import Redlock, { type Lock } from 'redlock';
+import Redlock, { Lock } from 'redlock';
 import type { DroverStore } from '../store/store.js';
+import { Incident } from '../util/incident.js';
 import type { Logger } from '../util/log.js';
 
 export interface ShardLeaseHandlers {
@@ -26,6 +35,8 @@ export interface ShardLeaseHandlers {
 export interface ShardLeasesOptions {
   readonly redis: Redis;
   readonly store: DroverStore;
+  /** This replica's id: the first part of its lease value, so an operator can see who holds a lease. */
+  readonly replicaId: string;
   readonly ttlMs: number;
   readonly log: Logger;
   readonly handlers: ShardLeaseHandlers;
@@ -38,8 +49,13 @@ interface HeldLease {
   readonly epoch: number;
 }
 
+/** Redlock's clock drift allowance, as its own acquire computes it. */
+const DRIFT_FACTOR = 0.01;
+
 export class ShardLeases {
   private readonly redlock: Redlock;
+  /** This process's lease value: the same for every shard and every attempt (see above). */
+  readonly value: string;
   private readonly held = new Map<number, HeldLease>();
   /** Shards being acquired or released right now; the loop leaves them alone. */
   private readonly busy = new Set<number>();
@@ -49,13 +65,18 @@ export class ShardLeases {
   private stopped = false;
   private extending: Promise<void> | null = null;
   private acquiring: Promise<void> | null = null;
-  readonly stats = { acquired: 0, lost: 0, released: 0, extendFailures: 0 };
+  private readonly acquireIncident: Incident;
+  private readonly extendIncident: Incident;
+  readonly stats = { acquired: 0, lost: 0, released: 0, extendFailures: 0, acquireFailures: 0 };
 
   constructor(private readonly options: ShardLeasesOptions) {
-    // retryCount 0: a held lease is someone else's; the loop tries again next tick.
-    this.redlock = new Redlock([options.redis], { retryCount: 0, driftFactor: 0.01, automaticExtensionThreshold: 0 });
+    // retryCount 0: a refused extension means the lease is gone; the loop does the retrying.
+    this.redlock = new Redlock([options.redis], { retryCount: 0, driftFactor: DRIFT_FACTOR, automaticExtensionThreshold: 0 });
     // Redlock emits "error" for per-client failures; they are handled where the promise rejects.
     this.redlock.on('error', () => undefined);
+    this.value = `${options.replicaId}.${randomBytes(8).toString('hex')}`;
+    this.acquireIncident = new Incident(options.log, 'lease acquisition');
+    this.extendIncident = new Incident(options.log, 'lease extension');
   }
 
   get intervalMs(): number {
@@ -74,6 +95,11 @@ export class ShardLeases {
 
   isDesired(shard: number): boolean {
     return this.desiredShards.has(shard);
+  }
+
+  /** Desired shards this replica does not hold (yet). */
+  missing(): number[] {
+    return [...this.desiredShards].filter((shard) => !this.held.has(shard));
   }
 
   start(): void {
@@ -108,7 +134,7 @@ export class ShardLeases {
     await Promise.all([this.extending, this.acquiring]);
   }
 
-  /** Give a shard up: its owner has already drained. */
+  /** Give a shard up: its owner has already drained (or closed). Never rejects. */
   async release(shard: number): Promise<void> {
     const lease = this.held.get(shard);
     if (lease === undefined) return;
@@ -119,7 +145,7 @@ export class ShardLeases {
       this.stats.released += 1;
     } catch (error) {
       // It expires on its own; the next owner bumps the epoch either way.
-      this.options.log.warn({ err: error, shard }, 'lease release failed; it will expire');
+      this.options.log.debug({ err: error, shard }, 'lease release failed; it will expire');
     } finally {
       this.busy.delete(shard);
     }
@@ -148,9 +174,15 @@ export class ShardLeases {
     this.acquiring = (async () => {
       const missing = [...this.desiredShards].filter((shard) => !this.held.has(shard) && !this.busy.has(shard));
       const concurrency = this.options.acquireConcurrency ?? 16;
+      const acquired: number[] = [];
       for (let i = 0; i < missing.length && !this.stopped; i += concurrency) {
-        await Promise.all(missing.slice(i, i + concurrency).map((shard) => this.acquire(shard)));
+        const results = await Promise.all(missing.slice(i, i + concurrency).map((shard) => this.acquire(shard)));
+        results.forEach((ok, j) => {
+          if (ok) acquired.push(missing[i + j]!);
+        });
       }
+      // One line per pass, not one per shard.
+      if (acquired.length > 0) this.options.log.info({ shards: acquired }, 'shards acquired');
     })().finally(() => {
       this.acquiring = null;
     });
@@ -166,40 +198,58 @@ export class ShardLeases {
   }
 
   private async extendHeld(): Promise<void> {
+    const lost: Array<{ shard: number; reason: string }> = [];
+    let failures = 0;
+    let lastError: unknown = null;
     await Promise.all(
       [...this.held].map(async ([shard, lease]) => {
         if (this.busy.has(shard)) return;
         if (Date.now() >= lease.lock.expiration) {
           // The process stalled past the lease: someone may have it already. Stop writing.
-          this.lose(shard, 'lease expired before it could be extended');
+          if (this.lose(shard)) lost.push({ shard, reason: 'lease expired before it could be extended' });
           return;
         }
         try {
           lease.lock = await lease.lock.extend(this.options.ttlMs);
         } catch (error) {
           this.stats.extendFailures += 1;
-          this.lose(shard, `lease extension failed: ${(error as Error).message}`);
+          failures += 1;
+          lastError = error;
+          // The extension may have landed in Redis after all (a lost reply): the lease then still
+          // holds this process's value, and the next acquire pass takes it back with a new epoch.
+          if (this.lose(shard)) lost.push({ shard, reason: `lease extension failed: ${(error as Error).message}` });
         }
       }),
     );
+    if (failures > 0) this.extendIncident.fail(lastError, { shards: failures });
+    else if (this.held.size > 0) this.extendIncident.ok();
+    if (lost.length > 0) {
+      this.options.log.warn({ shards: lost.map((l) => l.shard), reason: lost[0]!.reason }, 'shard leases lost');
+      for (const { shard, reason } of lost) this.options.handlers.onLost(shard, reason);
+    }
   }
 
-  private lose(shard: number, reason: string): void {
-    if (!this.held.delete(shard)) return;
+  private lose(shard: number): boolean {
+    if (!this.held.delete(shard)) return false;
     this.stats.lost += 1;
-    this.options.log.warn({ shard, reason }, 'shard lease lost');
-    this.options.handlers.onLost(shard, reason);
+    return true;
   }
 
-  private async acquire(shard: number): Promise<void> {
+  /** One acquisition; true when the shard was opened. Never rejects. */
+  private async acquire(shard: number): Promise<boolean> {
     // The pass listed its shards when it began; membership or a shutdown may have changed since.
-    if (this.stopped || !this.desiredShards.has(shard)) return;
+    if (this.stopped || !this.desiredShards.has(shard)) return false;
     this.busy.add(shard);
+    const key = this.options.store.keys.lease(shard);
     let lock: Lock | null = null;
     try {
-      lock = await this.redlock.acquire([this.options.store.keys.lease(shard)], this.options.ttlMs);
-      const epoch = await this.options.store.takeEpoch(shard, lock.value);
-      if (epoch === 0) throw new Error('lease expired before the epoch was taken');
+      const start = Date.now();
+      const { epoch } = await this.options.store.acquireLease(shard, this.value, this.options.ttlMs);
+      this.acquireIncident.ok();
+      if (epoch === 0) return false; // another replica holds it; try again next pass
+      const drift = Math.round(DRIFT_FACTOR * this.options.ttlMs) + 2;
+      lock = new Lock(this.redlock, [key], this.value, [], start + this.options.ttlMs - drift);
+      if (Date.now() >= lock.expiration) throw new Error('lease expired before the acquisition answered');
       this.held.set(shard, { lock, epoch });
       try {
         await this.options.handlers.onAcquired(shard, epoch);
@@ -208,12 +258,12 @@ export class ShardLeases {
         throw error;
       }
       this.stats.acquired += 1;
+      return true;
     } catch (error) {
-      if (lock !== null && !this.held.has(shard)) {
-        this.options.log.warn({ err: error, shard }, 'could not open shard after acquiring its lease; releasing');
-        await lock.release().catch(() => undefined);
-      }
-      // Otherwise the lease is someone else's (ResourceLockedError / ExecutionError): try next tick.
+      this.stats.acquireFailures += 1;
+      this.acquireIncident.fail(error, { shard });
+      if (lock !== null && !this.held.has(shard)) await lock.release().catch(() => undefined);
+      return false;
     } finally {
       this.busy.delete(shard);
     }

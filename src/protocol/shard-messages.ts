@@ -19,14 +19,15 @@ export type ShardOp =
       readonly k: 'place';
       readonly id: string;
       readonly request: PlacementRequest;
-      /** Unique per client request, kept by retries: tells "my own earlier attempt" from a duplicate. */
-      readonly nonce: string;
+      /** The client's request key (or the router's): tells "my own earlier attempt" from a duplicate. */
+      readonly requestKey: string;
       /** Unix ms after which the owner must not write the placement (the router has answered). */
       readonly deadline: number;
     }
-  | { readonly k: 'release'; readonly id: string; readonly workerId: string }
+  | { readonly k: 'release'; readonly id: string; readonly workerId: string; readonly requestKey: string }
   | { readonly k: 'register'; readonly worker: WorkerRegistration }
-  | { readonly k: 'status'; readonly workerId: string; readonly action: StatusAction };
+  | { readonly k: 'status'; readonly workerId: string; readonly action: StatusAction }
+  | { readonly k: 'remove'; readonly workerId: string };
 
 /**
  * Internal result codes. NO_FIT and RETRY never reach clients: the router tries another shard.
@@ -46,12 +47,14 @@ export type ShardOpResult =
   | { readonly ok: true; readonly workerId: string }
   | { readonly ok: true; readonly worker: WorkerView }
   | { readonly ok: true; readonly released: true; readonly workerId: string }
+  | { readonly ok: true; readonly removed: true }
   | {
       readonly ok: false;
       readonly code: ShardErrorCode;
       readonly message: string;
       readonly workerId?: string;
-      readonly nonce?: string;
+      /** With ALREADY_PLACED: the request key of the submit that placed the container. */
+      readonly requestKey?: string;
       /**
        * The write may still happen (Redis did not answer, or the owner did not answer in time):
        * nobody may conclude "not placed" before the op's deadline has passed.
@@ -112,15 +115,26 @@ export function workerView(record: WorkerRecord): WorkerView {
   };
 }
 
-/** Free capacity of the available workers of one (pool, GPU type) group in a shard. */
+/** Free [cpu millicores, memory MiB, GPUs] of a worker, or a bound on them. */
+export type CapacityPoint = [number, number, number];
+
+/** The workers of one (pool, GPU type) group in a shard; see src/shard/capacity-summary.ts. */
 export interface CapacityGroup {
   readonly pool: string | null;
   readonly gpu: string | null;
+  /** Workers of the group in any status. */
+  readonly registered: number;
+  /** Workers of the group that take placements (available). */
   readonly workers: number;
+  /** Free CPU and memory summed over the available workers (for ranking shards, not for proofs). */
   readonly freeCpu: number;
   readonly freeMemory: number;
-  /** Up to 8 workers' free [cpu, memory, gpus]: the largest by CPU and the largest by memory. */
-  readonly top: ReadonlyArray<readonly [number, number, number]>;
+  /** The available workers' Pareto frontier of free capacity (at most FRONTIER_MAX points). */
+  readonly frontier: readonly CapacityPoint[];
+  /** True when `frontier` is the whole frontier: nothing it does not cover fits the group. */
+  readonly exact: boolean;
+  /** The largest free amount in each dimension over the group's available workers. */
+  readonly max: CapacityPoint;
 }
 
 export interface ShardCapacity {
@@ -137,8 +151,11 @@ function isObject(value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
 
-/** Nonces are "<replica id>.<counter>"; a bound on their length keeps container records small. */
-const NONCE_PATTERN = /^[A-Za-z0-9_.-]{1,160}$/;
+/**
+ * Request keys: a client's (see REQUEST_KEY_PATTERN) or a router's "<replica id>.<counter>". No
+ * spaces (tombstones are space-separated), and a bound on the length keeps container records small.
+ */
+const SHARD_REQUEST_KEY_PATTERN = /^[A-Za-z0-9_.:-]{1,160}$/;
 /** A deadline is Unix ms; anything outside these years is not one a router made. */
 const MIN_DEADLINE_MS = Date.UTC(2020, 0, 1);
 const MAX_DEADLINE_MS = Date.UTC(2200, 0, 1);
@@ -151,20 +168,27 @@ export function parseShardOp(value: unknown): ShardOp {
   if (!isObject(value)) throw invalid('shard op must be an object');
   switch (value.k) {
     case 'place': {
-      onlyFields(value, ['k', 'id', 'request', 'nonce', 'deadline'], 'place op');
+      onlyFields(value, ['k', 'id', 'request', 'requestKey', 'deadline'], 'place op');
       if (!isObject(value.request)) throw invalid('place op: "request" must be an object');
       const { id: containerId, ...request } = parseContainerRequest({ ...value.request, id: value.id }, 'place op');
-      const nonce = value.nonce;
-      if (typeof nonce !== 'string' || !NONCE_PATTERN.test(nonce)) throw invalid(`place op: "nonce" must match ${NONCE_PATTERN.source}`);
+      const requestKey = shardRequestKey(value, 'place op', false);
       const deadline = value.deadline;
       if (typeof deadline !== 'number' || !Number.isInteger(deadline) || deadline < MIN_DEADLINE_MS || deadline > MAX_DEADLINE_MS) {
         throw invalid('place op: "deadline" must be a time in Unix milliseconds');
       }
-      return { k: 'place', id: containerId, request, nonce, deadline };
+      return { k: 'place', id: containerId, request, requestKey, deadline };
     }
     case 'release':
-      onlyFields(value, ['k', 'id', 'workerId'], 'release op');
-      return { k: 'release', id: id(value, 'id', 'release op'), workerId: id(value, 'workerId', 'release op') };
+      onlyFields(value, ['k', 'id', 'workerId', 'requestKey'], 'release op');
+      return {
+        k: 'release',
+        id: id(value, 'id', 'release op'),
+        workerId: id(value, 'workerId', 'release op'),
+        requestKey: shardRequestKey(value, 'release op', true),
+      };
+    case 'remove':
+      onlyFields(value, ['k', 'workerId'], 'remove op');
+      return { k: 'remove', workerId: id(value, 'workerId', 'remove op') };
     case 'register':
       onlyFields(value, ['k', 'worker'], 'register op');
       if (!isObject(value.worker)) throw invalid('register op: "worker" must be an object');
@@ -178,6 +202,15 @@ export function parseShardOp(value: unknown): ShardOp {
     default:
       throw invalid(`unknown shard op kind ${JSON.stringify(value.k)}`);
   }
+}
+
+function shardRequestKey(value: Record<string, unknown>, where: string, emptyAllowed: boolean): string {
+  const key = value.requestKey;
+  if (emptyAllowed && key === '') return '';
+  if (typeof key !== 'string' || !SHARD_REQUEST_KEY_PATTERN.test(key)) {
+    throw invalid(`${where}: "requestKey" must match ${SHARD_REQUEST_KEY_PATTERN.source}`);
+  }
+  return key;
 }
 
 /**
@@ -199,11 +232,50 @@ export function parseShardRequest(value: unknown): ReceivedShardRequest {
   };
 }
 
+/** Groups and frontier points a summary may carry; more is not a summary an owner made. */
+const MAX_SUMMARY_GROUPS = 4_096;
+const MAX_FRONTIER_POINTS = 64;
+
+function count(value: unknown): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
+}
+
+function point(value: unknown): value is CapacityPoint {
+  return Array.isArray(value) && value.length === 3 && value.every(count);
+}
+
+function nameOrNull(value: unknown): value is string | null {
+  return value === null || (typeof value === 'string' && value.length <= 64);
+}
+
+/**
+ * A capacity summary received on a capacity subject or in a shard reply, checked field by field
+ * (anyone on the bus can publish there, and a router's NO_CAPACITY rests on these numbers); null
+ * when anything is off.
+ */
 export function parseShardCapacity(value: unknown): ShardCapacity | null {
-  if (!isObject(value) || typeof value.shard !== 'number' || typeof value.seq !== 'number' || !Array.isArray(value.groups)) {
-    return null;
+  if (!isObject(value) || !count(value.shard) || !count(value.seq) || !count(value.epoch) || !Array.isArray(value.groups)) return null;
+  if (value.owner !== null && (typeof value.owner !== 'string' || value.owner.length > 128)) return null;
+  if (value.groups.length > MAX_SUMMARY_GROUPS) return null;
+  const groups: CapacityGroup[] = [];
+  for (const group of value.groups as unknown[]) {
+    if (!isObject(group) || !nameOrNull(group.pool) || !nameOrNull(group.gpu)) return null;
+    if (!count(group.registered) || !count(group.workers) || !count(group.freeCpu) || !count(group.freeMemory)) return null;
+    if (typeof group.exact !== 'boolean' || !point(group.max) || !Array.isArray(group.frontier)) return null;
+    if (group.frontier.length > MAX_FRONTIER_POINTS || !group.frontier.every(point)) return null;
+    groups.push({
+      pool: group.pool,
+      gpu: group.gpu,
+      registered: group.registered,
+      workers: group.workers,
+      freeCpu: group.freeCpu,
+      freeMemory: group.freeMemory,
+      frontier: group.frontier,
+      exact: group.exact,
+      max: group.max,
+    });
   }
-  return value as unknown as ShardCapacity;
+  return { shard: value.shard, owner: value.owner, epoch: value.epoch, seq: value.seq, groups };
 }
 
 export const STATUS_ACTION_EVENT = { drain: 'DRAIN', disable: 'DISABLE', enable: 'ENABLE' } as const;

@@ -7,6 +7,16 @@
 export const DEADLINE_HEADER = 'Drover-Deadline';
 
 /**
+ * Optional request header on submit, submit.batch and release: the client's name for this request,
+ * the same on every retry of it. It is stored with the placement (and the release), so a retry
+ * whose first attempt was placed but whose reply was lost gets the same "placed" reply instead of
+ * ALREADY_PLACED. Keys are compared per container id: one key may serve a whole batch.
+ */
+export const REQUEST_KEY_HEADER = 'Drover-Request-Key';
+/** Letters, digits, `_`, `-`, `.`, `:`; 1-128 characters (no spaces: tombstones are space-separated). */
+export const REQUEST_KEY_PATTERN = /^[A-Za-z0-9_.:-]{1,128}$/;
+
+/**
  * NATS subjects. Public subjects are what clients use; shard subjects are internal (router to the
  * shard's lease holder); capacity subjects carry each shard's free capacity from owner to routers.
  */
@@ -23,6 +33,7 @@ export class Subjects {
   get workersDrain(): string { return `${this.prefix}.workers.drain`; }
   get workersDisable(): string { return `${this.prefix}.workers.disable`; }
   get workersEnable(): string { return `${this.prefix}.workers.enable`; }
+  get workersRemove(): string { return `${this.prefix}.workers.remove`; }
   /** Every replica answers (no queue group): collect replies for a cluster view. */
   get status(): string { return `${this.prefix}.status`; }
 

@@ -6,6 +6,14 @@
  * Life of a shard here: lease acquired (epoch bumped) -> owner built from Redis -> subscribed to
  * the shard subject -> capacity published. It ends by hand-over (unsubscribe, drain, release), by
  * losing the lease (close at once), or by being fenced (Redis refused our epoch: close at once).
+ *
+ * Partitions. A replica watches its links to NATS and to Redis (LinkMonitor). While either is cut,
+ * it cannot serve the shards it would own, so it gives them up (closes their owners, releases the
+ * leases when Redis answers) and steps out of the members, so the others take the shards within
+ * about a lease TTL instead of the shards staying dark for as long as the cut lasts. While Redis
+ * is cut, its router also leaves the public queue group, so the NATS server hands clients'
+ * requests to routers that can answer them. When both links are back, it steps back in and the
+ * shards are balanced again as after a join.
  */
 import { connect, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import { Redis } from 'ioredis';
@@ -24,17 +32,22 @@ import { Router } from '../router/router.js';
 import { ShardOwner } from '../shard/shard-owner.js';
 import { DroverStore } from '../store/store.js';
 import { silentLogger, type Logger } from '../util/log.js';
+import { LinkMonitor } from './link-monitor.js';
 
 /** Capacity changes are coalesced for this long before being published. */
 const CAPACITY_COALESCE_MS = 10;
 /** Every owned shard's capacity is republished this often, so new routers and lost messages heal. */
-const CAPACITY_HEARTBEAT_MS = 1_000;
+export const CAPACITY_HEARTBEAT_MS = 1_000;
+/** Round trips in a row, each under the slow bound, before a cut link counts as back. */
+const LINK_BACK_AFTER = 2;
 
 interface ServedShard {
   readonly owner: ShardOwner;
   readonly subscription: Subscription;
   capacity: ShardCapacity | null;
 }
+
+export type LinkName = 'nats' | 'redis';
 
 export interface ReplicaStats {
   readonly replicaId: string;
@@ -51,6 +64,13 @@ export class Replica {
   readonly router: Router;
   readonly leases: ShardLeases;
   readonly membership: Membership;
+  readonly links: Record<LinkName, LinkMonitor>;
+  /**
+   * Settles with a message when this replica must stop on its own (another process took its
+   * replica id while it was paused); the command exits 1 with it.
+   */
+  readonly fatal: Promise<string>;
+  private reportFatal: (message: string) => void = () => undefined;
   private readonly started = Date.now();
   /** Hand-overs in progress, one per shard (graceful, in the background). */
   private readonly handingOver = new Map<number, Promise<void>>();
@@ -61,6 +81,10 @@ export class Replica {
   private capacityTimer: NodeJS.Timeout | null = null;
   private heartbeatTimer: NodeJS.Timeout | null = null;
   private stopping: Promise<void> | null = null;
+  /** Links that are cut right now; the replica serves only while this is empty. */
+  private readonly cutLinks = new Set<LinkName>();
+  /** Serialises stepping out and back in, so a flapping link cannot interleave them. */
+  private transition: Promise<void> = Promise.resolve();
   /** Owner counters survive the owners themselves (shards come and go). */
   private readonly retiredOwnerStats = { batches: 0, committedOps: 0, fenceRefusals: 0, versionConflicts: 0, resyncs: 0 };
 
@@ -70,9 +94,13 @@ export class Replica {
     readonly nc: NatsConnection,
     readonly log: Logger,
   ) {
+    this.fatal = new Promise((resolve) => {
+      this.reportFatal = resolve;
+    });
     this.subjects = new Subjects(config.prefix);
     this.store = new DroverStore(redis, {
       prefix: config.prefix,
+      shards: config.shards,
       historyCap: config.historyCap,
       releasedRetentionSeconds: config.releasedRetentionSeconds,
     });
@@ -96,10 +124,15 @@ export class Replica {
       ttlMs: config.memberTtlMs,
       log,
       onChange: () => this.rebalance(),
+      onDuplicate: (message) => {
+        log.error(message);
+        this.reportFatal(message);
+      },
     });
     this.leases = new ShardLeases({
       redis,
       store: this.store,
+      replicaId: config.replicaId,
       ttlMs: config.leaseTtlMs,
       log,
       handlers: {
@@ -107,6 +140,22 @@ export class Replica {
         onLost: (shard, reason) => this.dropShard(shard, reason),
       },
     });
+    const link = (name: LinkName, label: string, probe: () => Promise<unknown>) =>
+      new LinkMonitor({
+        name: label,
+        probe,
+        intervalMs: Math.max(50, Math.floor(config.linkTimeoutMs / 4)),
+        cutAfterMs: config.linkTimeoutMs,
+        slowMs: Math.max(100, Math.floor(config.linkTimeoutMs / 2)),
+        backAfter: LINK_BACK_AFTER,
+        log,
+        onCut: () => this.linkCut(name),
+        onBack: () => this.linkBack(name),
+      });
+    this.links = {
+      nats: link('nats', 'NATS', () => nc.rtt()),
+      redis: link('redis', 'Redis', () => redis.ping()),
+    };
   }
 
   /** Connect, join the members, take the shards this replica should own, start routing. */
@@ -121,11 +170,18 @@ export class Replica {
       // A command that hangs (a half-open connection) fails well within a lease period, so a
       // lost lease is noticed and the shard dropped instead of waiting on a dead socket.
       commandTimeout: Math.max(500, Math.floor(config.leaseTtlMs / 3)),
+      connectTimeout: Math.max(1_000, config.linkTimeoutMs),
       lazyConnect: true,
       connectionName: `drover-${config.replicaId}`,
     });
-    redis.on('error', (error) => log.warn({ err: error }, 'redis connection error'));
-    await redis.connect();
+    // ioredis reports every failed reconnect attempt; the Redis link monitor logs the outage once.
+    redis.on('error', (error) => log.debug({ err: error }, 'redis connection error'));
+    try {
+      await redis.connect();
+    } catch (error) {
+      redis.disconnect();
+      throw new Error(`cannot reach Redis at ${config.redisUrl}: ${(error as Error).message}`);
+    }
     let nc: NatsConnection;
     try {
       nc = await connect({
@@ -134,10 +190,15 @@ export class Replica {
         noAsyncTraces: true,
         maxReconnectAttempts: -1,
         reconnectTimeWait: 250,
+        // A silently cut connection is noticed by the client within a few ping intervals and
+        // replaced (the default interval is two minutes); the link monitor acts on it sooner.
+        pingInterval: Math.max(250, Math.floor(config.linkTimeoutMs / 2)),
+        maxPingOut: 2,
+        timeout: Math.max(1_000, config.linkTimeoutMs),
       });
     } catch (error) {
       redis.disconnect();
-      throw error;
+      throw new Error(`cannot reach NATS at ${config.natsUrl}: ${(error as Error).message}`);
     }
     const replica = new Replica(config, redis, nc, log.child({ replica: config.replicaId }));
     try {
@@ -165,11 +226,14 @@ export class Replica {
     this.leases.start();
     this.heartbeatTimer = setInterval(() => this.publishAllCapacity(), CAPACITY_HEARTBEAT_MS);
     await this.router.start();
-    this.log.info({ shards: this.served.size, of: this.config.shards }, 'replica started');
+    this.links.nats.start();
+    this.links.redis.start();
+    this.log.info({ shards: this.servedShards(), of: this.config.shards }, 'replica started');
   }
 
   /** The shards this replica should own, by rendezvous hashing over the live members. */
   private desired(): number[] {
+    if (this.cutLinks.size > 0) return [];
     return desiredShards(this.config.replicaId, this.membership.members, this.config.shards);
   }
 
@@ -182,10 +246,41 @@ export class Replica {
     if (this.stopping !== null) return;
     const desired = new Set(this.desired());
     this.leases.setDesired(desired);
-    for (const shard of this.served.keys()) {
-      if (!desired.has(shard)) void this.handOver(shard);
-    }
+    const leaving = [...this.served.keys()].filter((shard) => !desired.has(shard));
+    if (leaving.length > 0) this.log.info({ shards: leaving }, 'handing shards over');
+    for (const shard of leaving) void this.handOver(shard);
     this.leases.acquireSoon();
+  }
+
+  private linkCut(link: LinkName): void {
+    const wasServing = this.cutLinks.size === 0;
+    this.cutLinks.add(link);
+    if (this.stopping !== null) return;
+    this.transition = this.transition.then(async () => {
+      if (link === 'redis') await this.router.withdraw();
+      if (!wasServing) return;
+      // Give up every shard at once: nobody can be served through this replica now, and the
+      // others can only take the shards once the leases are free (released here if Redis still
+      // answers; expired after the lease TTL if not).
+      this.leases.setDesired([]);
+      const shards = this.servedShards();
+      for (const shard of shards) this.dropShard(shard, `cut off from ${link === 'nats' ? 'NATS' : 'Redis'}`);
+      await Promise.all(shards.map((shard) => this.leases.release(shard)));
+      await this.membership.suspend();
+      this.log.warn({ link, shards }, 'stepped out of the members until the link is back; shards given up');
+    });
+  }
+
+  private linkBack(link: LinkName): void {
+    this.cutLinks.delete(link);
+    if (this.stopping !== null) return;
+    this.transition = this.transition.then(async () => {
+      if (link === 'redis' && !this.cutLinks.has('redis')) await this.router.rejoin();
+      if (this.cutLinks.size > 0) return;
+      await this.membership.resume();
+      this.rebalance();
+      this.log.info('links to NATS and Redis are up; back among the members');
+    });
   }
 
   status(): Record<string, unknown> {
@@ -198,6 +293,9 @@ export class Replica {
       memory: { rss: memory.rss, heapUsed: memory.heapUsed, external: memory.external, arrayBuffers: memory.arrayBuffers },
       members: this.membership.members,
       desired: this.desired(),
+      links: { nats: this.links.nats.describe(), redis: this.links.redis.describe() },
+      steppedOut: this.membership.suspended,
+      routing: this.router.routing,
       ...this.stats(),
     };
   }
@@ -230,7 +328,10 @@ export class Replica {
   }
 
   private async shutdown(): Promise<void> {
-    this.log.info('stopping: handing shards over');
+    this.log.info({ shards: this.servedShards() }, 'stopping: handing shards over');
+    this.links.nats.stop();
+    this.links.redis.stop();
+    await this.transition;
     this.leases.setDesired([]);
     // Leave first, so the others start wanting our shards and take each one as it is released.
     await this.membership.leave();
@@ -265,6 +366,8 @@ export class Replica {
   }
 
   private async closeConnections(): Promise<void> {
+    this.links.nats.stop();
+    this.links.redis.stop();
     await this.nc.drain().catch(() => undefined);
     await this.redis.quit().catch(() => this.redis.disconnect());
   }
@@ -273,6 +376,7 @@ export class Replica {
     const owner = await ShardOwner.open({
       store: this.store,
       shard,
+      shards: this.config.shards,
       epoch,
       strategy: this.config.strategy,
       log: this.log,
@@ -282,7 +386,7 @@ export class Replica {
         this.leases.forget(fencedShard);
         this.dropShard(fencedShard, 'fenced by a newer epoch');
       },
-      onCapacityChange: (changed) => this.markCapacityDirty(changed),
+      onCapacityChange: (changed, grew) => this.markCapacityDirty(changed, grew),
     });
     const subscription = this.nc.subscribe(this.subjects.shard(shard), {
       queue: this.subjects.shardQueue,
@@ -297,11 +401,12 @@ export class Replica {
     if (!this.leases.isDesired(shard)) void this.handOver(shard);
   }
 
-  /** Lease lost or fenced: stop serving the shard at once, without waiting for anything. */
+  /** Lease lost, fenced or link cut: stop serving the shard at once, without waiting for anything. */
   private dropShard(shard: number, reason: string): void {
     const served = this.served.get(shard);
     if (served === undefined) return;
-    this.log.warn({ shard, reason }, 'shard dropped');
+    // Logged by the caller once for all the shards it drops (lease loss, link cut); per shard at debug.
+    this.log.debug({ shard, reason }, 'shard dropped');
     served.subscription.unsubscribe();
     served.owner.close();
     this.retire(shard, served);
@@ -313,9 +418,18 @@ export class Replica {
     }
     this.served.delete(shard);
     this.dirtyShards.delete(shard);
-    // Tell routers the shard has no owner here, so they stop choosing it until the next owner speaks.
-    const unowned: ShardCapacity = { shard, owner: null, epoch: served.owner.epoch, seq: ++this.capacitySeq, groups: [] };
-    this.nc.publish(this.subjects.capacity(shard), JSON.stringify(unowned));
+    // Tell routers the shard has no owner here, so they stop choosing it until the next owner
+    // speaks. The summary of its last capacity goes with it: nothing changes a shard while nobody
+    // owns it, so routers may still use it to prove that a container fits nowhere.
+    const unowned: ShardCapacity = {
+      shard,
+      owner: null,
+      epoch: served.owner.epoch,
+      seq: ++this.capacitySeq,
+      groups: served.capacity?.groups ?? served.owner.capacity(),
+    };
+    if (!this.nc.isClosed()) this.nc.publish(this.subjects.capacity(shard), JSON.stringify(unowned));
+    this.router.view.update(unowned);
   }
 
   private serveShard(shard: number, msg: Msg): void {
@@ -367,10 +481,22 @@ export class Replica {
     return served.capacity;
   }
 
-  private markCapacityDirty(shard: number): void {
-    this.dirtyShards.add(shard);
+  /**
+   * A shard's capacity changed. When it grew (a release, a registration, an enable), the summary is
+   * published at once, before the owner's replies go out: a client told "released" that then
+   * submits through another router finds that router already knowing about the freed room (one
+   * NATS server delivers one connection's messages in order). Shrinking is coalesced: a router
+   * that has not heard yet only tries a shard that cannot fit and is told so.
+   */
+  private markCapacityDirty(shard: number, grew: boolean): void {
     const served = this.served.get(shard);
     if (served !== undefined) served.capacity = null;
+    if (grew) {
+      this.dirtyShards.delete(shard);
+      this.publishCapacity(shard);
+      return;
+    }
+    this.dirtyShards.add(shard);
     if (this.capacityTimer === null) {
       this.capacityTimer = setTimeout(() => {
         this.capacityTimer = null;

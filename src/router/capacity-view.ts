@@ -1,25 +1,59 @@
 /**
- * A router's view of every shard's free capacity, built from the summaries shard owners publish
- * (and piggy-back on replies). It answers one question: which shard should this container try?
+ * A router's view of every shard's capacity, built from the summaries shard owners publish (and
+ * piggy-back on replies). It answers two questions: which shard should this container try next,
+ * and is a "no" proven?
  *
- * Choice: power of two choices. Among the shards whose summary says the container fits, take two
- * at random and keep the one with more room for it. Best fit across shards would send every router
- * to the same fullest shard at once, and since routers act on slightly stale views, they would
- * collide there and re-route; two random choices spread concurrent routers apart while still
- * steering away from full shards. Packing (best fit) happens inside the shard, where the owner's
- * actors see exact, serialized capacity.
+ * Each shard is, for a request, in one of four tiers:
+ *   likely    a worker in its summary covers the request (after this router's own recent
+ *             placements there are counted against the summary);
+ *   possible  the summary does not prove it cannot fit: its frontier covers the request (only
+ *             this router's own placements made it look full), or the frontier was cut short and
+ *             the group's maxima still allow it;
+ *   unknown   no trustworthy summary: none yet, or older than STALE_AFTER_MS;
+ *   none      the summary proves no worker of the shard fits (see capacity-summary.ts).
+ * A shard whose owner did not answer (no responders, UNAVAILABLE) is left out of the choice until a
+ * newer summary arrives, but still counts for the proof.
+ *
+ * Choice: power of two choices within the best tier: two shards drawn at random among those that
+ * fit, and the one with more room for the container wins. Best fit across shards would send every
+ * router to the same fullest shard at once (routers act on slightly stale views, so they would
+ * collide there and re-route); two random choices spread concurrent routers apart while steering
+ * away from full shards. Packing happens inside the shard, where the actors see exact capacity.
  */
 import type { PlacementRequest } from '../../actors/capacity.js';
-import type { CapacityGroup, ShardCapacity } from '../protocol/shard-messages.js';
+import type { CapacityGroup, CapacityPoint, ShardCapacity } from '../protocol/shard-messages.js';
 
-type Tuple = [number, number, number];
+/** Owners republish every second; a summary this old is not trusted (its owner may be gone). */
+export const STALE_AFTER_MS = 3_000;
+
+export type Tier = 'likely' | 'possible' | 'unknown' | 'none';
+
+interface GroupEntry {
+  readonly group: CapacityGroup;
+  /** The frontier with this router's own recent placements subtracted (for ranking only). */
+  working: CapacityPoint[];
+  freeCpu: number;
+  freeMemory: number;
+}
 
 interface ShardEntry {
-  owner: string | null;
-  epoch: number;
-  seq: number;
-  receivedAt: number;
-  groups: Array<{ pool: string | null; gpu: string | null; workers: number; freeCpu: number; freeMemory: number; top: Tuple[] }>;
+  readonly owner: string | null;
+  readonly epoch: number;
+  readonly seq: number;
+  readonly receivedAt: number;
+  readonly groups: GroupEntry[];
+  /** Its owner did not answer since this summary: do not choose it again until the next one. */
+  unreachable: boolean;
+}
+
+/** How many shards of a kind exist, for saying why nothing fits. */
+export interface FleetCounts {
+  /** Workers registered of the pool / GPU type asked for, in any status. */
+  readonly registered: number;
+  /** Of those, workers that take placements. */
+  readonly available: number;
+  /** Shards without a trustworthy summary (their workers are not counted). */
+  readonly unknownShards: number;
 }
 
 /**
@@ -27,7 +61,7 @@ interface ShardEntry {
  * skips GPU groups: the router's first pass, so GPUs are not stranded behind CPU work while a
  * CPU-only worker elsewhere has room (the same preference placementScore applies within a shard).
  */
-function groupMatches(group: { pool: string | null; gpu: string | null }, request: PlacementRequest, cpuWorkersOnly = false): boolean {
+export function groupMatches(group: { pool: string | null; gpu: string | null }, request: PlacementRequest, cpuWorkersOnly = false): boolean {
   if (request.pool !== null && group.pool !== request.pool) return false;
   if (cpuWorkersOnly && group.gpu !== null) return false;
   if (request.gpuCount > 0) {
@@ -37,9 +71,11 @@ function groupMatches(group: { pool: string | null; gpu: string | null }, reques
   return true;
 }
 
-function tupleFits(tuple: Tuple, request: PlacementRequest): boolean {
-  return tuple[0] >= request.cpu && tuple[1] >= request.memory && tuple[2] >= request.gpuCount;
+function covers(point: CapacityPoint, request: PlacementRequest): boolean {
+  return point[0] >= request.cpu && point[1] >= request.memory && point[2] >= request.gpuCount;
 }
+
+const TIER_RANK: Record<Tier, number> = { likely: 0, possible: 1, unknown: 2, none: 3 };
 
 export class CapacityView {
   private readonly shards: Array<ShardEntry | undefined>;
@@ -47,12 +83,13 @@ export class CapacityView {
   constructor(
     readonly shardCount: number,
     private readonly random: () => number = Math.random,
+    private readonly clock: () => number = Date.now,
   ) {
     this.shards = new Array<ShardEntry | undefined>(shardCount);
   }
 
   /** Take a summary if it is newer than what the view holds (higher epoch, or same epoch and seq). */
-  update(capacity: ShardCapacity, now = Date.now()): boolean {
+  update(capacity: ShardCapacity): boolean {
     if (!Number.isInteger(capacity.shard) || capacity.shard < 0 || capacity.shard >= this.shardCount) return false;
     const current = this.shards[capacity.shard];
     if (current !== undefined) {
@@ -63,82 +100,139 @@ export class CapacityView {
       owner: capacity.owner,
       epoch: capacity.epoch,
       seq: capacity.seq,
-      receivedAt: now,
-      groups: capacity.owner === null ? [] : capacity.groups.map((g: CapacityGroup) => ({ ...g, top: g.top.map((t) => [t[0], t[1], t[2]] as Tuple) })),
+      receivedAt: this.clock(),
+      unreachable: false,
+      groups: capacity.groups.map((group) => ({
+        group,
+        working: group.frontier.map((p) => [p[0], p[1], p[2]] as CapacityPoint),
+        freeCpu: group.freeCpu,
+        freeMemory: group.freeMemory,
+      })),
     };
     return true;
   }
 
-  /** An owner answered "does not fit" or "not here": forget the shard's capacity until its next summary. */
-  forget(shard: number, request: PlacementRequest | null): void {
+  /** The shard's owner did not answer (no responders, UNAVAILABLE): skip it until it republishes. */
+  markUnreachable(shard: number): void {
+    const entry = this.shards[shard];
+    if (entry !== undefined) entry.unreachable = true;
+  }
+
+  /** An owner answered "does not fit": this request's fitting points are not there after all. */
+  forget(shard: number, request: PlacementRequest): void {
     const entry = this.shards[shard];
     if (entry === undefined) return;
-    if (request === null) {
-      entry.groups = [];
-      return;
-    }
-    // Remove only what the request needed: tuples that seemed to fit it, in the groups it matches.
     for (const group of entry.groups) {
-      if (!groupMatches(group, request)) continue;
-      group.top = group.top.filter((t) => !tupleFits(t, request));
+      if (!groupMatches(group.group, request)) continue;
+      group.working = group.working.filter((p) => !covers(p, request));
     }
   }
 
-  fits(shard: number, request: PlacementRequest, cpuWorkersOnly = false): boolean {
-    return this.room(shard, request, cpuWorkersOnly) > 0;
+  /** Which tier the shard is in for this request (see the module comment). */
+  tier(shard: number, request: PlacementRequest, cpuWorkersOnly = false): Tier {
+    const entry = this.shards[shard];
+    if (entry === undefined || this.clock() - entry.receivedAt > STALE_AFTER_MS) return 'unknown';
+    let tier: Tier = 'none';
+    for (const group of entry.groups) {
+      if (!groupMatches(group.group, request, cpuWorkersOnly)) continue;
+      if (group.working.some((p) => covers(p, request))) return 'likely';
+      if (group.group.frontier.some((p) => covers(p, request)) || (!group.group.exact && covers(group.group.max, request))) tier = 'possible';
+    }
+    return tier;
   }
 
-  /** How many containers like `request` the shard's summary suggests it can still take (0: none). */
+  /** How many containers like `request` the shard's summary suggests it can still take (for ranking). */
   room(shard: number, request: PlacementRequest, cpuWorkersOnly = false): number {
     const entry = this.shards[shard];
-    if (entry === undefined || entry.owner === null) return 0;
+    if (entry === undefined) return 0;
     let room = 0;
-    let anyTupleFits = false;
     for (const group of entry.groups) {
-      if (!groupMatches(group, request, cpuWorkersOnly)) continue;
-      if (!anyTupleFits && group.top.some((t) => tupleFits(t, request))) anyTupleFits = true;
-      room += Math.min(group.freeCpu / request.cpu, group.freeMemory / request.memory);
+      if (!groupMatches(group.group, request, cpuWorkersOnly)) continue;
+      room += Math.max(0, Math.min(group.freeCpu / request.cpu, group.freeMemory / request.memory));
     }
-    return anyTupleFits ? Math.max(room, 1) : 0;
+    return room;
   }
 
   /**
-   * Power of two choices among fitting shards not in `exclude`; null when none fits. With `local`
-   * (this router's replica id), shards that replica owns are tried first: a placement there needs
-   * no NATS hop. Clients reach routers through a queue group, so every replica gets its share of
-   * requests and the load still spreads; when local shards are full, all shards are candidates.
+   * The next shard to try, or null when no shard outside `exclude` may fit. Tiers are tried best
+   * first; within one, CPU-only requests try CPU-only groups first, and with `local` (this router's
+   * replica id) shards that replica owns come first (a placement there needs no NATS hop; clients
+   * reach routers through a queue group, so the load still spreads over the replicas).
    */
   choose(request: PlacementRequest, exclude: ReadonlySet<number>, local: string | null = null): number | null {
-    const passes: Array<[boolean, string | null]> = [];
-    if (request.gpuCount === 0) {
-      if (local !== null) passes.push([true, local]);
-      passes.push([true, null]);
-    }
-    if (local !== null) passes.push([false, local]);
-    passes.push([false, null]);
-    for (const [cpuWorkersOnly, owner] of passes) {
-      const shard = this.chooseAmong(request, exclude, cpuWorkersOnly, owner);
-      if (shard !== null) return shard;
+    const cpuFirst = request.gpuCount === 0 ? [true, false] : [false];
+    for (const tier of ['likely', 'possible', 'unknown'] as const) {
+      for (const cpuWorkersOnly of cpuFirst) {
+        if (tier === 'unknown' && cpuWorkersOnly) continue; // an unknown shard is unknown for every group
+        for (const owner of local === null || tier === 'unknown' ? [null] : [local, null]) {
+          const shard = this.chooseAmong(request, exclude, tier, cpuWorkersOnly, owner);
+          if (shard !== null) return shard;
+        }
+      }
     }
     return null;
   }
 
-  private chooseAmong(request: PlacementRequest, exclude: ReadonlySet<number>, cpuWorkersOnly: boolean, owner: string | null): number | null {
-    const n = this.shardCount;
-    const start = Math.floor(this.random() * n);
-    // Walk the shards from a random start and stop at the second that fits: cheap when capacity
-    // is plentiful (a few checks), a full scan only when it is scarce.
+  /** Power of two choices among the shards of one tier (reservoir sampling of two). */
+  private chooseAmong(request: PlacementRequest, exclude: ReadonlySet<number>, tier: Tier, cpuWorkersOnly: boolean, owner: string | null): number | null {
     let first = -1;
     let second = -1;
-    for (let i = 0; i < n && second < 0; i += 1) {
-      const shard = (start + i) % n;
-      if (exclude.has(shard) || (owner !== null && this.shards[shard]?.owner !== owner) || !this.fits(shard, request, cpuWorkersOnly)) continue;
-      if (first < 0) first = shard;
-      else second = shard;
+    let seen = 0;
+    for (let shard = 0; shard < this.shardCount; shard += 1) {
+      if (exclude.has(shard)) continue;
+      const entry = this.shards[shard];
+      if (entry !== undefined && (entry.unreachable || entry.owner === null)) continue;
+      if (owner !== null && entry?.owner !== owner) continue;
+      if (this.tier(shard, request, cpuWorkersOnly) !== tier) continue;
+      seen += 1;
+      // Keep a uniform random pair of the candidates seen so far.
+      if (seen === 1) first = shard;
+      else if (seen === 2) second = shard;
+      else {
+        const pick = Math.floor(this.random() * seen);
+        if (pick === 0) first = shard;
+        else if (pick === 1) second = shard;
+      }
     }
     if (first < 0) return null;
     if (second < 0) return first;
-    return this.room(second, request, cpuWorkersOnly) > this.room(first, request, cpuWorkersOnly) ? second : first;
+    if (this.random() < 0.5) [first, second] = [second, first];
+    const roomFirst = this.room(first, request, cpuWorkersOnly);
+    const roomSecond = this.room(second, request, cpuWorkersOnly);
+    return roomSecond > roomFirst ? second : first;
+  }
+
+  /**
+   * Shards outside `asked` whose summary does not prove the request cannot fit. A router may only
+   * answer NO_CAPACITY when this is empty: every other shard was asked, or is proven full.
+   */
+  unproven(request: PlacementRequest, asked: ReadonlySet<number>): number[] {
+    const left: number[] = [];
+    for (let shard = 0; shard < this.shardCount; shard += 1) {
+      if (asked.has(shard)) continue;
+      if (TIER_RANK[this.tier(shard, request)] < TIER_RANK.none) left.push(shard);
+    }
+    return left;
+  }
+
+  /** Workers of the kind asked for across every shard with a fresh summary, for NO_CAPACITY's reason. */
+  fleet(request: PlacementRequest): FleetCounts {
+    let registered = 0;
+    let available = 0;
+    let unknownShards = 0;
+    const now = this.clock();
+    for (const entry of this.shards) {
+      if (entry === undefined || now - entry.receivedAt > STALE_AFTER_MS) {
+        unknownShards += 1;
+        continue;
+      }
+      for (const { group } of entry.groups) {
+        if (!groupMatches(group, request)) continue;
+        registered += group.registered;
+        available += group.workers;
+      }
+    }
+    return { registered, available, unknownShards };
   }
 
   /** Count a forwarded placement against the view now, so the next choice does not herd onto it. */
@@ -146,12 +240,12 @@ export class CapacityView {
     const entry = this.shards[shard];
     if (entry === undefined) return;
     for (const group of entry.groups) {
-      if (!groupMatches(group, request)) continue;
-      const tuple = group.top.find((t) => tupleFits(t, request));
-      if (tuple === undefined) continue;
-      tuple[0] -= request.cpu;
-      tuple[1] -= request.memory;
-      tuple[2] -= request.gpuCount;
+      if (!groupMatches(group.group, request)) continue;
+      const point = group.working.find((p) => covers(p, request));
+      if (point === undefined) continue;
+      point[0] -= request.cpu;
+      point[1] -= request.memory;
+      point[2] -= request.gpuCount;
       group.freeCpu -= request.cpu;
       group.freeMemory -= request.memory;
       return;

@@ -10,7 +10,7 @@ import type { DroverConfig } from '../config.js';
 import { DroverError, errorReply, replyFromError, type ErrorReply } from '../protocol/errors.js';
 import type { ShardCapacity, ShardOp, ShardOpResult, StatusAction, WorkerView } from '../protocol/shard-messages.js';
 import { parseShardCapacity, workerView } from '../protocol/shard-messages.js';
-import { DEADLINE_HEADER, type Subjects } from '../protocol/subjects.js';
+import { DEADLINE_HEADER, REQUEST_KEY_HEADER, REQUEST_KEY_PATTERN, type Subjects } from '../protocol/subjects.js';
 import {
   decodeObject,
   parseContainerBatch,
@@ -28,8 +28,11 @@ import type { Logger } from '../util/log.js';
 import { CapacityView } from './capacity-view.js';
 import { ShardClient } from './shard-client.js';
 
-/** Shards one placement may try before the router answers NO_CAPACITY or UNAVAILABLE. */
-export const MAX_ROUTE_ATTEMPTS = 6;
+/**
+ * Shards one placement may try. Every shard whose summary does not prove the container cannot fit
+ * must be asked before NO_CAPACITY; past this many asks the router answers UNAVAILABLE instead.
+ */
+export const MAX_ROUTE_ATTEMPTS = 32;
 /** Tries of an op bound to one shard (release, register, status) while its owner is unavailable. */
 const MAX_BOUND_ATTEMPTS = 4;
 const BOUND_RETRY_DELAY_MS = 250;
@@ -84,7 +87,9 @@ export class Router {
   private readonly subscriptions: Subscription[] = [];
   private capacitySubscription: Subscription | null = null;
   private inFlight = 0;
-  private nonceCounter = 0;
+  /** Request keys for clients that sent none: "<replica id>.<counter>". */
+  private keyCounter = 0;
+  private withdrawn = false;
   private idleWaiters: Array<() => void> = [];
 
   constructor(private readonly options: RouterOptions) {
@@ -115,6 +120,17 @@ export class Router {
     });
     nc.publish(subjects.capacityRefresh);
     await nc.flush();
+    this.subscribePublic();
+    await nc.flush();
+  }
+
+  /** Whether this router is in the public queue group (it leaves it while Redis is cut off). */
+  get routing(): boolean {
+    return this.subscriptions.length > 0;
+  }
+
+  private subscribePublic(): void {
+    const { nc, subjects } = this.options;
     const handlers: Array<[string, Handler]> = [
       [subjects.submit, (msg, deadline) => this.onSubmit(msg, deadline)],
       [subjects.submitBatch, (msg, deadline) => this.onSubmitBatch(msg, deadline)],
@@ -126,19 +142,40 @@ export class Router {
       [subjects.workersDrain, (msg) => this.onStatus(msg, 'drain')],
       [subjects.workersDisable, (msg) => this.onStatus(msg, 'disable')],
       [subjects.workersEnable, (msg) => this.onStatus(msg, 'enable')],
+      [subjects.workersRemove, (msg) => this.onRemove(msg)],
     ];
     for (const [subject, handler] of handlers) {
       this.subscriptions.push(
         nc.subscribe(subject, { queue: subjects.routerQueue, callback: (error, msg) => (error ? undefined : this.serve(msg, handler)) }),
       );
     }
-    await nc.flush();
+  }
+
+  /**
+   * Leave the public queue group (this replica cannot reach Redis): the NATS server then hands
+   * clients' requests to the other routers. Requests already taken are finished.
+   */
+  async withdraw(): Promise<void> {
+    if (this.withdrawn) return;
+    this.withdrawn = true;
+    const subscriptions = this.subscriptions.splice(0);
+    await Promise.all(subscriptions.map((s) => s.drain().catch(() => undefined)));
+    this.options.log.warn('router left the public queue group until Redis answers again');
+  }
+
+  /** Join the public queue group again after `withdraw`. */
+  async rejoin(): Promise<void> {
+    if (!this.withdrawn) return;
+    this.withdrawn = false;
+    this.subscribePublic();
+    await this.options.nc.flush().catch(() => undefined);
+    this.options.log.info('router is back in the public queue group');
   }
 
   /** Stop taking requests (other replicas' routers take them), then finish those in flight. */
   async stop(): Promise<void> {
-    await Promise.all(this.subscriptions.map((s) => s.drain().catch(() => undefined)));
-    this.subscriptions.length = 0;
+    this.withdrawn = true;
+    await Promise.all(this.subscriptions.splice(0).map((s) => s.drain().catch(() => undefined)));
     if (this.inFlight > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     this.capacitySubscription?.unsubscribe();
     this.capacitySubscription = null;
@@ -174,15 +211,18 @@ export class Router {
   }
 
   private async onSubmit(msg: Msg, deadline: number | null): Promise<PlaceReply> {
-    return this.place(parseContainerRequest(decodeObject(msg.data)), deadline);
+    const request = parseContainerRequest(decodeObject(msg.data));
+    return this.place(request, deadline, requestKey(msg) ?? this.newRequestKey());
   }
 
   private async onSubmitBatch(msg: Msg, deadline: number | null): Promise<unknown> {
     const requests = parseContainerBatch(decodeObject(msg.data));
+    // A key is compared per container id, so one key serves every container of the batch.
+    const key = requestKey(msg) ?? this.newRequestKey();
     // One container's failure is its own answer; the others are answered as they ended.
     const results = await Promise.all(
       requests.map((request) =>
-        this.place(request, deadline).catch((error: unknown) => {
+        this.place(request, deadline, key).catch((error: unknown) => {
           this.options.log.error({ err: error, container: request.id }, 'placement failed');
           return replyFromError(error);
         }),
@@ -191,14 +231,22 @@ export class Router {
     return { ok: true, results };
   }
 
+  /** A request key for a client that sent none: unique per router, so retries of it are not recognised. */
+  private newRequestKey(): string {
+    this.keyCounter += 1;
+    return `${this.options.config.replicaId}.${this.keyCounter}`;
+  }
+
   /**
-   * Route one placement: try fitting shards until one places it or the attempts run out. No
-   * attempt may be written after `clientDeadline` (when the client sent one).
+   * Route one placement: ask shards that may fit until one places it. No attempt may be written
+   * after `clientDeadline` (when the client sent one). NO_CAPACITY is answered only when every
+   * shard either answered that nothing fits or has a fresh summary proving it; otherwise the
+   * answer is UNAVAILABLE (retry), never a "no" that may be false.
    */
-  async place(request: ContainerRequest, clientDeadline: number | null = null): Promise<PlaceReply> {
-    this.nonceCounter += 1;
-    const nonce = `${this.options.config.replicaId}.${this.nonceCounter}`;
+  async place(request: ContainerRequest, clientDeadline: number | null = null, key: string = this.newRequestKey()): Promise<PlaceReply> {
     const tried = new Set<number>();
+    /** Shards whose owner answered that nothing fits: the only shards asking proved empty. */
+    const refuted = new Set<number>();
     let lastUnavailable: string | null = null;
     /** The latest deadline of an attempt whose write may still land (its outcome is unknown). */
     let unknownUntil = 0;
@@ -213,7 +261,7 @@ export class Router {
         lastUnavailable = 'the client deadline passed';
         break;
       }
-      const op: ShardOp = { k: 'place', id: request.id, request, nonce, deadline };
+      const op: ShardOp = { k: 'place', id: request.id, request, requestKey: key, deadline };
       const result = await this.send(shard, op);
       if (result.ok) {
         this.stats.placed += 1;
@@ -221,8 +269,8 @@ export class Router {
       }
       switch (result.code) {
         case 'ALREADY_PLACED':
-          if (result.nonce === nonce) {
-            // An earlier attempt of this very request committed, but its answer was lost.
+          if (result.requestKey === key) {
+            // An earlier attempt of this very request (this one, or a retry's) committed.
             this.stats.placed += 1;
             return { ok: true, status: 'placed', id: request.id, workerId: result.workerId ?? '' };
           }
@@ -231,14 +279,20 @@ export class Router {
             workerId: result.workerId,
           });
         case 'NO_FIT':
+          this.stats.reroutes += 1;
+          refuted.add(shard);
+          this.view.forget(shard, request);
+          break;
         case 'RETRY':
           this.stats.reroutes += 1;
           this.view.forget(shard, request);
+          lastUnavailable = result.message;
           break;
         case 'UNAVAILABLE':
         case 'EXPIRED':
           this.stats.reroutes += 1;
           lastUnavailable = result.message;
+          this.view.markUnreachable(shard);
           if (result.unknown === true) unknownUntil = Math.max(unknownUntil, deadline);
           break;
         default:
@@ -256,23 +310,37 @@ export class Router {
       placed = await this.options.store.readContainer(request.id);
     } catch {
       this.stats.unavailable += 1;
-      return errorReply('UNAVAILABLE', `could not place ${request.id} now, and Redis cannot say whether an attempt did; retry with the same id`);
+      return errorReply('UNAVAILABLE', `could not place ${request.id} now, and Redis cannot say whether an attempt did; retry with the same id and request key`);
     }
     if (placed !== null) {
-      if (placed.nonce === nonce) {
+      if (placed.requestKey === key) {
         this.stats.placed += 1;
         return { ok: true, status: 'placed', id: request.id, workerId: placed.workerId };
       }
       this.stats.alreadyPlaced += 1;
       return errorReply('ALREADY_PLACED', `container ${request.id} is already placed on worker ${placed.workerId}`, { workerId: placed.workerId });
     }
-    if (lastUnavailable !== null) {
+    const unproven = this.view.unproven(request, refuted);
+    if (unproven.length > 0 || lastUnavailable !== null) {
       this.stats.unavailable += 1;
-      return errorReply('UNAVAILABLE', `could not place ${request.id} now (${lastUnavailable}); retry with the same id`);
+      const why = lastUnavailable ?? `${unproven.length} shards that may have room could not be asked`;
+      return errorReply('UNAVAILABLE', `could not place ${request.id} now (${why}); retry with the same id and request key`);
     }
     this.stats.noCapacity += 1;
-    return errorReply('NO_CAPACITY', `no worker has room for ${request.id} (cpu ${request.cpu}m, memory ${request.memory}MiB` +
-      `${request.gpuCount > 0 ? `, ${request.gpuCount} GPU ${request.gpu ?? 'of any type'}` : ''}${request.pool !== null ? `, pool ${request.pool}` : ''})`);
+    return errorReply('NO_CAPACITY', `no worker has room for ${request.id} (${describeRequest(request)}): ${this.noCapacityReason(request)}`);
+  }
+
+  /** Why nothing fits: no such worker at all, none taking placements, or all full. */
+  private noCapacityReason(request: ContainerRequest): string {
+    const kind = [
+      request.pool !== null ? `pool ${request.pool}` : null,
+      request.gpuCount > 0 ? (request.gpu !== null ? `GPU type ${request.gpu}` : 'GPUs') : null,
+    ].filter((part) => part !== null).join(' with ');
+    const { registered, available } = this.view.fleet(request);
+    if (registered === 0) return kind === '' ? 'no worker is registered' : `no worker of ${kind} is registered`;
+    const which = kind === '' ? 'workers' : `workers of ${kind}`;
+    if (available === 0) return `all ${registered} ${which} are draining, disabled or lost`;
+    return `all ${available} available ${which} are too full for it`;
   }
 
   private async onRelease(msg: Msg): Promise<unknown> {
@@ -280,7 +348,8 @@ export class Router {
     const container = await this.read(() => this.options.store.readContainer(id));
     if (container === null) throw new DroverError('NOT_FOUND', `container ${id} is not known`);
     if (container.status === 'released') return { ok: true, id, status: 'released' };
-    const result = await this.sendBound(container.shard, { k: 'release', id, workerId: container.workerId });
+    const key = requestKey(msg) ?? '';
+    const result = await this.sendBound(container.shard, { k: 'release', id, workerId: container.workerId, requestKey: key });
     if (!result.ok) throw this.boundError(result);
     this.stats.released += 1;
     return { ok: true, id, status: 'released' };
@@ -290,8 +359,8 @@ export class Router {
     const { id } = parseIdRequest(decodeObject(msg.data));
     const container = await this.read(() => this.options.store.readContainer(id));
     if (container === null) throw new DroverError('NOT_FOUND', `container ${id} is not known`);
-    // The nonce is the router's internal request id (for recognising its own retries): not contract.
-    const { nonce: _nonce, ...view } = container;
+    // The request keys are how retries recognise themselves, not something to hand to anyone who asks.
+    const { requestKey: _requestKey, releaseKey: _releaseKey, ...view } = container;
     return { ok: true, container: view };
   }
 
@@ -307,6 +376,13 @@ export class Router {
     const result = await this.sendBound(this.shardOf(id), { k: 'status', workerId: id, action });
     if (!result.ok) throw this.boundError(result);
     return { ok: true, worker: (result as { worker: WorkerView }).worker };
+  }
+
+  private async onRemove(msg: Msg): Promise<unknown> {
+    const { id } = parseIdRequest(decodeObject(msg.data));
+    const result = await this.sendBound(this.shardOf(id), { k: 'remove', workerId: id });
+    if (!result.ok) throw this.boundError(result);
+    return { ok: true, id, status: 'removed' };
   }
 
   private async onWorkerGet(msg: Msg): Promise<unknown> {
@@ -406,6 +482,24 @@ function respond(msg: Msg, body: unknown): void {
 
 /** A public subject's handler, given the request and its client's deadline (read once, in `serve`). */
 type Handler = (msg: Msg, clientDeadline: number | null) => Promise<unknown>;
+
+function describeRequest(request: ContainerRequest): string {
+  return `cpu ${request.cpu}m, memory ${request.memory}MiB` +
+    `${request.gpuCount > 0 ? `, ${request.gpuCount} GPU ${request.gpu ?? 'of any type'}` : ''}${request.pool !== null ? `, pool ${request.pool}` : ''}`;
+}
+
+/**
+ * The client's request key header. A malformed one is refused (INVALID_REQUEST) rather than
+ * ignored: a client that believes its retries are safe must not be silently treated as one without a key.
+ */
+function requestKey(msg: Msg): string | null {
+  const raw = msg.headers?.get(REQUEST_KEY_HEADER);
+  if (raw === undefined || raw === '') return null;
+  if (!REQUEST_KEY_PATTERN.test(raw)) {
+    throw new DroverError('INVALID_REQUEST', `header ${REQUEST_KEY_HEADER} must match ${REQUEST_KEY_PATTERN.source}`);
+  }
+  return raw;
+}
 
 /** The client's deadline header, if it sent a valid one. */
 function clientDeadline(msg: Msg): number | null {

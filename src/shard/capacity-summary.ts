@@ -1,61 +1,93 @@
 /**
- * Summarises a shard's free capacity for routers: per (pool, GPU type) group, the number of
- * available workers, their total free CPU and memory, and the free capacity of a few of the
- * largest workers. A router can tell from it, without a round trip, whether a container may fit
- * anywhere in the shard; a stale or lossy summary only costs a re-route, never a wrong placement.
+ * Summarises a shard's capacity for routers, per (pool, GPU type) group of its workers: how many
+ * are registered and how many take placements, their total free CPU and memory, and the frontier
+ * of the available workers' free [cpu, memory, gpus]: the points no other worker beats in every
+ * dimension (the Pareto frontier, or skyline).
+ *
+ * The frontier is what makes a router's "no" true. A container fits some worker of the group if and
+ * only if some frontier point covers it, so while the frontier is whole (`exact`), a router can
+ * answer NO_CAPACITY for the shard without asking its owner, and be right. A frontier longer than
+ * FRONTIER_MAX is cut to that many points and marked inexact: a container no kept point covers may
+ * still fit, and the router asks the owner (whose actors see every worker) before saying no.
+ * `max` (the largest free amount in each dimension, over the group's available workers) still
+ * proves "no" for anything larger. Stale or lossy data costs a round trip, never a wrong answer.
  */
 import type { WorkerAvailability } from '../../actors/capacity.js';
-import type { CapacityGroup } from '../protocol/shard-messages.js';
+import type { CapacityGroup, CapacityPoint } from '../protocol/shard-messages.js';
 
-/** Workers kept per group and per ordering (largest free CPU, largest free memory). */
-const TOP_PER_ORDER = 4;
-
-type Entry = readonly [number, number, number];
-
-function keepTop(list: Entry[], entry: Entry, index: 0 | 1): void {
-  if (list.length < TOP_PER_ORDER) {
-    list.push(entry);
-  } else {
-    let smallest = 0;
-    for (let i = 1; i < list.length; i += 1) if (list[i]![index] < list[smallest]![index]) smallest = i;
-    if (list[smallest]![index] >= entry[index]) return;
-    list[smallest] = entry;
-  }
-}
+/** Frontier points kept per group (each is three numbers on the wire). */
+export const FRONTIER_MAX = 16;
 
 interface GroupAccumulator {
   pool: string | null;
   gpu: string | null;
+  registered: number;
   workers: number;
   freeCpu: number;
   freeMemory: number;
-  byCpu: Entry[];
-  byMemory: Entry[];
+  points: CapacityPoint[];
 }
 
+/** The points of `points` that no other point covers in every dimension (duplicates kept once). */
+export function frontierOf(points: readonly CapacityPoint[]): CapacityPoint[] {
+  // Largest CPU first: a point can then only be covered by one already kept.
+  const sorted = [...points].sort((a, b) => b[0] - a[0] || b[1] - a[1] || b[2] - a[2]);
+  const kept: CapacityPoint[] = [];
+  for (const point of sorted) {
+    let covered = false;
+    for (const k of kept) {
+      if (k[1] >= point[1] && k[2] >= point[2]) {
+        covered = true; // k[0] >= point[0] by the sort order
+        break;
+      }
+    }
+    if (!covered) kept.push(point);
+  }
+  return kept;
+}
+
+/** Keep at most FRONTIER_MAX points spread along the frontier (it is sorted by CPU). */
+function thin(frontier: CapacityPoint[]): CapacityPoint[] {
+  if (frontier.length <= FRONTIER_MAX) return frontier;
+  const step = (frontier.length - 1) / (FRONTIER_MAX - 1);
+  return Array.from({ length: FRONTIER_MAX }, (_, i) => frontier[Math.round(i * step)]!);
+}
+
+/** `workers`: every worker of the shard, whatever its status (the counts say which exist at all). */
 export function summarizeCapacity(workers: Iterable<WorkerAvailability>): CapacityGroup[] {
   const groups = new Map<string, GroupAccumulator>();
   for (const worker of workers) {
-    if (worker.status !== 'available') continue;
     const key = `${worker.spec.pool ?? ''}\u0000${worker.spec.gpu ?? ''}`;
     let group = groups.get(key);
     if (group === undefined) {
-      group = { pool: worker.spec.pool, gpu: worker.spec.gpu, workers: 0, freeCpu: 0, freeMemory: 0, byCpu: [], byMemory: [] };
+      group = { pool: worker.spec.pool, gpu: worker.spec.gpu, registered: 0, workers: 0, freeCpu: 0, freeMemory: 0, points: [] };
       groups.set(key, group);
     }
-    const entry: Entry = [worker.freeCpu, worker.freeMemory, worker.freeGpuCount];
+    group.registered += 1;
+    if (worker.status !== 'available') continue;
     group.workers += 1;
     group.freeCpu += worker.freeCpu;
     group.freeMemory += worker.freeMemory;
-    keepTop(group.byCpu, entry, 0);
-    keepTop(group.byMemory, entry, 1);
+    group.points.push([worker.freeCpu, worker.freeMemory, worker.freeGpuCount]);
   }
-  return [...groups.values()].map((g) => ({
-    pool: g.pool,
-    gpu: g.gpu,
-    workers: g.workers,
-    freeCpu: g.freeCpu,
-    freeMemory: g.freeMemory,
-    top: [...new Set([...g.byCpu, ...g.byMemory])],
-  }));
+  return [...groups.values()].map((g) => {
+    const frontier = frontierOf(g.points);
+    const max: CapacityPoint = [0, 0, 0];
+    for (const [cpu, memory, gpus] of frontier) {
+      if (cpu > max[0]) max[0] = cpu;
+      if (memory > max[1]) max[1] = memory;
+      if (gpus > max[2]) max[2] = gpus;
+    }
+    return {
+      pool: g.pool,
+      gpu: g.gpu,
+      registered: g.registered,
+      workers: g.workers,
+      freeCpu: g.freeCpu,
+      freeMemory: g.freeMemory,
+      frontier: thin(frontier),
+      exact: frontier.length <= FRONTIER_MAX,
+      max,
+    };
+  });
 }

@@ -30,6 +30,7 @@ import type { WorkerRegistration } from '../protocol/validate.js';
 import { MAX_BATCH_OPS, type BatchOp, type DroverStore, type OpOutcome } from '../store/store.js';
 import type { Logger } from '../util/log.js';
 import { summarizeCapacity } from './capacity-summary.js';
+import { shardOf } from './shard-map.js';
 import { WorkerIndex } from './worker-index.js';
 
 type WorkerActor = Actor<typeof workerMachine>;
@@ -37,6 +38,8 @@ type WorkerActor = Actor<typeof workerMachine>;
 export interface ShardOwnerOptions {
   readonly store: DroverStore;
   readonly shard: number;
+  /** The cluster's shard count: an op naming a worker of another shard is refused. */
+  readonly shards: number;
   /** The epoch this owner's lease acquisition got; every write quotes it. */
   readonly epoch: number;
   readonly strategy: PlacementStrategy;
@@ -50,8 +53,12 @@ export interface ShardOwnerOptions {
   readonly leaseHeld: () => boolean;
   /** Called once when Redis refuses this owner's epoch: another replica has the shard. */
   readonly onFenced: (shard: number) => void;
-  /** Called after committed changes; the caller coalesces capacity publications. */
-  readonly onCapacityChange: (shard: number) => void;
+  /**
+   * Called after committed changes, synchronously before their replies are released. `grew`: a
+   * release, registration or status change may have freed room (the caller publishes at once);
+   * otherwise it may coalesce.
+   */
+  readonly onCapacityChange: (shard: number, grew: boolean) => void;
 }
 
 interface QueuedPlacement {
@@ -61,7 +68,7 @@ interface QueuedPlacement {
   /** What it asks for; its cpu, memory and gpuCount are the resources reserved on `actor`. */
   readonly request: PlacementRequest;
   readonly deadline: number;
-  readonly nonce: string;
+  readonly requestKey: string;
   /** Already decided once more after Redis refused its first worker (at most one such retry). */
   readonly redecided: boolean;
   readonly resolve: (result: ShardOpResult) => void;
@@ -69,8 +76,15 @@ interface QueuedPlacement {
 
 type QueuedOp =
   | QueuedPlacement
-  | { readonly kind: 'release'; readonly actor: WorkerActor; readonly containerId: string; readonly resolve: (result: ShardOpResult) => void }
-  | { readonly kind: 'status'; readonly actor: WorkerActor; readonly status: WorkerStatus; readonly resolve: (result: ShardOpResult) => void };
+  | {
+      readonly kind: 'release';
+      readonly actor: WorkerActor;
+      readonly containerId: string;
+      readonly requestKey: string;
+      readonly resolve: (result: ShardOpResult) => void;
+    }
+  | { readonly kind: 'status'; readonly actor: WorkerActor; readonly status: WorkerStatus; readonly resolve: (result: ShardOpResult) => void }
+  | { readonly kind: 'remove'; readonly actor: WorkerActor; readonly resolve: (result: ShardOpResult) => void };
 
 export type ShardOwnerState = 'serving' | 'draining' | 'closed';
 
@@ -92,6 +106,8 @@ interface Tally {
   version: number;
   /** Replies that must show the actor's state after the batch (status changes). */
   readonly afterSettle: Array<() => void>;
+  /** Redis removed the worker in this batch: the actor goes too. */
+  removed: boolean;
 }
 
 const newTally = (): Tally => ({
@@ -101,6 +117,7 @@ const newTally = (): Tally => ({
   status: null,
   version: 0,
   afterSettle: [],
+  removed: false,
 });
 
 function add(sum: Sum, cpu: number, memory: number, gpuCount: number): void {
@@ -126,6 +143,8 @@ export class ShardOwner {
   private flushScheduled = false;
   private reloadNeeded = false;
   private ownerState: ShardOwnerState = 'serving';
+  /** The capacity summary at close, for the "unowned" notice routers may still reason from. */
+  private finalCapacity: CapacityGroup[] = [];
   private idleWaiters: Array<() => void> = [];
   /** Counters for metrics and the benchmark. */
   readonly stats = { batches: 0, committedOps: 0, fenceRefusals: 0, versionConflicts: 0, resyncs: 0 };
@@ -153,20 +172,36 @@ export class ShardOwner {
   /** Run one op for this shard. Never rejects: every failure is a result the router can act on. */
   execute(op: ShardOp): Promise<ShardOpResult> | ShardOpResult {
     if (this.ownerState !== 'serving') return unavailable(`shard ${this.shard} is ${this.ownerState} on this replica`);
+    // Anyone on the bus can publish on a shard subject: an op naming a worker of another shard
+    // would otherwise create or change a second record of that machine here.
+    const workerId = op.k === 'place' ? null : op.k === 'register' ? op.worker.id : op.workerId;
+    if (workerId !== null) {
+      const home = shardOf(workerId, this.options.shards);
+      if (home !== this.shard) {
+        return { ok: false, code: 'INVALID_REQUEST', message: `worker ${workerId} belongs to shard ${home}, not shard ${this.shard}` };
+      }
+    }
+    // Back-pressure: every kind of write waits in the same queue, so every kind is bounded by it.
+    if (op.k !== 'register' && this.queue.length >= this.options.maxQueuedOps) {
+      return unavailable(`shard ${this.shard} has ${this.queue.length} writes queued; retry`);
+    }
     switch (op.k) {
       case 'place':
-        return this.place(op.id, op.request, op.nonce, op.deadline);
+        return this.place(op.id, op.request, op.requestKey, op.deadline);
       case 'release':
-        return this.release(op.id, op.workerId);
+        return this.release(op.id, op.workerId, op.requestKey);
       case 'status':
         return this.changeStatus(op.workerId, op.action);
+      case 'remove':
+        return this.remove(op.workerId);
       case 'register':
         return this.register(op.worker);
     }
   }
 
   capacity(): CapacityGroup[] {
-    return summarizeCapacity(this.index.availableWorkers());
+    if (this.ownerState === 'closed') return this.finalCapacity;
+    return summarizeCapacity(this.index.workers());
   }
 
   /** Stop taking ops, let queued and in-flight writes finish, stop the actors. */
@@ -179,6 +214,7 @@ export class ShardOwner {
   /** Stop at once: queued ops are answered UNAVAILABLE; a write already sent is answered by Redis. */
   close(): void {
     if (this.ownerState === 'closed' && this.actors.size === 0) return;
+    this.finalCapacity = this.capacity();
     this.ownerState = 'closed';
     this.failQueue('shard closed on this replica');
     for (const actor of this.actors.values()) actor.stop();
@@ -215,8 +251,7 @@ export class ShardOwner {
     this.index.refresh(actor);
   }
 
-  private place(containerId: string, request: PlacementRequest, nonce: string, deadline: number, redecided = false): ShardOpResult | Promise<ShardOpResult> {
-    if (this.queue.length >= this.options.maxQueuedOps) return unavailable(`shard ${this.shard} has ${this.queue.length} writes queued; retry`);
+  private place(containerId: string, request: PlacementRequest, requestKey: string, deadline: number, redecided = false): ShardOpResult | Promise<ShardOpResult> {
     const actor = this.index.choose(request, this.options.strategy);
     if (actor === null) return { ok: false, code: 'NO_FIT', message: `no worker in shard ${this.shard} fits` };
     const before = actor.getSnapshot().context.reservations;
@@ -225,13 +260,31 @@ export class ShardOwner {
     if (actor.getSnapshot().context.reservations !== before + 1) {
       throw new Error(`worker ${actor.getSnapshot().context.spec.id} refused a reservation it was chosen for`);
     }
-    return this.enqueue((resolve) => ({ kind: 'place', actor, containerId, request, deadline, nonce, redecided, resolve }));
+    return this.enqueue((resolve) => ({ kind: 'place', actor, containerId, request, deadline, requestKey, redecided, resolve }));
   }
 
-  private release(containerId: string, workerId: string): ShardOpResult | Promise<ShardOpResult> {
+  private release(containerId: string, workerId: string, requestKey: string): ShardOpResult | Promise<ShardOpResult> {
     const actor = this.actors.get(workerId);
     if (actor === undefined) return { ok: false, code: 'NOT_FOUND', message: `worker ${workerId} is not in shard ${this.shard}` };
-    return this.enqueue((resolve) => ({ kind: 'release', actor, containerId, resolve }));
+    return this.enqueue((resolve) => ({ kind: 'release', actor, containerId, requestKey, resolve }));
+  }
+
+  /**
+   * Remove a worker from the shard: only one that takes no placements (drain or disable it first)
+   * and holds no container. The actor's view is checked here; commit_batch.lua checks Redis's.
+   */
+  private remove(workerId: string): ShardOpResult | Promise<ShardOpResult> {
+    const actor = this.actors.get(workerId);
+    if (actor === undefined) return { ok: false, code: 'NOT_FOUND', message: `worker ${workerId} is not registered` };
+    const { context, value } = actor.getSnapshot();
+    if (value === 'available') {
+      return { ok: false, code: 'CONFLICT', message: `worker ${workerId} is available; drain or disable it before removing it` };
+    }
+    const spec = context.spec;
+    if (context.reservations > 0 || context.freeCpu !== spec.cpu || context.freeMemory !== spec.memory || context.freeGpuCount !== spec.gpuCount) {
+      return { ok: false, code: 'CONFLICT', message: `worker ${workerId} still holds containers; release them before removing it` };
+    }
+    return this.enqueue((resolve) => ({ kind: 'remove', actor, resolve }));
   }
 
   private changeStatus(workerId: string, action: StatusAction): ShardOpResult | Promise<ShardOpResult> {
@@ -261,6 +314,11 @@ export class ShardOwner {
       this.fence(outcome.currentEpoch);
       return unavailable(`shard ${this.shard} moved to another replica; retry`);
     }
+    if (outcome.outcome === 'wrong-shard') {
+      // execute() refused this already; reaching here means the two hash functions disagree.
+      this.options.log.error({ shard: this.shard, worker: worker.id, home: outcome.shard }, 'register_worker.lua refused the shard');
+      return { ok: false, code: 'INVALID_REQUEST', message: `worker ${worker.id} belongs to shard ${outcome.shard}, not shard ${this.shard}` };
+    }
     if (outcome.outcome === 'spec-mismatch') {
       const existing = outcome.worker;
       return {
@@ -273,7 +331,7 @@ export class ShardOwner {
     }
     if (this.ownerState === 'closed') return unavailable(`shard ${this.shard} closed on this replica`);
     const actor = this.actors.get(worker.id) ?? this.addActor(outcome.worker);
-    if (outcome.outcome === 'created') this.options.onCapacityChange(this.shard);
+    if (outcome.outcome === 'created') this.options.onCapacityChange(this.shard, true);
     return { ok: true, worker: this.view(actor) };
   }
 
@@ -382,10 +440,19 @@ export class ShardOwner {
       if (this.apply(queued, result.outcomes[i]!, tally, redecide)) resync.add(queued.actor);
     }
     // One event per kind per worker for the whole batch: fewer actor steps, same final state.
-    for (const [actor, tally] of tallies) this.settle(actor, tally);
-    if (resync.size > 0) await this.resync(resync);
+    let grew = false;
+    for (const [actor, tally] of tallies) {
+      if (tally.released.count > 0 || tally.status === 'available') grew = true;
+      this.settle(actor, tally);
+    }
+    // Before any await: the replies resolved above go out only after this synchronous code, so a
+    // summary published now reaches other routers before a client hears "released".
+    this.options.onCapacityChange(this.shard, grew);
+    if (resync.size > 0) {
+      await this.resync(resync);
+      this.options.onCapacityChange(this.shard, true);
+    }
     for (const queued of redecide) this.redecide(queued);
-    this.options.onCapacityChange(this.shard);
   }
 
   /**
@@ -403,7 +470,7 @@ export class ShardOwner {
     }
     let result: ShardOpResult | Promise<ShardOpResult>;
     try {
-      result = this.place(queued.containerId, queued.request, queued.nonce, queued.deadline, true);
+      result = this.place(queued.containerId, queued.request, queued.requestKey, queued.deadline, true);
     } catch (error) {
       this.options.log.error({ err: error, shard: this.shard, container: queued.containerId }, 'placement could not be decided again');
       result = { ok: false, code: 'RETRY', message: `shard ${this.shard} could not decide the placement again` };
@@ -416,9 +483,10 @@ export class ShardOwner {
     const base = { workerId: context.spec.id, expectedVersion: context.resourceVersion };
     if (queued.kind === 'place') {
       const { cpu, memory, gpuCount } = queued.request;
-      return { kind: 'place', ...base, containerId: queued.containerId, cpu, memory, gpuCount, deadline: queued.deadline, nonce: queued.nonce };
+      return { kind: 'place', ...base, containerId: queued.containerId, cpu, memory, gpuCount, deadline: queued.deadline, requestKey: queued.requestKey };
     }
-    if (queued.kind === 'release') return { kind: 'release', ...base, containerId: queued.containerId };
+    if (queued.kind === 'release') return { kind: 'release', ...base, containerId: queued.containerId, requestKey: queued.requestKey };
+    if (queued.kind === 'remove') return { kind: 'remove', ...base };
     return { kind: 'status', ...base, status: queued.status };
   }
 
@@ -439,8 +507,8 @@ export class ShardOwner {
       }
       add(tally.aborted, cpu, memory, gpuCount);
       if (outcome.code === 'ALREADY_PLACED') {
-        const [holder = '', nonce = ''] = outcome.extra.split(' ');
-        queued.resolve({ ok: false, code: 'ALREADY_PLACED', message: `container ${queued.containerId} is already placed on ${holder}`, workerId: holder, nonce });
+        const [holder = '', requestKey = ''] = outcome.extra.split(' ');
+        queued.resolve({ ok: false, code: 'ALREADY_PLACED', message: `container ${queued.containerId} is already placed on ${holder}`, workerId: holder, requestKey });
         return false;
       }
       if (outcome.code === 'EXPIRED') {
@@ -476,6 +544,20 @@ export class ShardOwner {
       queued.resolve({ ok: false, code: 'RETRY', message: `worker ${workerId} changed under this replica (${outcome.code})` });
       return true;
     }
+    if (queued.kind === 'remove') {
+      if (outcome.code === 'REMOVED') {
+        tally.removed = true;
+        queued.resolve({ ok: true, removed: true });
+        return false;
+      }
+      if (outcome.code === 'NOT_REMOVABLE') {
+        queued.resolve({ ok: false, code: 'CONFLICT', message: `worker ${workerId} cannot be removed: it is ${outcome.extra.replace('containers', 'holding containers:')}` });
+        return true;
+      }
+      this.stats.versionConflicts += 1;
+      queued.resolve({ ok: false, code: 'RETRY', message: `worker ${workerId} changed under this replica (${outcome.code})` });
+      return true;
+    }
     if (outcome.code === 'STATUS_SET') {
       tally.status = queued.status;
       // Answered in settle(), once the actor knows the new version the reply shows.
@@ -495,6 +577,7 @@ export class ShardOwner {
     if (released.count > 0) this.tell(actor, { type: 'RELEASE_COMMITTED', resources: released, resourceVersion: version });
     if (tally.status !== null) this.tell(actor, { type: 'STATUS_COMMITTED', status: tally.status, resourceVersion: version });
     for (const answer of tally.afterSettle) answer();
+    if (tally.removed) this.removeActor(actor);
   }
 
   private async resync(actors: Set<WorkerActor>): Promise<void> {

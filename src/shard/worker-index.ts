@@ -9,7 +9,7 @@
  * two agree. The rules are the same as `placementRefusal` and `placementScore` in
  * actors/capacity.ts; test/shard/worker-index.test.ts checks both pick the same worker.
  */
-import type { PlacementRequest, PlacementStrategy, WorkerAvailability } from '../../actors/capacity.js';
+import type { PlacementRequest, PlacementStrategy, WorkerAvailability, WorkerStatus } from '../../actors/capacity.js';
 import type { Actor } from 'xstate';
 import type { workerMachine } from '../../actors/worker-machine.js';
 
@@ -152,13 +152,13 @@ export class WorkerIndex {
     return best < 0 ? null : this.actors[best]!;
   }
 
-  /** The availability of every worker that takes placements, for capacity summaries. */
-  *availableWorkers(): Generator<WorkerAvailability> {
+  /** The availability of every worker, available or not, for capacity summaries. */
+  *workers(): Generator<WorkerAvailability> {
     for (let slot = 0; slot < this.size; slot += 1) {
-      if (this.available[slot] === 0) continue;
+      const snapshot = this.actors[slot]!.getSnapshot();
       yield {
-        spec: this.actors[slot]!.getSnapshot().context.spec,
-        status: 'available',
+        spec: snapshot.context.spec,
+        status: this.available[slot] === 1 ? 'available' : (snapshot.value as WorkerStatus),
         freeCpu: this.freeCpu[slot]!,
         freeMemory: this.freeMemory[slot]!,
         freeGpuCount: this.freeGpu[slot]!,

@@ -16,8 +16,10 @@ export interface ContainerRecord {
   readonly gpuCount: number;
   readonly placedAt: number;
   readonly releasedAt: number | null;
-  /** The router's id of the request that placed it (see commit_batch.lua). */
-  readonly nonce: string;
+  /** The request key of the submit that placed it (the client's, or one its router made up). */
+  readonly requestKey: string;
+  /** The request key of the release that released it ('' for none, or while placed). */
+  readonly releaseKey: string;
 }
 
 export class CorruptRecordError extends Error {
@@ -83,6 +85,33 @@ export function containerFromHash(id: string, hash: Record<string, string>): Con
     gpuCount: integer(what, hash, 'gpuCount'),
     placedAt: integer(what, hash, 'placedAt'),
     releasedAt: hash.releasedAt === undefined ? null : integer(what, hash, 'releasedAt'),
-    nonce: hash.nonce ?? '',
+    requestKey: hash.requestKey ?? '',
+    releaseKey: '',
+  };
+}
+
+/**
+ * A released container's tombstone (see commit_batch.lua):
+ * "released <workerId> <shard> <cpu> <memory> <gpuCount> <placedAt> <releasedAt> <requestKey|-> <releaseKey|->".
+ */
+export function containerFromTombstone(id: string, tombstone: string): ContainerRecord {
+  const what = `container ${id} (tombstone)`;
+  const fields = tombstone.split(' ');
+  if (fields.length !== 10 || fields[0] !== 'released') throw new CorruptRecordError(what, 'value', tombstone);
+  const names = ['status', 'workerId', 'shard', 'cpu', 'memory', 'gpuCount', 'placedAt', 'releasedAt', 'requestKey', 'releaseKey'];
+  const hash = Object.fromEntries(names.map((name, i) => [name, fields[i]!]));
+  const optional = (value: string) => (value === '-' ? '' : value);
+  return {
+    id,
+    status: 'released',
+    workerId: text(what, hash, 'workerId'),
+    shard: integer(what, hash, 'shard'),
+    cpu: integer(what, hash, 'cpu'),
+    memory: integer(what, hash, 'memory'),
+    gpuCount: integer(what, hash, 'gpuCount'),
+    placedAt: integer(what, hash, 'placedAt'),
+    releasedAt: integer(what, hash, 'releasedAt'),
+    requestKey: optional(hash.requestKey!),
+    releaseKey: optional(hash.releaseKey!),
   };
 }

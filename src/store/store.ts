@@ -6,7 +6,7 @@
 import type { Redis } from 'ioredis';
 import type { WorkerRecord, WorkerSpec, WorkerStatus } from '../../actors/capacity.js';
 import { KeySpace } from './keys.js';
-import { containerFromHash, hashFromPairs, workerFromHash, type ContainerRecord } from './records.js';
+import { containerFromHash, containerFromTombstone, hashFromPairs, workerFromHash, type ContainerRecord } from './records.js';
 import { runScript } from './scripts.js';
 
 /** Most ops one commit_batch call carries (the script enforces the same bound). */
@@ -14,9 +14,11 @@ export const MAX_BATCH_OPS = 1000;
 
 export interface StoreOptions {
   readonly prefix: string;
+  /** The cluster's shard count: register_worker checks that a worker hashes to its shard. */
+  readonly shards: number;
   /** Entries kept per shard history stream (approximate trim); 0 disables the history. */
   readonly historyCap: number;
-  /** Seconds a released container's record is kept; 0 keeps it forever. */
+  /** Seconds a released container's tombstone is kept; 0 keeps it forever. */
   readonly releasedRetentionSeconds: number;
 }
 
@@ -30,14 +32,16 @@ export interface PlaceOp {
   readonly gpuCount: number;
   /** Unix ms after which the write must not happen; 0 for none. */
   readonly deadline: number;
-  /** The router's id of the client request; stored so a retry recognises its own placement. */
-  readonly nonce: string;
+  /** The client's request key (or the router's, when the client sent none); stored so a retry recognises its own placement. */
+  readonly requestKey: string;
 }
 export interface ReleaseOp {
   readonly kind: 'release';
   readonly containerId: string;
   readonly workerId: string;
   readonly expectedVersion: number;
+  /** The release's request key, kept in the tombstone ('' for none). */
+  readonly requestKey: string;
 }
 export interface StatusOp {
   readonly kind: 'status';
@@ -45,7 +49,13 @@ export interface StatusOp {
   readonly expectedVersion: number;
   readonly status: WorkerStatus;
 }
-export type BatchOp = PlaceOp | ReleaseOp | StatusOp;
+/** The worker leaves its shard: only when it holds no container and is not available. */
+export interface RemoveOp {
+  readonly kind: 'remove';
+  readonly workerId: string;
+  readonly expectedVersion: number;
+}
+export type BatchOp = PlaceOp | ReleaseOp | StatusOp | RemoveOp;
 
 export const OUTCOME_CODES = [
   'PLACED',
@@ -60,6 +70,8 @@ export const OUTCOME_CODES = [
   'NOT_FOUND',
   'WRONG_WORKER',
   'STATUS_SET',
+  'REMOVED',
+  'NOT_REMOVABLE',
 ] as const;
 export type OutcomeCode = (typeof OUTCOME_CODES)[number];
 
@@ -67,7 +79,10 @@ export interface OpOutcome {
   readonly code: OutcomeCode;
   /** The worker's ResourceVersion after the op (or the current one, for RV_CONFLICT). */
   readonly version: number;
-  /** Code-specific: "worker nonce" (ALREADY_PLACED), the holding worker (WRONG_WORKER), freed "cpu memory gpu" (RELEASED). */
+  /**
+   * Code-specific: "worker requestKey" (ALREADY_PLACED), "worker releaseKey" (ALREADY_RELEASED), the holding worker
+   * (WRONG_WORKER), freed "cpu memory gpu" (RELEASED), "status S" or "containers N" (NOT_REMOVABLE).
+   */
   readonly extra: string;
 }
 
@@ -77,7 +92,12 @@ export type BatchResult =
 
 export type RegisterOutcome =
   | { readonly outcome: 'fenced'; readonly currentEpoch: number }
+  | { readonly outcome: 'wrong-shard'; readonly shard: number }
   | { readonly outcome: 'created' | 'exists' | 'spec-mismatch'; readonly worker: WorkerRecord };
+
+export type HeartbeatResult =
+  | { readonly duplicate: false; readonly members: string[] }
+  | { readonly duplicate: true; readonly heldForMs: number };
 
 const outcomeCodes = new Set<string>(OUTCOME_CODES);
 
@@ -106,11 +126,17 @@ export class DroverStore {
     }
   }
 
-  /** Bump the shard's epoch if the caller still holds `leaseValue`; 0 when it does not. */
-  async takeEpoch(shard: number, leaseValue: string): Promise<number> {
-    const epoch = Number(await runScript(this.redis, 'take_epoch', [this.keys.lease(shard), this.keys.epoch(shard)], [leaseValue]));
-    if (!Number.isSafeInteger(epoch) || epoch < 0) throw new Error(`take_epoch returned ${epoch}`);
-    return epoch;
+  /**
+   * Take the shard's lease with `leaseValue` for `ttlMs` and bump its epoch, in one atomic step (see
+   * acquire_lease.lua). Idempotent for the same value. The epoch, or 0 when another value holds it.
+   */
+  async acquireLease(shard: number, leaseValue: string, ttlMs: number): Promise<{ epoch: number; heldForMs: number }> {
+    const reply = await runScript(this.redis, 'acquire_lease', [this.keys.lease(shard), this.keys.epoch(shard)], [leaseValue, ttlMs]);
+    const [epoch, heldForMs] = Array.isArray(reply) ? reply.map(Number) : [Number.NaN, Number.NaN];
+    if (!Number.isSafeInteger(epoch) || epoch! < 0 || !Number.isSafeInteger(heldForMs)) {
+      throw new Error(`acquire_lease returned ${JSON.stringify(reply)}`);
+    }
+    return { epoch: epoch!, heldForMs: heldForMs! };
   }
 
   async currentEpoch(shard: number): Promise<number> {
@@ -123,10 +149,11 @@ export class DroverStore {
       this.redis,
       'register_worker',
       [k.epoch(spec.shard), k.worker(spec.shard, spec.id), k.shardWorkers(spec.shard), k.history(spec.shard)],
-      [epoch, this.options.historyCap, spec.id, spec.shard, spec.cpu, spec.memory, spec.gpu ?? '', spec.gpuCount, spec.pool ?? '', status],
+      [epoch, this.options.historyCap, spec.id, spec.shard, spec.cpu, spec.memory, spec.gpu ?? '', spec.gpuCount, spec.pool ?? '', status, this.options.shards],
     )) as unknown[];
     const code = reply[0];
     if (code === 'FENCED') return { outcome: 'fenced', currentEpoch: Number(reply[1]) };
+    if (code === 'WRONG_SHARD') return { outcome: 'wrong-shard', shard: Number(reply[1]) };
     const worker = workerFromHash(hashFromPairs(reply, 1));
     if (code === 'CREATED') return { outcome: 'created', worker };
     if (code === 'EXISTS') return { outcome: 'exists', worker };
@@ -142,13 +169,23 @@ export class DroverStore {
     const args: (string | number)[] = [epoch, shard, this.options.historyCap, this.options.releasedRetentionSeconds, ops.length];
     for (const op of ops) {
       const workerKey = k.worker(shard, op.workerId);
-      if (op.kind === 'status') {
-        keys.push(workerKey, workerKey, workerKey);
-        args.push('S', '', op.workerId, op.expectedVersion, op.status, '', '', 0, '');
-      } else {
-        keys.push(workerKey, k.workerContainers(shard, op.workerId), k.container(op.containerId));
-        if (op.kind === 'place') args.push('P', op.containerId, op.workerId, op.expectedVersion, op.cpu, op.memory, op.gpuCount, op.deadline, op.nonce);
-        else args.push('R', op.containerId, op.workerId, op.expectedVersion, '', '', '', 0, '');
+      switch (op.kind) {
+        case 'status':
+          keys.push(workerKey, workerKey, workerKey);
+          args.push('S', '', op.workerId, op.expectedVersion, op.status, '', '', 0, '');
+          break;
+        case 'remove':
+          keys.push(workerKey, k.workerContainers(shard, op.workerId), k.shardWorkers(shard));
+          args.push('X', '', op.workerId, op.expectedVersion, '', '', '', 0, '');
+          break;
+        case 'place':
+          keys.push(workerKey, k.workerContainers(shard, op.workerId), k.container(op.containerId));
+          args.push('P', op.containerId, op.workerId, op.expectedVersion, op.cpu, op.memory, op.gpuCount, op.deadline, op.requestKey);
+          break;
+        case 'release':
+          keys.push(workerKey, k.workerContainers(shard, op.workerId), k.container(op.containerId));
+          args.push('R', op.containerId, op.workerId, op.expectedVersion, '', '', '', 0, op.requestKey);
+          break;
       }
     }
     const reply = (await runScript(this.redis, 'commit_batch', keys, args)) as unknown[];
@@ -165,11 +202,15 @@ export class DroverStore {
     return { fenced: false, outcomes };
   }
 
-  /** Refresh this replica's membership (ttlMs 0: leave) and return the live members, sorted. */
-  async heartbeat(replicaId: string, ttlMs: number): Promise<string[]> {
-    const reply = await runScript(this.redis, 'heartbeat', [this.keys.members()], [replicaId, ttlMs]);
-    if (!Array.isArray(reply)) throw new Error('heartbeat returned a non-list');
-    return reply.map(String).sort();
+  /**
+   * Refresh this replica's membership (ttlMs 0: leave) and return the live members, sorted; or the
+   * time another live process with the same replica id (another incarnation) still holds the id.
+   */
+  async heartbeat(replicaId: string, incarnation: string, ttlMs: number): Promise<HeartbeatResult> {
+    const reply = await runScript(this.redis, 'heartbeat', [this.keys.members()], [replicaId, ttlMs, incarnation]);
+    if (!Array.isArray(reply) || (reply[0] !== 'OK' && reply[0] !== 'DUPLICATE')) throw new Error(`heartbeat returned ${JSON.stringify(reply)}`);
+    if (reply[0] === 'DUPLICATE') return { duplicate: true, heldForMs: Number(reply[1]) };
+    return { duplicate: false, members: [...new Set(reply.slice(1).map(String))].sort() };
   }
 
   async readWorker(shard: number, workerId: string): Promise<WorkerRecord | null> {
@@ -197,9 +238,46 @@ export class DroverStore {
     return (await this.redis.smembers(this.keys.shardWorkers(shard))).sort();
   }
 
+  /** A live container (a hash) or a released one (a tombstone string; see commit_batch.lua). */
   async readContainer(containerId: string): Promise<ContainerRecord | null> {
-    const hash = await this.redis.hgetall(this.keys.container(containerId));
+    const key = this.keys.container(containerId);
+    let hash: Record<string, string>;
+    try {
+      hash = await this.redis.hgetall(key);
+    } catch (error) {
+      if (!(error instanceof Error) || !error.message.startsWith('WRONGTYPE')) throw error;
+      const tombstone = await this.redis.get(key);
+      return tombstone === null ? null : containerFromTombstone(containerId, tombstone);
+    }
     return Object.keys(hash).length === 0 ? null : containerFromHash(containerId, hash);
+  }
+
+  /** Many containers at once (two pipelined round trips at most): null for an unknown id. */
+  async readContainers(containerIds: readonly string[]): Promise<Array<ContainerRecord | null>> {
+    if (containerIds.length === 0) return [];
+    const hashes = (await containerIds.reduce((p, id) => p.hgetall(this.keys.container(id)), this.redis.pipeline()).exec()) ?? [];
+    const records: Array<ContainerRecord | null> = containerIds.map(() => null);
+    const tombstoneAt: number[] = [];
+    hashes.forEach(([error, hash], index) => {
+      const id = containerIds[index]!;
+      if (error) {
+        if (!error.message.startsWith('WRONGTYPE')) throw error;
+        tombstoneAt.push(index);
+      } else if (Object.keys(hash as object).length > 0) {
+        records[index] = containerFromHash(id, hash as Record<string, string>);
+      }
+    });
+    if (tombstoneAt.length > 0) {
+      const pipeline = this.redis.pipeline();
+      for (const index of tombstoneAt) pipeline.get(this.keys.container(containerIds[index]!));
+      const values = (await pipeline.exec()) ?? [];
+      values.forEach(([error, value], i) => {
+        if (error) throw error;
+        const index = tombstoneAt[i]!;
+        if (value !== null) records[index] = containerFromTombstone(containerIds[index]!, String(value));
+      });
+    }
+    return records;
   }
 
   async workerContainerIds(shard: number, workerId: string): Promise<string[]> {

@@ -6,6 +6,7 @@ import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DroverClient } from '../../src/client/drover-client.js';
 import type { Replica } from '../../src/replica/replica.js';
+import { shardOf } from '../../src/shard/shard-map.js';
 import { connectClient, connectRedis, delay, snapshotKeys, startReplica } from '../support/cluster.js';
 
 let replica: Replica;
@@ -27,10 +28,13 @@ afterAll(async () => {
 });
 
 const container = { id: 'c1', cpu: 100, memory: 128 };
+/** A worker id whose shard is not w1's (the test config has 8 shards). */
+const ELSEWHERE = Array.from({ length: 100 }, (_, i) => `other-${i}`).find((id) => shardOf(id, 8) !== shardOf('w1', 8))!;
 const worker = { id: 'w9', cpu: 1_000, memory: 1_024 };
 const big = JSON.stringify({ ...container, pad: 'x'.repeat(70 * 1024) });
 
-type Case = [name: string, subject: string, payload: string, code: string, message: RegExp];
+/** `requestKey`: sent in the Drover-Request-Key header. */
+type Case = [name: string, subject: string, payload: string, code: string, message: RegExp, requestKey?: string];
 
 const cases: Case[] = [
   ['malformed JSON', 'submit', '{"id": "c1", ', 'INVALID_REQUEST', /not valid JSON/],
@@ -97,12 +101,20 @@ const cases: Case[] = [
   ['workers.drain: extra field', 'workers.drain', JSON.stringify({ id: 'w1', now: true }), 'INVALID_REQUEST', /unknown field "now"/],
   ['workers.list: bad cursor', 'workers.list', JSON.stringify({ cursor: 'x' }), 'INVALID_REQUEST', /"cursor"/],
   ['workers.list: huge page', 'workers.list', JSON.stringify({ limit: 100_000 }), 'INVALID_REQUEST', /"limit" must be between 1 and 500/],
+  ['workers.remove: unknown', 'workers.remove', JSON.stringify({ id: 'ghost' }), 'NOT_FOUND', /not registered/],
+  ['workers.remove: extra field', 'workers.remove', JSON.stringify({ id: 'w1', force: true }), 'INVALID_REQUEST', /unknown field "force"/],
+  ['workers.remove: still available', 'workers.remove', JSON.stringify({ id: 'w1' }), 'CONFLICT', /drain or disable it/],
+  ['submit: request key with a space', 'submit', JSON.stringify(container), 'INVALID_REQUEST', /Drover-Request-Key/, 'a b'],
+  ['submit: request key of 129 characters', 'submit', JSON.stringify(container), 'INVALID_REQUEST', /Drover-Request-Key/, 'k'.repeat(129)],
+  ['submit: request key with braces', 'submit', JSON.stringify(container), 'INVALID_REQUEST', /Drover-Request-Key/, '{k}'],
+  ['batch: request key with a slash', 'submit.batch', JSON.stringify({ containers: [container] }), 'INVALID_REQUEST', /Drover-Request-Key/, 'a/b'],
+  ['release: request key with a star', 'release', JSON.stringify({ id: 'placed-1' }), 'INVALID_REQUEST', /Drover-Request-Key/, 'k*'],
 ];
 
 describe('bad input', () => {
-  it.each(cases)('%s -> %s', async (_name, subject, payload, code, message) => {
+  it.each(cases)('%s -> %s', async (_name, subject, payload, code, message, requestKey) => {
     const before = await snapshotKeys(redis, replica.config.prefix);
-    const reply = await client.raw(`${replica.config.prefix}.${subject}`, payload);
+    const reply = await client.raw(`${replica.config.prefix}.${subject}`, payload, requestKey);
     expect(reply).toMatchObject({ ok: false, error: { code } });
     expect((reply as { error: { message: string } }).error.message).toMatch(message);
     // Let anything a broken handler might have queued reach Redis before comparing.
@@ -113,17 +125,25 @@ describe('bad input', () => {
   // Shard subjects are internal, but anyone on the bus can publish to them: the owner checks each
   // op as strictly as the routers check public requests, and answers a bad one INVALID_REQUEST.
   const place = (request: Record<string, unknown>, extra: Record<string, unknown> = {}) => ({
-    k: 'place', id: 'evil', request: { cpu: 100, memory: 128, gpu: null, gpuCount: 0, pool: null, ...request }, nonce: 'x.1', deadline: Date.now() + 5_000, ...extra,
+    k: 'place', id: 'evil', request: { cpu: 100, memory: 128, gpu: null, gpuCount: 0, pool: null, ...request }, requestKey: 'x.1', deadline: Date.now() + 5_000, ...extra,
   });
   const shardCases: Array<[name: string, op: Record<string, unknown>, message: RegExp]> = [
     ['place: negative amounts', place({ cpu: -5_000, memory: -5_000 }), /"cpu" must be between 1/],
     ['place: fractional cpu', place({ cpu: 0.5 }), /"cpu" must be a whole number/],
     ['place: id with a dot', place({}, { id: 'evil.id' }), /"id" must match/],
     ['place: unknown request field', place({ memroy: 1 }), /unknown field "memroy"/],
-    ['place: missing nonce', place({}, { nonce: undefined }), /"nonce" must match/],
+    ['place: missing request key', place({}, { requestKey: undefined }), /"requestKey" must match/],
+    ['place: request key with a space', place({}, { requestKey: 'a b' }), /"requestKey" must match/],
     ['place: deadline as a string', place({}, { deadline: 'soon' }), /"deadline"/],
     ['place: extra op field', place({}, { force: true }), /unknown field "force"/],
-    ['release: worker id with >', { k: 'release', id: 'placed-1', workerId: 'w>' }, /"workerId" must match/],
+    ['release: worker id with >', { k: 'release', id: 'placed-1', workerId: 'w>', requestKey: '' }, /"workerId" must match/],
+    ['release: missing request key', { k: 'release', id: 'placed-1', workerId: 'w1' }, /"requestKey" must match/],
+    // An op naming a worker of another shard would create or change a second record of it here.
+    ['register: a worker of another shard', { k: 'register', worker: { id: ELSEWHERE, cpu: 900, memory: 900 } }, /belongs to shard \d+, not shard/],
+    ['status: a worker of another shard', { k: 'status', workerId: ELSEWHERE, action: 'drain' }, /belongs to shard \d+, not shard/],
+    ['release: on a worker of another shard', { k: 'release', id: 'placed-1', workerId: ELSEWHERE, requestKey: '' }, /belongs to shard \d+, not shard/],
+    ['remove: a worker of another shard', { k: 'remove', workerId: ELSEWHERE }, /belongs to shard \d+, not shard/],
+    ['remove: extra field', { k: 'remove', workerId: 'w1', force: true }, /unknown field "force"/],
     ['register: zero cpu', { k: 'register', worker: { id: 'w-evil', cpu: 0, memory: 1 } }, /"cpu" must be between 1/],
     ['status: unknown action', { k: 'status', workerId: 'w1', action: 'explode' }, /"action"/],
     ['unknown op kind', { k: 'drop-table' }, /unknown shard op kind/],

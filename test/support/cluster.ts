@@ -37,8 +37,8 @@ export function connectRedis(): Redis {
   return new Redis(redisUrl(), { maxRetriesPerRequest: 2 });
 }
 
-export function storeFor(redis: Redis, prefix: string, historyCap = 10_000): DroverStore {
-  return new DroverStore(redis, { prefix, historyCap, releasedRetentionSeconds: 0 });
+export function storeFor(redis: Redis, prefix: string, historyCap = 10_000, shards = 8): DroverStore {
+  return new DroverStore(redis, { prefix, shards, historyCap, releasedRetentionSeconds: 0 });
 }
 
 /**

@@ -1,49 +1,68 @@
+#!lua
 --[[
-  commit_batch: apply one shard's batch of placements, releases and status changes, fenced.
-  Every capacity change Drover makes goes through this script, so these checks are the whole of
-  the safety argument: a writer whose lease was taken over is refused here, by Redis, whatever it
-  believes about itself.
+  commit_batch: apply one shard's batch of placements, releases, status changes and worker
+  removals, fenced. Every capacity change Drover makes goes through this script, so these checks
+  are the whole of the safety argument: a writer whose lease was taken over is refused here, by
+  Redis, whatever it believes about itself.
+
+  The script runs in two phases. Phase 1 reads every key the batch touches (and checks its type),
+  decides every op's outcome and writes nothing. Phase 2 only writes what phase 1 decided. Redis
+  does not roll back a script's earlier writes when it fails part way, so everything that can fail
+  (a malformed op, a key of the wrong type) must fail in phase 1. The `#!lua` line above makes
+  Redis refuse the whole script up front when it is over `maxmemory`, instead of failing at the
+  first write, and refuse a key the caller did not declare (Redis Cluster safety).
 
   Input:
     KEYS[1]              the shard's epoch key                      {<prefix>:s<n>}:epoch
     KEYS[2]              the shard's history stream                 {<prefix>:s<n>}:history
-    KEYS[3+3i .. 5+3i]   op i (i from 0): the worker's hash, the worker's container set, the
-                         container's hash (a status op repeats the worker key in all three)
+    KEYS[3+3i .. 5+3i]   op i (i from 0), by kind:
+                           P, R: the worker's hash, the worker's container set, the container's key
+                           S:    the worker's hash three times
+                           X:    the worker's hash, the worker's container set, the shard's worker set
     ARGV[1]              the writer's epoch (the number its lease acquisition got)
     ARGV[2]              the shard number (recorded on each placement)
     ARGV[3]              history length cap; 0 writes no history
-    ARGV[4]              seconds to keep a released container's record; 0 keeps it forever
+    ARGV[4]              seconds to keep a released container's tombstone; 0 keeps it forever
     ARGV[5]              op count n (at most 1000)
-    ARGV[6+9i .. 14+9i]  op i: kind, containerId, workerId, expectedVersion, a, b, c, deadline, nonce
+    ARGV[6+9i .. 14+9i]  op i: kind, containerId, workerId, expectedVersion, a, b, c, deadline, key
                            kind 'P' place:   a = cpu, b = memory (whole, at least 1), c = gpuCount
-                                             (whole, at least 0); a malformed op fails the batch
-                           kind 'R' release: a, b, c, deadline, nonce unused
+                                             (whole, at least 0); key = the client's request key
+                           kind 'R' release: key = the release's request key ('' for none)
                            kind 'S' status:  a = the new status; containerId unused
+                           kind 'X' remove:  the worker leaves the shard; only when it holds no
+                                             container and is not 'available'
                          deadline: Unix ms (Redis clock) after which a placement must not be
                          written because its router has given up on it; 0 = none
-                         nonce: the router's id for the client request, stored with the
-                         placement so a retry of the same request can recognise its own write
+                         A malformed op fails the whole batch before anything is written.
 
   expectedVersion is the worker's ResourceVersion as the writer's actor last saw it, the same for
   every op of one worker in a batch: it must equal the version the worker had when the batch
   began (the script's own writes within the batch bump the version but are not a conflict).
 
+  A live container is a hash (status placed, workerId, shard, cpu, memory, gpuCount, placedAt,
+  requestKey). A released container is a tombstone: a string of space-separated fields
+    released <workerId> <shard> <cpu> <memory> <gpuCount> <placedAt> <releasedAt> <requestKey> <releaseKey|->
+  that expires after ARGV[4] seconds; it keeps the id from being placed again and lets a retried
+  submit or release recognise its own request. (Ids, request keys and names cannot hold spaces.)
+
   Output:
     {'FENCED', currentEpoch}   nothing was written: the writer's epoch is not the current one
     {'OK', code_0, version_0, extra_0, code_1, ...}: one triple per op, in order
       PLACED            version = the worker's new version
-      ALREADY_PLACED    extra = "<worker> <nonce>": where the container is (or was) placed and the
-                        nonce of the request that placed it; nothing written
+      ALREADY_PLACED    extra = "<worker> <requestKey>": where the container is (or was) placed and
+                        the request key that placed it; nothing written
       RV_CONFLICT       version = the worker's current version; nothing written
       NO_CAPACITY       the worker lacks the capacity in Redis; nothing written
       NOT_SCHEDULABLE   extra = the worker's status; nothing written
       WORKER_NOT_FOUND  nothing written
       EXPIRED           the placement's deadline has passed; nothing written
       RELEASED          version = the worker's new version, extra = "cpu memory gpuCount" freed
-      ALREADY_RELEASED  extra = the worker; nothing written (release is idempotent)
+      ALREADY_RELEASED  extra = "<worker> <releaseKey|->"; nothing written (release is idempotent)
       NOT_FOUND         no such container; nothing written
       WRONG_WORKER      extra = the worker actually holding the container; nothing written
       STATUS_SET        version = the worker's new version
+      REMOVED           the worker's hash and container set are deleted, it left the shard's set
+      NOT_REMOVABLE     extra = "status <status>" or "containers <n>"; nothing written
 ]]
 
 local epoch = redis.call('GET', KEYS[1])
@@ -55,7 +74,8 @@ local shard = ARGV[2]
 local historyCap = tonumber(ARGV[3])
 local retention = tonumber(ARGV[4])
 local n = tonumber(ARGV[5])
-if n == nil or n < 0 or n > 1000 or #KEYS ~= 2 + 3 * n or #ARGV ~= 5 + 9 * n then
+if n == nil or n < 0 or n > 1000 or historyCap == nil or retention == nil
+  or #KEYS ~= 2 + 3 * n or #ARGV ~= 5 + 9 * n then
   return redis.error_reply('ERR commit_batch: malformed batch')
 end
 
@@ -66,20 +86,30 @@ local function wholeAtLeast(text, min)
   return value ~= nil and value == math.floor(value) and value >= min and value < 2^53
 end
 
--- Check every op before writing anything: Redis does not roll back a script's earlier writes
--- when it fails part way, so a malformed op must be refused while nothing has been written.
+-- Keys are written in phase 2; a key of the wrong type must be found now, before any write.
+local function expectType(key, wanted)
+  local found = redis.call('TYPE', key).ok
+  if found ~= 'none' and found ~= wanted then
+    return redis.error_reply('ERR commit_batch: key ' .. key .. ' is a ' .. found .. ', not a ' .. wanted)
+  end
+  return nil
+end
+
+-- ---------------------------------------------------------------- phase 0: the ops are well formed
 for i = 0, n - 1 do
   local base = 6 + 9 * i
   local kind = ARGV[base]
-  local ok = tonumber(ARGV[base + 3]) ~= nil
+  local ok = wholeAtLeast(ARGV[base + 3], 0) and wholeAtLeast(ARGV[base + 7], 0)
   if kind == 'P' then
     -- A placement takes at least 1 millicore and 1 MiB and a whole number of each: a zero,
     -- negative or fractional amount would create capacity instead of taking it.
     ok = ok and wholeAtLeast(ARGV[base + 4], 1) and wholeAtLeast(ARGV[base + 5], 1)
-      and wholeAtLeast(ARGV[base + 6], 0) and wholeAtLeast(ARGV[base + 7], 0)
+      and wholeAtLeast(ARGV[base + 6], 0) and ARGV[base + 8] ~= '' and not string.find(ARGV[base + 8], ' ', 1, true)
   elseif kind == 'S' then
     ok = ok and STATUSES[ARGV[base + 4]] == true
-  elseif kind ~= 'R' then
+  elseif kind == 'R' then
+    ok = ok and not string.find(ARGV[base + 8], ' ', 1, true)
+  elseif kind ~= 'X' then
     ok = false
   end
   if not ok then
@@ -87,30 +117,21 @@ for i = 0, n - 1 do
   end
 end
 
+if historyCap > 0 then
+  local wrong = expectType(KEYS[2], 'stream')
+  if wrong then return wrong end
+end
+
 local time = redis.call('TIME')
 local nowMs = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
-local out = {'OK'}
-
-local function history(fields)
-  if historyCap > 0 then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', historyCap, '*', unpack(fields))
-  end
-end
-
-local function reply(code, version, extra)
-  out[#out + 1] = code
-  out[#out + 1] = version
-  out[#out + 1] = extra
-end
-
+-- ---------------------------------------------------------------- phase 1: read and decide
 -- Each worker's hash is read once per batch and written once at its end: a batch often holds
--- many ops for one worker (the owner packs workers), and the script is atomic, so nobody can see
--- the state in between. `false` marks a worker that does not exist; `before` is the version it
--- had when the batch began, which every op's expectedVersion must match.
+-- many ops for one worker (the owner packs workers). `false` marks a worker that does not exist
+-- (or that this batch removes); `before` is the version it had when the batch began, which every
+-- op's expectedVersion must match; `containers` counts what this batch added to its container set.
 local workers = {}
-local dirty = {}
-
+local workerOrder = {}
 local function loadWorker(key)
   local w = workers[key]
   if w == nil then
@@ -120,33 +141,78 @@ local function loadWorker(key)
       w = false
     else
       w = {before = version, version = version, status = v[2], freeCpu = tonumber(v[3]), freeMemory = tonumber(v[4]),
-        freeGpus = tonumber(v[5])}
+        freeGpus = tonumber(v[5]), dirty = false, containers = 0}
     end
     workers[key] = w
   end
   return w
 end
 
+-- A container's state as this batch sees it: read once, then updated by the batch's own ops.
+local containers = {}
+local function loadContainer(key)
+  local c = containers[key]
+  if c == nil then
+    local found = redis.call('TYPE', key).ok
+    if found == 'none' then
+      c = {state = 'none'}
+    elseif found == 'hash' then
+      local v = redis.call('HMGET', key, 'workerId', 'cpu', 'memory', 'gpuCount', 'placedAt', 'requestKey')
+      c = {state = 'placed', workerId = v[1], cpu = tonumber(v[2]), memory = tonumber(v[3]), gpus = tonumber(v[4]),
+        placedAt = v[5], requestKey = v[6] or ''}
+    elseif found == 'string' then
+      local f = {}
+      for field in string.gmatch(redis.call('GET', key), '%S+') do f[#f + 1] = field end
+      c = {state = 'released', workerId = f[2], requestKey = f[9] ~= '-' and f[9] or '', releaseKey = f[10] or '-'}
+    else
+      return nil, redis.error_reply('ERR commit_batch: key ' .. key .. ' is a ' .. found)
+    end
+    containers[key] = c
+  end
+  return c, nil
+end
+
+local out = {'OK'}
+-- What phase 2 writes, in op order: {kind, op index, ...}.
+local writes = {}
+
+local function reply(code, version, extra)
+  out[#out + 1] = code
+  out[#out + 1] = version
+  out[#out + 1] = extra
+end
+
 local function bump(key, w)
   w.version = w.version + 1
   if not w.dirty then
     w.dirty = true
-    dirty[#dirty + 1] = key
+    workerOrder[#workerOrder + 1] = key
   end
 end
 
+local checkedSets = {}
+local function checkSet(key)
+  if checkedSets[key] then return nil end
+  checkedSets[key] = true
+  return expectType(key, 'set')
+end
+
 for i = 0, n - 1 do
-  local workerKey, setKey, containerKey = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
+  local workerKey, setKey, thirdKey = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
   local base = 6 + 9 * i
   local kind, containerId, workerId = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   local expected = tonumber(ARGV[base + 3])
   local deadline = tonumber(ARGV[base + 7])
+  local requestKey = ARGV[base + 8]
 
   if kind == 'P' then
     local cpu, memory, gpus = tonumber(ARGV[base + 4]), tonumber(ARGV[base + 5]), tonumber(ARGV[base + 6])
-    local holder = redis.call('HMGET', containerKey, 'workerId', 'nonce')
-    if holder[1] then
-      reply('ALREADY_PLACED', 0, holder[1] .. ' ' .. (holder[2] or ''))
+    local c, failure = loadContainer(thirdKey)
+    if failure then return failure end
+    local wrong = checkSet(setKey)
+    if wrong then return wrong end
+    if c.state ~= 'none' then
+      reply('ALREADY_PLACED', 0, c.workerId .. ' ' .. c.requestKey)
     elseif deadline > 0 and nowMs > deadline then
       reply('EXPIRED', 0, '')
     else
@@ -161,23 +227,25 @@ for i = 0, n - 1 do
         reply('NO_CAPACITY', w.version, '')
       else
         w.freeCpu, w.freeMemory, w.freeGpus = w.freeCpu - cpu, w.freeMemory - memory, w.freeGpus - gpus
+        w.containers = w.containers + 1
         bump(workerKey, w)
-        redis.call('HSET', containerKey, 'status', 'placed', 'workerId', workerId, 'shard', shard,
-          'cpu', cpu, 'memory', memory, 'gpuCount', gpus, 'placedAt', nowMs, 'nonce', ARGV[base + 8])
-        redis.call('SADD', setKey, containerId)
-        history({'op', 'place', 'container', containerId, 'worker', workerId, 'cpu', cpu, 'memory', memory,
-          'gpuCount', gpus, 'version', w.version, 'epoch', epoch})
+        containers[thirdKey] = {state = 'placed', workerId = workerId, cpu = cpu, memory = memory, gpus = gpus,
+          placedAt = tostring(nowMs), requestKey = requestKey}
+        writes[#writes + 1] = {'P', workerKey, setKey, thirdKey, containerId, workerId, cpu, memory, gpus, w.version, requestKey}
         reply('PLACED', w.version, '')
       end
     end
   elseif kind == 'R' then
-    local c = redis.call('HMGET', containerKey, 'status', 'workerId', 'cpu', 'memory', 'gpuCount')
-    if not c[1] then
+    local c, failure = loadContainer(thirdKey)
+    if failure then return failure end
+    local wrong = checkSet(setKey)
+    if wrong then return wrong end
+    if c.state == 'none' then
       reply('NOT_FOUND', 0, '')
-    elseif c[2] ~= workerId then
-      reply('WRONG_WORKER', 0, c[2])
-    elseif c[1] == 'released' then
-      reply('ALREADY_RELEASED', 0, c[2])
+    elseif c.workerId ~= workerId then
+      reply('WRONG_WORKER', 0, c.workerId)
+    elseif c.state == 'released' then
+      reply('ALREADY_RELEASED', 0, c.workerId .. ' ' .. c.releaseKey)
     else
       local w = loadWorker(workerKey)
       if not w then
@@ -185,17 +253,15 @@ for i = 0, n - 1 do
       elseif w.before ~= expected then
         reply('RV_CONFLICT', w.version, '')
       else
-        local cpu, memory, gpus = tonumber(c[3]), tonumber(c[4]), tonumber(c[5])
-        w.freeCpu, w.freeMemory, w.freeGpus = w.freeCpu + cpu, w.freeMemory + memory, w.freeGpus + gpus
+        w.freeCpu, w.freeMemory, w.freeGpus = w.freeCpu + c.cpu, w.freeMemory + c.memory, w.freeGpus + c.gpus
+        w.containers = w.containers - 1
         bump(workerKey, w)
-        redis.call('HSET', containerKey, 'status', 'released', 'releasedAt', nowMs)
-        if retention > 0 then
-          redis.call('EXPIRE', containerKey, retention)
-        end
-        redis.call('SREM', setKey, containerId)
-        history({'op', 'release', 'container', containerId, 'worker', workerId, 'cpu', cpu, 'memory', memory,
-          'gpuCount', gpus, 'version', w.version, 'epoch', epoch})
-        reply('RELEASED', w.version, cpu .. ' ' .. memory .. ' ' .. gpus)
+        local releaseKey = requestKey ~= '' and requestKey or '-'
+        local tombstone = 'released ' .. workerId .. ' ' .. shard .. ' ' .. c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus
+          .. ' ' .. c.placedAt .. ' ' .. nowMs .. ' ' .. (c.requestKey ~= '' and c.requestKey or '-') .. ' ' .. releaseKey
+        containers[thirdKey] = {state = 'released', workerId = workerId, requestKey = c.requestKey, releaseKey = releaseKey}
+        writes[#writes + 1] = {'R', workerKey, setKey, thirdKey, containerId, workerId, c.cpu, c.memory, c.gpus, w.version, tombstone}
+        reply('RELEASED', w.version, c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus)
       end
     end
   elseif kind == 'S' then
@@ -207,16 +273,76 @@ for i = 0, n - 1 do
     else
       w.status = ARGV[base + 4]
       bump(workerKey, w)
-      history({'op', 'status', 'worker', workerId, 'status', w.status, 'version', w.version, 'epoch', epoch})
+      writes[#writes + 1] = {'S', workerId, w.status, w.version}
       reply('STATUS_SET', w.version, '')
+    end
+  elseif kind == 'X' then
+    local wrong = checkSet(setKey) or expectType(thirdKey, 'set')
+    if wrong then return wrong end
+    local w = loadWorker(workerKey)
+    if not w then
+      reply('WORKER_NOT_FOUND', 0, '')
+    elseif w.before ~= expected then
+      reply('RV_CONFLICT', w.version, '')
+    elseif w.status == 'available' then
+      reply('NOT_REMOVABLE', w.version, 'status available')
+    else
+      local held = redis.call('SCARD', setKey) + w.containers
+      if held > 0 then
+        reply('NOT_REMOVABLE', w.version, 'containers ' .. held)
+      else
+        workers[workerKey] = false
+        writes[#writes + 1] = {'X', workerKey, setKey, thirdKey, workerId, w.version + 1}
+        reply('REMOVED', w.version + 1, '')
+      end
     end
   end
 end
 
-for _, key in ipairs(dirty) do
+-- ---------------------------------------------------------------- phase 2: write what was decided
+local function history(fields)
+  if historyCap > 0 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', historyCap, '*', unpack(fields))
+  end
+end
+
+for _, write in ipairs(writes) do
+  local kind = write[1]
+  if kind == 'P' then
+    local workerKey, setKey, containerKey, containerId, workerId, cpu, memory, gpus, version, requestKey = unpack(write, 2)
+    redis.call('HSET', containerKey, 'status', 'placed', 'workerId', workerId, 'shard', shard,
+      'cpu', cpu, 'memory', memory, 'gpuCount', gpus, 'placedAt', nowMs, 'requestKey', requestKey)
+    redis.call('SADD', setKey, containerId)
+    history({'op', 'place', 'container', containerId, 'worker', workerId, 'cpu', cpu, 'memory', memory,
+      'gpuCount', gpus, 'version', version, 'epoch', epoch})
+  elseif kind == 'R' then
+    local workerKey, setKey, containerKey, containerId, workerId, cpu, memory, gpus, version, tombstone = unpack(write, 2)
+    if retention > 0 then
+      redis.call('SET', containerKey, tombstone, 'EX', retention)
+    else
+      redis.call('SET', containerKey, tombstone)
+    end
+    redis.call('SREM', setKey, containerId)
+    history({'op', 'release', 'container', containerId, 'worker', workerId, 'cpu', cpu, 'memory', memory,
+      'gpuCount', gpus, 'version', version, 'epoch', epoch})
+  elseif kind == 'S' then
+    local workerId, status, version = unpack(write, 2)
+    history({'op', 'status', 'worker', workerId, 'status', status, 'version', version, 'epoch', epoch})
+  elseif kind == 'X' then
+    local workerKey, setKey, shardWorkersKey, workerId, version = unpack(write, 2)
+    redis.call('DEL', workerKey, setKey)
+    redis.call('SREM', shardWorkersKey, workerId)
+    history({'op', 'remove', 'worker', workerId, 'version', version, 'epoch', epoch})
+  end
+end
+
+for _, key in ipairs(workerOrder) do
   local w = workers[key]
-  redis.call('HSET', key, 'freeCpu', w.freeCpu, 'freeMemory', w.freeMemory, 'freeGpuCount', w.freeGpus,
-    'status', w.status, 'resourceVersion', w.version)
+  -- A worker this batch removed is false here: it has nothing left to write.
+  if w then
+    redis.call('HSET', key, 'freeCpu', w.freeCpu, 'freeMemory', w.freeMemory, 'freeGpuCount', w.freeGpus,
+      'status', w.status, 'resourceVersion', w.version)
+  end
 end
 
 return out

@@ -1,0 +1,118 @@
+/**
+ * Watches one link of a replica (to NATS or to Redis) with a round trip every `intervalMs`, and
+ * says when it is cut and when it is back. A silent cut (a partition that drops packets, a frozen
+ * proxy) closes no socket and raises no error: only a round trip that does not come back shows
+ * it. A link whose round trips all come back late (slower than `slowMs`) counts as cut too: on it,
+ * lease extensions time out on the client while they still land in Redis, and requests wait for
+ * longer than clients do.
+ *
+ * Cut: no round trip faster than `slowMs` has completed for `cutAfterMs`. Back: `backAfter`
+ * round trips in a row completed faster than `slowMs` (one lucky probe is not a healed link).
+ */
+import type { Logger } from '../util/log.js';
+
+export interface LinkMonitorOptions {
+  /** "NATS" or "Redis", for the log lines. */
+  readonly name: string;
+  /** One round trip on the link; rejects or never settles when the link is down. */
+  readonly probe: () => Promise<unknown>;
+  readonly intervalMs: number;
+  readonly cutAfterMs: number;
+  readonly slowMs: number;
+  readonly backAfter: number;
+  readonly log: Logger;
+  readonly onCut: () => void;
+  readonly onBack: () => void;
+}
+
+export class LinkMonitor {
+  private timer: NodeJS.Timeout | null = null;
+  private probing = false;
+  private lastGoodAt = Date.now();
+  private lastTickAt = Date.now();
+  private goodInARow = 0;
+  private cutAt: number | null = null;
+  private lastRoundTripMs: number | null = null;
+  readonly stats = { probes: 0, failures: 0, cuts: 0 };
+
+  constructor(private readonly options: LinkMonitorOptions) {}
+
+  get cut(): boolean {
+    return this.cutAt !== null;
+  }
+
+  /** For status replies: the last round trip and whether the link counts as cut. */
+  describe(): { cut: boolean; lastRoundTripMs: number | null; sinceGoodMs: number } {
+    return { cut: this.cut, lastRoundTripMs: this.lastRoundTripMs, sinceGoodMs: Date.now() - this.lastGoodAt };
+  }
+
+  start(): void {
+    if (this.timer !== null) return;
+    this.lastGoodAt = Date.now();
+    this.timer = setInterval(() => this.tick(), this.options.intervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer !== null) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  private tick(): void {
+    const now = Date.now();
+    // A tick far later than scheduled means this process itself stalled (SIGSTOP, a long GC, an
+    // overloaded machine): that says nothing about the link, so give it a fresh window.
+    if (now - this.lastTickAt > this.options.cutAfterMs) this.lastGoodAt = now;
+    this.lastTickAt = now;
+    this.check();
+    if (this.probing) return; // one probe at a time: a hung probe is itself the signal
+    this.probing = true;
+    const started = Date.now();
+    this.stats.probes += 1;
+    // Bounded: a probe that never settles stops counting after cutAfterMs (the link is cut by then).
+    let timeout: NodeJS.Timeout | null = null;
+    const limit = new Promise<never>((_, reject) => {
+      timeout = setTimeout(() => reject(new Error(`no answer in ${this.options.cutAfterMs} ms`)), this.options.cutAfterMs);
+    });
+    Promise.race([this.options.probe(), limit])
+      .then(() => {
+        const roundTrip = Date.now() - started;
+        this.lastRoundTripMs = roundTrip;
+        if (roundTrip <= this.options.slowMs) this.good();
+        else this.bad();
+      }, () => this.bad())
+      .finally(() => {
+        if (timeout !== null) clearTimeout(timeout);
+        this.probing = false;
+        this.check();
+      });
+  }
+
+  private good(): void {
+    this.lastGoodAt = Date.now();
+    this.goodInARow += 1;
+    if (this.cutAt !== null && this.goodInARow >= this.options.backAfter) {
+      const cutForMs = Date.now() - this.cutAt;
+      this.cutAt = null;
+      this.options.log.info({ link: this.options.name, cutForMs, roundTripMs: this.lastRoundTripMs }, `link to ${this.options.name} is back`);
+      this.options.onBack();
+    }
+  }
+
+  private bad(): void {
+    this.stats.failures += 1;
+    this.goodInARow = 0;
+  }
+
+  private check(): void {
+    if (this.cutAt !== null || Date.now() - this.lastGoodAt <= this.options.cutAfterMs) return;
+    this.cutAt = Date.now();
+    this.stats.cuts += 1;
+    this.goodInARow = 0;
+    this.options.log.warn(
+      { link: this.options.name, sinceGoodMs: this.cutAt - this.lastGoodAt, lastRoundTripMs: this.lastRoundTripMs, slowMs: this.options.slowMs },
+      `cut off from ${this.options.name}: no round trip under ${this.options.slowMs} ms for ${this.options.cutAfterMs} ms`,
+    );
+    this.options.onCut();
+  }
+}
