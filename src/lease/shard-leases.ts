@@ -105,6 +105,7 @@ export class ShardLeases {
   start(): void {
     if (this.running) return;
     this.running = true;
+    this.stopped = false;
     this.schedule(0);
   }
 

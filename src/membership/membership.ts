@@ -28,6 +28,8 @@ export interface MembershipOptions {
   readonly onChange: (members: readonly string[]) => void;
   /** Another process with this replica id holds it (it started while this one was paused): stop. */
   readonly onDuplicate: (message: string) => void;
+  /** Another replica said on NATS that it is leaving (its router has left the queue group). */
+  readonly onLeaveNotice?: (replicaId: string) => void;
 }
 
 export class DuplicateReplicaError extends Error {
@@ -78,8 +80,10 @@ export class Membership {
       callback: (error, msg) => {
         if (error) return;
         try {
-          const notice = msg.json<{ replicaId?: string }>();
-          if (notice.replicaId !== this.options.replicaId) void this.beat();
+          const notice = msg.json<{ replicaId?: string; event?: string }>();
+          if (notice.replicaId === this.options.replicaId || typeof notice.replicaId !== 'string') return;
+          if (notice.event === 'leave') this.options.onLeaveNotice?.(notice.replicaId);
+          void this.beat();
         } catch {
           // Malformed notices are ignored; the periodic heartbeat converges anyway.
         }

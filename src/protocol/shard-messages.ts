@@ -126,7 +126,9 @@ export interface CapacityGroup {
   readonly registered: number;
   /** Workers of the group that take placements (available). */
   readonly workers: number;
-  /** Free CPU and memory summed over the available workers (for ranking shards, not for proofs). */
+  /** CPU and memory, total and free, summed over the available workers (for ranking shards, not for proofs). */
+  readonly cpu: number;
+  readonly memory: number;
   readonly freeCpu: number;
   readonly freeMemory: number;
   /** The available workers' Pareto frontier of free capacity (at most FRONTIER_MAX points). */
@@ -260,7 +262,8 @@ export function parseShardCapacity(value: unknown): ShardCapacity | null {
   const groups: CapacityGroup[] = [];
   for (const group of value.groups as unknown[]) {
     if (!isObject(group) || !nameOrNull(group.pool) || !nameOrNull(group.gpu)) return null;
-    if (!count(group.registered) || !count(group.workers) || !count(group.freeCpu) || !count(group.freeMemory)) return null;
+    if (!count(group.registered) || !count(group.workers) || !count(group.cpu) || !count(group.memory)) return null;
+    if (!count(group.freeCpu) || !count(group.freeMemory)) return null;
     if (typeof group.exact !== 'boolean' || !point(group.max) || !Array.isArray(group.frontier)) return null;
     if (group.frontier.length > MAX_FRONTIER_POINTS || !group.frontier.every(point)) return null;
     groups.push({
@@ -268,6 +271,8 @@ export function parseShardCapacity(value: unknown): ShardCapacity | null {
       gpu: group.gpu,
       registered: group.registered,
       workers: group.workers,
+      cpu: group.cpu,
+      memory: group.memory,
       freeCpu: group.freeCpu,
       freeMemory: group.freeMemory,
       frontier: group.frontier,

@@ -46,6 +46,8 @@ export class Subjects {
   get capacityRefresh(): string { return `${this.prefix}.control.capacity-refresh`; }
   /** Internal: replica membership heartbeats. */
   get membership(): string { return `${this.prefix}.control.membership`; }
+  /** Internal: one replica's own control subject (peer probes; see src/membership/peer-watch.ts). */
+  replicaControl(replicaId: string): string { return `${this.prefix}.control.replica.${replicaId}`; }
 
   /** Queue group of the routers on the public subjects. */
   get routerQueue(): string { return `${this.prefix}-routers`; }

@@ -20,6 +20,7 @@ import { Redis } from 'ioredis';
 import type { DroverConfig } from '../config.js';
 import { ShardLeases } from '../lease/shard-leases.js';
 import { Membership } from '../membership/membership.js';
+import { PeerWatch } from '../membership/peer-watch.js';
 import { desiredShards } from '../membership/ownership.js';
 import {
   parseShardRequest,
@@ -65,6 +66,7 @@ export class Replica {
   readonly leases: ShardLeases;
   readonly membership: Membership;
   readonly links: Record<LinkName, LinkMonitor>;
+  readonly peers: PeerWatch;
   /**
    * Settles with a message when this replica must stop on its own (another process took its
    * replica id while it was paused); the command exits 1 with it.
@@ -123,7 +125,11 @@ export class Replica {
       replicaId: config.replicaId,
       ttlMs: config.memberTtlMs,
       log,
-      onChange: () => this.rebalance(),
+      onChange: (members) => {
+        this.peers.setMembers(members);
+        this.rebalance();
+      },
+      onLeaveNotice: (peer) => this.peers.forget(peer),
       onDuplicate: (message) => {
         log.error(message);
         this.reportFatal(message);
@@ -156,6 +162,14 @@ export class Replica {
       nats: link('nats', 'NATS', () => nc.rtt()),
       redis: link('redis', 'Redis', () => redis.ping()),
     };
+    this.peers = new PeerWatch({
+      nc,
+      subjects: this.subjects,
+      replicaId: config.replicaId,
+      timeoutMs: Math.max(100, Math.floor(config.linkTimeoutMs / 2)),
+      natsLinkUp: () => !this.links.nats.cut,
+      log,
+    });
   }
 
   /** Connect, join the members, take the shards this replica should own, start routing. */
@@ -228,6 +242,7 @@ export class Replica {
     await this.router.start();
     this.links.nats.start();
     this.links.redis.start();
+    this.peers.start();
     this.log.info({ shards: this.servedShards(), of: this.config.shards }, 'replica started');
   }
 
@@ -277,6 +292,8 @@ export class Replica {
     this.transition = this.transition.then(async () => {
       if (link === 'redis' && !this.cutLinks.has('redis')) await this.router.rejoin();
       if (this.cutLinks.size > 0) return;
+      // Summaries received while cut off are stale by now: ask every owner for a fresh one.
+      if (!this.nc.isClosed()) this.nc.publish(this.subjects.capacityRefresh);
       await this.membership.resume();
       this.rebalance();
       this.log.info('links to NATS and Redis are up; back among the members');
@@ -294,6 +311,7 @@ export class Replica {
       members: this.membership.members,
       desired: this.desired(),
       links: { nats: this.links.nats.describe(), redis: this.links.redis.describe() },
+      peers: this.peers.stats,
       steppedOut: this.membership.suspended,
       routing: this.router.routing,
       ...this.stats(),
@@ -366,6 +384,7 @@ export class Replica {
   }
 
   private async closeConnections(): Promise<void> {
+    this.peers.stop();
     this.links.nats.stop();
     this.links.redis.stop();
     await this.nc.drain().catch(() => undefined);

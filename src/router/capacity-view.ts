@@ -15,7 +15,7 @@
  * newer summary arrives, but still counts for the proof.
  *
  * Choice: power of two choices within the best tier: two shards drawn at random among those that
- * fit, and the one with more room for the container wins. Best fit across shards would send every
+ * fit, and the one with the larger share of its capacity free wins. Best fit across shards would send every
  * router to the same fullest shard at once (routers act on slightly stale views, so they would
  * collide there and re-route); two random choices spread concurrent routers apart while steering
  * away from full shards. Packing happens inside the shard, where the actors see exact capacity.
@@ -94,7 +94,14 @@ export class CapacityView {
     const current = this.shards[capacity.shard];
     if (current !== undefined) {
       if (capacity.epoch < current.epoch) return false;
-      if (capacity.epoch === current.epoch && capacity.seq <= current.seq) return false;
+      if (capacity.epoch === current.epoch && capacity.seq <= current.seq) {
+        // The owner republished the summary it had already sent (once a second, unchanged): the
+        // summary is as fresh as this message, and its owner is answering.
+        if (capacity.seq === current.seq && capacity.owner === current.owner) {
+          this.shards[capacity.shard] = { ...current, receivedAt: this.clock(), unreachable: false };
+        }
+        return false;
+      }
     }
     this.shards[capacity.shard] = {
       owner: capacity.owner,
@@ -141,16 +148,26 @@ export class CapacityView {
     return tier;
   }
 
-  /** How many containers like `request` the shard's summary suggests it can still take (for ranking). */
-  room(shard: number, request: PlacementRequest, cpuWorkersOnly = false): number {
+  /**
+   * The share of the matching workers' capacity still free (the lower of CPU and memory), for
+   * ranking two candidate shards: the emptier one in proportion to its size wins, so shards fill
+   * at the same pace whatever their number of workers.
+   */
+  freeShare(shard: number, request: PlacementRequest, cpuWorkersOnly = false): number {
     const entry = this.shards[shard];
     if (entry === undefined) return 0;
-    let room = 0;
+    let cpu = 0;
+    let memory = 0;
+    let freeCpu = 0;
+    let freeMemory = 0;
     for (const group of entry.groups) {
       if (!groupMatches(group.group, request, cpuWorkersOnly)) continue;
-      room += Math.max(0, Math.min(group.freeCpu / request.cpu, group.freeMemory / request.memory));
+      cpu += group.group.cpu;
+      memory += group.group.memory;
+      freeCpu += Math.max(0, group.freeCpu);
+      freeMemory += Math.max(0, group.freeMemory);
     }
-    return room;
+    return cpu === 0 || memory === 0 ? 0 : Math.min(freeCpu / cpu, freeMemory / memory);
   }
 
   /**
@@ -197,9 +214,7 @@ export class CapacityView {
     if (first < 0) return null;
     if (second < 0) return first;
     if (this.random() < 0.5) [first, second] = [second, first];
-    const roomFirst = this.room(first, request, cpuWorkersOnly);
-    const roomSecond = this.room(second, request, cpuWorkersOnly);
-    return roomSecond > roomFirst ? second : first;
+    return this.freeShare(second, request, cpuWorkersOnly) > this.freeShare(first, request, cpuWorkersOnly) ? second : first;
   }
 
   /**

@@ -23,6 +23,8 @@ interface GroupAccumulator {
   gpu: string | null;
   registered: number;
   workers: number;
+  cpu: number;
+  memory: number;
   freeCpu: number;
   freeMemory: number;
   points: CapacityPoint[];
@@ -60,12 +62,14 @@ export function summarizeCapacity(workers: Iterable<WorkerAvailability>): Capaci
     const key = `${worker.spec.pool ?? ''}\u0000${worker.spec.gpu ?? ''}`;
     let group = groups.get(key);
     if (group === undefined) {
-      group = { pool: worker.spec.pool, gpu: worker.spec.gpu, registered: 0, workers: 0, freeCpu: 0, freeMemory: 0, points: [] };
+      group = { pool: worker.spec.pool, gpu: worker.spec.gpu, registered: 0, workers: 0, cpu: 0, memory: 0, freeCpu: 0, freeMemory: 0, points: [] };
       groups.set(key, group);
     }
     group.registered += 1;
     if (worker.status !== 'available') continue;
     group.workers += 1;
+    group.cpu += worker.spec.cpu;
+    group.memory += worker.spec.memory;
     group.freeCpu += worker.freeCpu;
     group.freeMemory += worker.freeMemory;
     group.points.push([worker.freeCpu, worker.freeMemory, worker.freeGpuCount]);
@@ -83,6 +87,8 @@ export function summarizeCapacity(workers: Iterable<WorkerAvailability>): Capaci
       gpu: g.gpu,
       registered: g.registered,
       workers: g.workers,
+      cpu: g.cpu,
+      memory: g.memory,
       freeCpu: g.freeCpu,
       freeMemory: g.freeMemory,
       frontier: thin(frontier),
