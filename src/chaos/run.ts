@@ -1,9 +1,11 @@
 /**
  * The chaos suite. Private Redis (append-only, fsync always) and NATS, replicas as OS processes,
- * continuous load from several clients, and faults injected one scenario at a time and then
- * mixed: SIGKILL, SIGSTOP past twice the lease TTL then SIGCONT, a replica joining, a replica
- * leaving with SIGTERM, NATS restarted, Redis restarted. At the end the checker judges the whole
- * run from the clients' record and Redis.
+ * each reaching Redis and NATS through its own TCP fault proxy, continuous load from several
+ * clients, a probe of every shard, and faults injected one scenario at a time and then mixed:
+ * SIGKILL, SIGSTOP past twice the lease TTL then SIGCONT, a replica joining, a replica leaving with
+ * SIGTERM, NATS restarted, Redis restarted, and partitions of one replica's link (a silent
+ * blackhole of its NATS or its Redis connection, or 400 ms of latency each way to Redis). At the
+ * end the checker judges the whole run from the clients' record and Redis.
  */
 import { writeFileSync } from 'node:fs';
 import { startNats, startRedis, type ServerProcess } from '../../infra/servers.js';
@@ -13,14 +15,21 @@ import { renderTable } from '../util/table.js';
 import { checkRun, type CheckReport, type Violation } from './checker.js';
 import { ChaosLoad, seededRandom } from './load.js';
 import { ProcessCluster, type ReplicaProcess } from '../replica/process-cluster.js';
+import { shardOf } from '../shard/shard-map.js';
+import { startFaultProxy, type FaultProxy } from './fault-proxy.js';
 import { RequestLog } from './request-log.js';
+import { ShardProbe } from './shard-probe.js';
 import { Redis } from 'ioredis';
 
 /** Single faults, each run once as its own scenario by default. */
 export const FAULTS = ['kill', 'pause', 'join', 'leave', 'nats-restart', 'redis-restart'] as const;
 /** Faults that overlap: a replica is paused while Redis crashes and restarts. */
 export const OVERLAPPING_FAULTS = ['pause-redis-restart'] as const;
-export const ALL_FAULTS = [...FAULTS, ...OVERLAPPING_FAULTS] as const;
+/** One replica's link, through its fault proxy: silently cut, or slow. */
+export const PARTITION_FAULTS = ['nats-cut', 'redis-cut', 'redis-slow'] as const;
+export const ALL_FAULTS = [...FAULTS, ...OVERLAPPING_FAULTS, ...PARTITION_FAULTS] as const;
+/** Latency each way for `redis-slow`: longer than every Redis command timeout of a replica at a 2 s lease. */
+const SLOW_LINK_MS = 400;
 export type FaultName = (typeof ALL_FAULTS)[number];
 
 export interface ChaosOptions {
@@ -37,6 +46,12 @@ export interface ChaosOptions {
   readonly clients: number;
   readonly lanesPerClient: number;
   readonly seed: number;
+  /**
+   * How long a partition fault cuts (or slows) a replica's link before it heals; by default three
+   * lease TTLs and two seconds, so that the time after the first lease TTL, when the others must
+   * be serving everything, is most of it.
+   */
+  readonly partitionMs?: number;
   readonly resultsFile: string | null;
   readonly out: (line: string) => void;
 }
@@ -47,6 +62,14 @@ export interface FaultResult {
   readonly timings: Record<string, number | null>;
   readonly unavailable: number;
   readonly transportFailures: number;
+  /** The longest time any shard went without answering a probe, from the fault until recovery. */
+  readonly longestDarkMs: number;
+  /**
+   * Probes that failed on shards the faulty replica did not own, from one lease TTL after the
+   * fault until it was healed (or recovered): a cut-off replica must not take others down with it.
+   */
+  readonly othersFailed: number;
+  readonly othersProbed: number;
   readonly note: string;
   readonly ok: boolean;
 }
@@ -59,6 +82,9 @@ export interface ChaosResult {
 }
 
 const RECOVERY_TIMEOUT_MS = 60_000;
+/** Every shard is probed this often, and a probe without an answer this long failed. */
+const PROBE_INTERVAL_MS = 100;
+const PROBE_TIMEOUT_MS = 1_000;
 
 interface Context {
   readonly options: ChaosOptions;
@@ -68,7 +94,19 @@ interface Context {
   readonly observer: DroverClient;
   readonly log: RequestLog;
   readonly random: () => number;
+  /** Each replica's fault proxies to NATS and to Redis. */
+  readonly links: ReadonlyMap<string, { readonly nats: FaultProxy; readonly redis: FaultProxy }>;
 }
+
+/** What runFault hands back; the rest of a FaultResult is measured around it. */
+type FaultRun = Omit<FaultResult, 'unavailable' | 'transportFailures' | 'longestDarkMs' | 'othersFailed' | 'othersProbed'> & {
+  start: number;
+  end: number;
+  /** When the fault itself ended (a partition healed, a paused replica resumed), if it lasts. */
+  healedAt: number | null;
+  /** Shards the faulty replica owned when the fault began (empty when the fault is a server's). */
+  victimShards: number[];
+};
 
 /** Poll `check` until true; the elapsed ms since `since`, or null if it never became true. */
 async function waitFor(check: () => Promise<boolean>, since: number, timeoutMs = RECOVERY_TIMEOUT_MS): Promise<number | null> {
@@ -113,12 +151,17 @@ function pick<T>(ctx: Context, list: readonly T[]): T {
   return list[Math.floor(ctx.random() * list.length)]!;
 }
 
-async function runFault(ctx: Context, fault: FaultName): Promise<Omit<FaultResult, 'unavailable' | 'transportFailures'> & { start: number; end: number }> {
+async function shardsOf(ctx: Context, replica: ReplicaProcess): Promise<number[]> {
+  return (await ctx.observer.clusterStatus(400)).find((s) => s.replicaId === replica.id)?.shards ?? [];
+}
+
+async function runFault(ctx: Context, fault: FaultName): Promise<FaultRun> {
   const { cluster, options } = ctx;
   const start = Date.now();
   switch (fault) {
     case 'kill': {
       const victim = pick(ctx, cluster.live());
+      const victimShards = await shardsOf(ctx, victim);
       await victim.kill();
       const survivors = cluster.live();
       const reowned = await waitFor(() => allOwnedBy(ctx, survivors), start);
@@ -126,7 +169,7 @@ async function runFault(ctx: Context, fault: FaultName): Promise<Omit<FaultResul
       await cluster.add();
       const rebalanced = await waitFor(() => balanced(ctx, cluster.live()), joinAt);
       return {
-        fault, replica: victim.id, start, end: Date.now(), ok: reowned !== null && rebalanced !== null,
+        fault, replica: victim.id, start, end: Date.now(), ok: reowned !== null && rebalanced !== null, healedAt: joinAt, victimShards,
         timings: { 'SIGKILL to all shards owned': reowned, 'replacement join to balanced': rebalanced },
         note: `lease TTL ${options.leaseTtlMs} ms`,
       };
@@ -144,18 +187,19 @@ async function runFault(ctx: Context, fault: FaultName): Promise<Omit<FaultResul
       const started = Date.now() - start;
       const rebalanced = await waitFor(() => balanced(ctx, cluster.live()), start);
       return {
-        fault, replica: cluster.replicas[cluster.replicas.length - 1]!.id, start, end: Date.now(), ok: rebalanced !== null,
+        fault, replica: cluster.replicas[cluster.replicas.length - 1]!.id, start, end: Date.now(), ok: rebalanced !== null, healedAt: null, victimShards: [],
         timings: { 'process start': started, 'join to balanced': rebalanced },
         note: `${cluster.live().length} replicas`,
       };
     }
     case 'leave': {
       const victim = pick(ctx, cluster.live());
+      const victimShards = await shardsOf(ctx, victim);
       const code = await victim.terminate();
       const exited = Date.now() - start;
       const rebalanced = await waitFor(() => balanced(ctx, cluster.live()), start);
       return {
-        fault, replica: victim.id, start, end: Date.now(), ok: rebalanced !== null && code === 0,
+        fault, replica: victim.id, start, end: Date.now(), ok: rebalanced !== null && code === 0, healedAt: null, victimShards,
         timings: { 'SIGTERM to exit': exited, 'SIGTERM to balanced': rebalanced },
         note: `exit code ${code}; ${cluster.live().length} replicas left`,
       };
@@ -165,7 +209,7 @@ async function runFault(ctx: Context, fault: FaultName): Promise<Omit<FaultResul
       const down = Date.now() - start;
       const serving = await waitFor(() => balanced(ctx, cluster.live()), start);
       return {
-        fault, replica: null, start, end: Date.now(), ok: serving !== null,
+        fault, replica: null, start, end: Date.now(), ok: serving !== null, healedAt: start + down, victimShards: [],
         timings: { 'NATS down (SIGKILL to ready)': down, 'restart to balanced': serving },
         note: 'clients and replicas reconnect on their own',
       };
@@ -175,12 +219,55 @@ async function runFault(ctx: Context, fault: FaultName): Promise<Omit<FaultResul
       const down = Date.now() - start;
       const serving = await waitFor(() => balanced(ctx, cluster.live()), start);
       return {
-        fault, replica: null, start, end: Date.now(), ok: serving !== null,
+        fault, replica: null, start, end: Date.now(), ok: serving !== null, healedAt: start + down, victimShards: [],
         timings: { 'Redis down (SIGKILL to ready, AOF replayed)': down, 'restart to balanced': serving },
         note: 'append-only file, fsync always',
       };
     }
+    case 'nats-cut':
+      return partitionFault(ctx, fault, start, 'silent blackhole of its NATS connection', (links) => links.nats.blackhole(), (links) => links.nats.heal());
+    case 'redis-cut':
+      return partitionFault(ctx, fault, start, 'silent blackhole of its Redis connection', (links) => links.redis.blackhole(), (links) => links.redis.heal());
+    case 'redis-slow':
+      return partitionFault(
+        ctx, fault, start, `${SLOW_LINK_MS} ms each way added to its Redis connection`,
+        (links) => links.redis.setLatency(SLOW_LINK_MS), (links) => links.redis.setLatency(0),
+      );
   }
+}
+
+/**
+ * Cut (or slow down) one replica's link through its fault proxy for `partitionMs`, then heal it.
+ * Passes when the other replicas own every shard while it lasts and the cluster is balanced
+ * again, the healed replica included, after it ends. The dark-window and failed-request bounds
+ * are checked by the caller, from the probes.
+ */
+async function partitionFault(
+  ctx: Context,
+  fault: FaultName,
+  start: number,
+  what: string,
+  cut: (links: { nats: FaultProxy; redis: FaultProxy }) => void,
+  heal: (links: { nats: FaultProxy; redis: FaultProxy }) => void,
+): Promise<FaultRun> {
+  const { cluster, options } = ctx;
+  const victim = pick(ctx, cluster.live());
+  const links = ctx.links.get(victim.id)!;
+  const victimShards = await shardsOf(ctx, victim);
+  const others = cluster.live().filter((r) => r !== victim);
+  const cutAt = Date.now();
+  cut(links);
+  const reowned = await waitFor(() => allOwnedBy(ctx, others), cutAt);
+  const remaining = cutAt + (options.partitionMs ?? 3 * options.leaseTtlMs + 2_000) - Date.now();
+  if (remaining > 0) await new Promise((r) => setTimeout(r, remaining));
+  const healedAt = Date.now();
+  heal(links);
+  const rebalanced = await waitFor(() => balanced(ctx, cluster.live()), healedAt);
+  return {
+    fault, replica: victim.id, start, end: Date.now(), ok: reowned !== null && rebalanced !== null, healedAt, victimShards,
+    timings: { 'cut to all shards owned by others': reowned, 'cut for': healedAt - cutAt, 'heal to balanced': rebalanced },
+    note: what,
+  };
 }
 
 /**
@@ -194,9 +281,10 @@ async function pauseFault(
   fault: FaultName,
   start: number,
   during: (() => Promise<number>) | null,
-): Promise<Omit<FaultResult, 'unavailable' | 'transportFailures'> & { start: number; end: number }> {
+): Promise<FaultRun> {
   const { cluster, options } = ctx;
   const victim = pick(ctx, cluster.live());
+  const victimShards = await shardsOf(ctx, victim);
   victim.signal('SIGSTOP');
   const others = cluster.live();
   const duringMs = during === null ? null : await during();
@@ -215,7 +303,7 @@ async function pauseFault(
   // stops writing them; any write it still sends is refused by the fence in Redis).
   const foundOut = victimStatus !== undefined && lost > 0;
   return {
-    fault, replica: victim.id, start, end: Date.now(), ok: reowned !== null && rejoined !== null && foundOut,
+    fault, replica: victim.id, start, end: Date.now(), ok: reowned !== null && rejoined !== null && foundOut, healedAt: resumeAt, victimShards,
     timings: {
       ...(duringMs === null ? {} : { 'Redis down while paused (SIGKILL to ready)': duringMs }),
       'SIGSTOP to all shards owned by others': reowned,
@@ -231,7 +319,7 @@ async function pauseFault(
 /** Faults for the mixed phase: keep between `replicas` and `replicas + 2` processes running. */
 function mixedFault(ctx: Context): FaultName {
   const live = ctx.cluster.live().length;
-  const choices: FaultName[] = ['kill', 'pause', 'nats-restart', 'redis-restart', 'pause-redis-restart'];
+  const choices: FaultName[] = ['kill', 'pause', 'nats-restart', 'redis-restart', 'pause-redis-restart', ...PARTITION_FAULTS];
   if (live < ctx.options.replicas + 2) choices.push('join');
   if (live > ctx.options.replicas) choices.push('leave');
   return pick(ctx, choices);
@@ -253,16 +341,25 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     DROVER_SHARD_TIMEOUT_MS: '1000',
     DROVER_LOG_LEVEL: 'info',
   };
-  const cluster = new ProcessCluster(env);
+  // Each replica reaches Redis and NATS through its own fault proxies (forwarding untouched until a
+  // partition fault cuts one), so one replica's link can be cut while the servers stay up.
+  const links = new Map<string, { nats: FaultProxy; redis: FaultProxy }>();
+  const port = (url: string) => Number(new URL(url).port);
+  const cluster = new ProcessCluster(env, [], async (replicaId) => {
+    const replicaLinks = { nats: await startFaultProxy({ targetPort: port(nats.url) }), redis: await startFaultProxy({ targetPort: port(redis.url) }) };
+    links.set(replicaId, replicaLinks);
+    return { NATS_URL: replicaLinks.nats.url('nats'), REDIS_URL: replicaLinks.redis.url('redis') };
+  });
   const log = new RequestLog();
   let observer: DroverClient | null = null;
   let load: ChaosLoad | null = null;
+  let probe: ShardProbe | null = null;
   const storeRedis = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 20 });
   try {
     out(`chaos: Redis ${redis.url} (append-only, fsync always), NATS ${nats.url}, prefix ${prefix}, lease TTL ${options.leaseTtlMs} ms`);
     for (let i = 0; i < options.replicas; i += 1) await cluster.add();
     observer = await DroverClient.connect(nats.url, prefix, 5_000, 'chaos-observer');
-    const ctx: Context = { options, cluster, redis, nats, observer, log, random: seededRandom(options.seed + 1) };
+    const ctx: Context = { options, cluster, redis, nats, observer, log, random: seededRandom(options.seed + 1), links };
     if ((await waitFor(() => balanced(ctx, cluster.live()), Date.now())) === null) throw new Error('the cluster never balanced at start');
     out(`chaos: ${options.replicas} replica processes balanced over ${options.shards} shards`);
 
@@ -270,7 +367,22 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       const reply = await observer.registerWorker({ id: `worker-${i}`, cpu: 4_000, memory: 8_192 });
       if (!reply.ok) throw new Error(`registering worker-${i}: ${reply.error.message}`);
     }
-    out(`chaos: ${options.workers} workers registered; starting load (${options.clients} clients x ${options.lanesPerClient} lanes)`);
+    // One worker of each shard answers the shard probe (a worker in a shard that got none is added).
+    const probeWorkers: string[] = [];
+    for (let shard = 0; shard < options.shards; shard += 1) {
+      let id = Array.from({ length: options.workers }, (_, i) => `worker-${i}`).find((w) => shardOf(w, options.shards) === shard);
+      for (let n = 0; id === undefined; n += 1) {
+        if (shardOf(`probe-${n}`, options.shards) !== shard) continue;
+        id = `probe-${n}`;
+        const reply = await observer.registerWorker({ id, cpu: 4_000, memory: 8_192 });
+        if (!reply.ok) throw new Error(`registering ${id}: ${reply.error.message}`);
+      }
+      probeWorkers.push(id);
+    }
+    probe = new ShardProbe({ natsUrl: nats.url, prefix, workers: probeWorkers, intervalMs: PROBE_INTERVAL_MS, timeoutMs: PROBE_TIMEOUT_MS });
+    await probe.start();
+    out(`chaos: ${options.workers} workers registered; probing every shard every ${PROBE_INTERVAL_MS} ms; ` +
+      `starting load (${options.clients} clients x ${options.lanesPerClient} lanes)`);
     load = new ChaosLoad({
       natsUrl: nats.url, prefix, log, clients: options.clients, lanesPerClient: options.lanesPerClient,
       releaseChance: 0.45, maxAttempts: 60, requestTimeoutMs: 3_000, seed: options.seed,
@@ -288,26 +400,44 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       // Count what clients saw from the fault until one settle period after recovery.
       await new Promise((r) => setTimeout(r, options.settleMs));
       const to = Date.now();
+      const dark = probe.longestDark(result.start, result.end);
+      const others = new Set(Array.from({ length: options.shards }, (_, shard) => shard).filter((shard) => !result.victimShards.includes(shard)));
+      const othersProbes = probe.failures(result.start + options.leaseTtlMs, result.healedAt ?? result.end, others);
+      const partition = (PARTITION_FAULTS as readonly string[]).includes(result.fault);
+      // The issue's bounds for a cut link: no shard dark for longer than the lease TTL plus two
+      // seconds, and under 5 % failed requests on the others' shards after the first lease TTL.
+      const withinBounds = !partition || (dark.ms <= options.leaseTtlMs + 2_000 && othersProbes.failed <= 0.05 * othersProbes.sent);
       const full: FaultResult = {
-        fault: result.fault, replica: result.replica, timings: result.timings, note: result.note, ok: result.ok,
+        fault: result.fault, replica: result.replica, timings: result.timings, note: result.note, ok: result.ok && withinBounds,
         unavailable: log.countErrors('UNAVAILABLE', result.start, to),
         transportFailures: log.countAttempts('transport', result.start, to),
+        longestDarkMs: dark.ms,
+        othersFailed: othersProbes.failed,
+        othersProbed: othersProbes.sent,
       };
       faults.push(full);
       out(`chaos:   ${Object.entries(full.timings).map(([k, v]) => `${k} ${v === null ? 'NEVER' : `${v} ms`}`).join(', ')}; ` +
-        `${full.unavailable} UNAVAILABLE, ${full.transportFailures} no-reply attempts; ${full.note}`);
+        `${full.unavailable} UNAVAILABLE, ${full.transportFailures} no-reply attempts; longest dark shard ${dark.ms} ms (shard ${dark.shard}); ` +
+        `others' shards: ${full.othersFailed} of ${full.othersProbed} probes failed after the first lease TTL; ${full.note}`);
     }
 
     out('chaos: stopping load and waiting for every request to end');
     await load.stop();
     load = null;
+    await probe.stop();
+    probe = null;
     await storeRedis.connect();
     const store = new DroverStore(storeRedis, { prefix, shards: options.shards, historyCap: 0, releasedRetentionSeconds: 0 });
     out(`chaos: checking ${log.records.length} requests against Redis`);
     const report = await checkRun(store, options.shards, log.records);
 
     const problems: string[] = [];
-    for (const f of faults) if (!f.ok) problems.push(`${f.fault} (${f.replica ?? 'server'}) did not recover: ${JSON.stringify(f.timings)} ${f.note}`);
+    for (const f of faults) {
+      if (!f.ok) {
+        problems.push(`${f.fault} (${f.replica ?? 'server'}) did not recover within bounds: ${JSON.stringify(f.timings)}; ` +
+          `longest dark ${f.longestDarkMs} ms; others' shards ${f.othersFailed}/${f.othersProbed} probes failed; ${f.note}`);
+      }
+    }
     const exitCodes = await Promise.all(cluster.replicas.filter((r) => r.running).map(async (r) => [r.id, await r.terminate(20_000)] as const));
     for (const [id, code] of exitCodes) if (code !== 0) problems.push(`replica ${id} exited ${code} on SIGTERM at the end`);
 
@@ -325,8 +455,14 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     throw error;
   } finally {
     await load?.stop().catch(() => undefined);
+    await probe?.stop().catch(() => undefined);
     await observer?.close().catch(() => undefined);
+    for (const replicaLinks of links.values()) {
+      replicaLinks.nats.heal();
+      replicaLinks.redis.heal();
+    }
     await cluster.stopAll().catch(() => undefined);
+    await Promise.all([...links.values()].flatMap((l) => [l.nats.close(), l.redis.close()]));
     storeRedis.disconnect();
     await nats.stop();
     await redis.stop();
@@ -338,12 +474,14 @@ function printResult(out: (line: string) => void, faults: FaultResult[], report:
     f.fault,
     f.replica ?? '-',
     Object.entries(f.timings).map(([k, v]) => `${k}: ${v === null ? 'NEVER' : `${(v / 1000).toFixed(2)} s`}`).join('; '),
+    `${(f.longestDarkMs / 1000).toFixed(2)} s`,
+    f.othersProbed === 0 ? '-' : `${((100 * f.othersFailed) / f.othersProbed).toFixed(1)} % (${f.othersFailed}/${f.othersProbed})`,
     f.unavailable,
     f.transportFailures,
     f.ok ? 'recovered' : 'NOT RECOVERED',
   ]);
   out('');
-  out(renderTable(['fault', 'replica', 'timings', 'UNAVAILABLE', 'no reply', 'result'], rows));
+  out(renderTable(['fault', 'replica', 'timings', 'longest dark shard', 'others\' shards failed after 1 TTL', 'UNAVAILABLE', 'no reply', 'result'], rows));
   const c = report.counts;
   out('');
   out(renderTable(['checked', 'value'], [

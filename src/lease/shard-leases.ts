@@ -152,6 +152,23 @@ export class ShardLeases {
     }
   }
 
+  /**
+   * Give up every lease this process holds or may hold: the held ones, and `shards` this replica
+   * was trying to acquire (an acquisition whose reply was lost on a slow link may have taken a
+   * lease in Redis after all). Each release deletes the lease only if it still holds this
+   * process's value, so it never touches another replica's lease. Never rejects.
+   */
+  async releaseAll(shards: Iterable<number>): Promise<void> {
+    const all = new Set([...this.held.keys(), ...shards]);
+    await Promise.all(
+      [...all].map(async (shard) => {
+        if (this.held.has(shard)) return this.release(shard);
+        const lock = new Lock(this.redlock, [this.options.store.keys.lease(shard)], this.value, [], 0);
+        await lock.release().catch(() => undefined);
+      }),
+    );
+  }
+
   /** Forget a shard without touching Redis (its writes were fenced: someone else has it). */
   forget(shard: number): void {
     if (this.held.delete(shard)) this.stats.lost += 1;

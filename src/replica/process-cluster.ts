@@ -89,15 +89,21 @@ export class ProcessCluster {
   readonly replicas: ReplicaProcess[] = [];
   private counter = 0;
 
+  /**
+   * `envFor`: settings of one replica on top of `env` (the chaos suite gives each replica its own
+   * fault proxies to Redis and NATS, so one replica's links can be cut).
+   */
   constructor(
     private readonly env: Record<string, string>,
     private readonly nodeArgs: readonly string[] = [],
+    private readonly envFor: (replicaId: string) => Promise<Record<string, string>> = async () => ({}),
   ) {}
 
   /** Start a replica process and wait until it logs that it started. */
   async add(): Promise<ReplicaProcess> {
     this.counter += 1;
-    const replica = new ReplicaProcess({ id: `replica-${this.counter}`, env: this.env, nodeArgs: this.nodeArgs });
+    const id = `replica-${this.counter}`;
+    const replica = new ReplicaProcess({ id, env: { ...this.env, ...(await this.envFor(id)) }, nodeArgs: this.nodeArgs });
     this.replicas.push(replica);
     await replica.waitStarted();
     return replica;

@@ -277,10 +277,11 @@ export class Replica {
       // Give up every shard at once: nobody can be served through this replica now, and the
       // others can only take the shards once the leases are free (released here if Redis still
       // answers; expired after the lease TTL if not).
+      const wanted = [...Array(this.config.shards).keys()].filter((shard) => this.leases.isDesired(shard));
       this.leases.setDesired([]);
       const shards = this.servedShards();
       for (const shard of shards) this.dropShard(shard, `cut off from ${link === 'nats' ? 'NATS' : 'Redis'}`);
-      await Promise.all(shards.map((shard) => this.leases.release(shard)));
+      await this.leases.releaseAll(wanted);
       await this.membership.suspend();
       this.log.warn({ link, shards }, 'stepped out of the members until the link is back; shards given up');
     });
