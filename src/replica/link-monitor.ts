@@ -8,8 +8,16 @@
  *
  * Cut: no round trip faster than `slowMs` has completed for `cutAfterMs`. Back: `backAfter`
  * round trips in a row completed faster than `slowMs` (one lucky probe is not a healed link).
+ *
+ * A round trip is measured in this process, so a busy event loop makes it look long: the reply
+ * arrived, but its callback ran late. A replica saturated by its own work is not cut off, and must
+ * not give up its shards for it. So the event loop's delay is watched too, and a late probe taken
+ * while the loop itself lagged by more than half the slow bound says nothing about the link.
  */
 import type { Logger } from '../util/log.js';
+
+/** How often the event loop's responsiveness is sampled (a timer that should fire this often). */
+const LOOP_BEAT_MS = 10;
 
 export interface LinkMonitorOptions {
   /** "NATS" or "Redis", for the log lines. */
@@ -33,7 +41,12 @@ export class LinkMonitor {
   private goodInARow = 0;
   private cutAt: number | null = null;
   private lastRoundTripMs: number | null = null;
-  readonly stats = { probes: 0, failures: 0, cuts: 0 };
+  /** A timer that should fire every LOOP_BEAT_MS; how late it fired is how long the loop stalled. */
+  private beat: NodeJS.Timeout | null = null;
+  private lastBeatAt = Date.now();
+  /** The longest gap between two beats since the current probe began. */
+  private longestStallMs = 0;
+  readonly stats = { probes: 0, failures: 0, cuts: 0, inconclusive: 0 };
 
   constructor(private readonly options: LinkMonitorOptions) {}
 
@@ -49,6 +62,13 @@ export class LinkMonitor {
   start(): void {
     if (this.timer !== null) return;
     this.lastGoodAt = Date.now();
+    this.lastBeatAt = Date.now();
+    this.beat = setInterval(() => {
+      const now = Date.now();
+      this.longestStallMs = Math.max(this.longestStallMs, now - this.lastBeatAt - LOOP_BEAT_MS);
+      this.lastBeatAt = now;
+    }, LOOP_BEAT_MS);
+    this.beat.unref();
     this.timer = setInterval(() => this.tick(), this.options.intervalMs);
     this.timer.unref();
   }
@@ -56,6 +76,8 @@ export class LinkMonitor {
   stop(): void {
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
+    if (this.beat !== null) clearInterval(this.beat);
+    this.beat = null;
   }
 
   private tick(): void {
@@ -68,6 +90,7 @@ export class LinkMonitor {
     if (this.probing) return; // one probe at a time: a hung probe is itself the signal
     this.probing = true;
     const started = Date.now();
+    this.longestStallMs = 0;
     this.stats.probes += 1;
     // Bounded: a probe that never settles stops counting after cutAfterMs (the link is cut by then).
     let timeout: NodeJS.Timeout | null = null;
@@ -75,12 +98,17 @@ export class LinkMonitor {
       timeout = setTimeout(() => reject(new Error(`no answer in ${this.options.cutAfterMs} ms`)), this.options.cutAfterMs);
     });
     Promise.race([this.options.probe(), limit])
-      .then(() => {
-        const roundTrip = Date.now() - started;
-        this.lastRoundTripMs = roundTrip;
-        if (roundTrip <= this.options.slowMs) this.good();
-        else this.bad();
-      }, () => this.bad())
+      .then(
+        () => {
+          const roundTrip = Date.now() - started;
+          this.lastRoundTripMs = roundTrip;
+          return roundTrip <= this.options.slowMs;
+        },
+        () => false,
+      )
+      // Judge a late probe a moment later: a stall that just ended is seen by the next beat,
+      // which runs after this promise's callback.
+      .then((fast) => (fast ? this.good() : new Promise<void>((resolve) => setTimeout(() => resolve(this.lateOrBad()), 2 * LOOP_BEAT_MS))))
       .finally(() => {
         if (timeout !== null) clearTimeout(timeout);
         this.probing = false;
@@ -99,7 +127,14 @@ export class LinkMonitor {
     }
   }
 
-  private bad(): void {
+  /** A probe that failed or came back late: the link's fault, unless this process was the slow one. */
+  private lateOrBad(): void {
+    if (this.longestStallMs > this.options.slowMs / 2) {
+      // The event loop itself stalled: give the link a fresh window rather than blame it.
+      this.stats.inconclusive += 1;
+      this.lastGoodAt = Date.now();
+      return;
+    }
     this.stats.failures += 1;
     this.goodInARow = 0;
   }
