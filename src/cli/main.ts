@@ -11,13 +11,17 @@
  *   drover container --id ID
  *   drover workers [list]               table of every worker
  *   drover workers register --id ID --cpu M --memory MiB [--gpu TYPE --gpu-count N] [--pool P]
- *   drover workers get|drain|disable|enable --id ID
+ *   drover workers get|drain|disable|enable|remove --id ID
  *
- * Client commands talk NATS only (NATS_URL, DROVER_PREFIX); they print the JSON reply (or a table)
- * and exit 0 on success, 1 on an error reply, 2 on a usage error.
+ * Client commands (status, submit, release, container, workers) talk NATS only (NATS_URL,
+ * DROVER_PREFIX) and take `--timeout MS` (default 10000), how long to wait for a reply. They print
+ * the JSON reply (or a table) and exit 0 on success; 1 on an error reply, or when there was no
+ * reply (NATS unreachable, no replica serving the prefix, timeout: one line on stderr saying which);
+ * 2 on a usage error (unknown command or flag, a flag given twice, a stray word, a value that is not
+ * a whole number where one is needed).
  */
 import { parseArgs } from 'node:util';
-import { DroverClient, type Reply, type ResourceSpec } from '../client/drover-client.js';
+import { DroverClient, DroverUnavailableError, NoReplicaError, type Reply, type ResourceSpec } from '../client/drover-client.js';
 import { loadConfig } from '../config.js';
 // The demo, the chaos suite and the benchmark are loaded only when asked for, so a replica does
 // not carry their modules (HDR histograms, process clusters) in its memory.
@@ -39,7 +43,9 @@ const USAGE = `usage:
   drover container --id ID
   drover workers [list]
   drover workers register --id ID --cpu MILLICORES --memory MIB [--gpu TYPE --gpu-count N] [--pool NAME]
-  drover workers get|drain|disable|enable --id ID
+  drover workers get|drain|disable|enable|remove --id ID
+client commands (status, submit, release, container, workers) also take --timeout MS: how long to
+  wait for a reply (default 10000, at most 600000); exit 0 ok, 1 error reply or no reply, 2 usage
 environment: NATS_URL, REDIS_URL (replica, demo), DROVER_PREFIX, DROVER_SHARDS, DROVER_REPLICA_ID,
   DROVER_LEASE_TTL_MS, DROVER_LOG_LEVEL (see README)`;
 
@@ -65,10 +71,71 @@ const OPTIONS = {
   out: { type: 'string' },
   report: { type: 'string' },
   'baseline-seconds': { type: 'string' },
+  timeout: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
-type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
+/** tokens: the flags as given, repeats included (values keeps only the last of a repeated flag). */
+const PARSE_CONFIG = { options: OPTIONS, allowPositionals: true, strict: true, tokens: true } as const;
+type Parsed = ReturnType<typeof parseArgs<typeof PARSE_CONFIG>>;
+type Values = Parsed['values'];
+
+/** How long a client command waits for a reply, unless --timeout says otherwise. */
+const DEFAULT_TIMEOUT_MS = 10_000;
+const MAX_TIMEOUT_MS = 600_000;
+/** How long `status` collects replies from replicas when no --timeout is given. */
+const STATUS_WINDOW_MS = 500;
+
+/**
+ * How many positional words each command takes, its own name included; a command not listed (bench:
+ * its scenario names) checks its own. A stray word is refused rather than ignored: it is usually a
+ * value whose flag was mistyped or forgotten, and the command would run without it.
+ */
+const POSITIONAL_LIMITS: Record<string, number> = {
+  replica: 1,
+  demo: 1,
+  chaos: 1,
+  status: 1,
+  submit: 1,
+  release: 1,
+  container: 1,
+  workers: 2,
+  help: 1,
+};
+
+/**
+ * parseArgs keeps the last of a repeated flag, so `--id a --id b` would quietly act on b. Either one
+ * may be the one the person meant: refuse instead.
+ */
+function refuseRepeatedFlags(tokens: Parsed['tokens']): void {
+  const seen = new Set<string>();
+  for (const token of tokens) {
+    if (token.kind !== 'option') continue;
+    if (seen.has(token.name)) throw new UsageError(`--${token.name} is given more than once`);
+    seen.add(token.name);
+  }
+}
+
+function refuseStrayWords(positionals: string[]): void {
+  const [command] = positionals;
+  const limit = command === undefined ? undefined : POSITIONAL_LIMITS[command];
+  if (limit === undefined || positionals.length <= limit) return;
+  const stray = positionals.slice(limit).map((word) => `"${word}"`).join(', ');
+  throw new UsageError(`unexpected ${stray} after "${positionals.slice(0, limit).join(' ')}" (values go after their flag, as in --id ID)`);
+}
+
+function parse(argv: string[]): Parsed {
+  let parsed: Parsed;
+  try {
+    parsed = parseArgs({ ...PARSE_CONFIG, args: argv });
+  } catch (error) {
+    // parseArgs's own message names the flag (unknown option, missing value).
+    throw new UsageError((error as Error).message);
+  }
+  refuseRepeatedFlags(parsed.tokens);
+  refuseStrayWords(parsed.positionals);
+  return parsed;
+}
 
 function required(values: Values, name: 'id' | 'cpu' | 'memory'): string {
   const value = values[name];
@@ -76,40 +143,55 @@ function required(values: Values, name: 'id' | 'cpu' | 'memory'): string {
   return value;
 }
 
-/** Numbers are passed through as numbers when they look like numbers; the replica validates them. */
-function numeric(raw: string | undefined): number | string | undefined {
-  if (raw === undefined) return undefined;
-  return /^-?\d+(\.\d+)?$/.test(raw) ? Number(raw) : raw;
-}
+/** Digits with an optional minus sign: what a person types for a whole number (no 1e3, 0x10, 1.0). */
+const WHOLE_NUMBER = /^-?\d+$/;
 
 /**
- * --id, --cpu, --memory, --gpu, --gpu-count, --pool as a request body. Values that look like
- * numbers are sent as numbers, anything else as typed, so the replica's validation (not the CLI)
- * says what is wrong.
+ * A resource amount as a number. Only its form is checked here: a value that is not a whole number
+ * is a usage error (the person typed something else than they meant), while a whole number out of
+ * range goes to the replica, which owns the limits and answers INVALID_REQUEST naming them.
  */
+function amount(raw: string, name: string, unit: string): number {
+  if (!WHOLE_NUMBER.test(raw)) throw new UsageError(`--${name} must be a whole number (${unit}); got "${raw}"`);
+  const value = Number(raw);
+  // JSON has no Infinity: it would reach the replica as null, which reads as "not given".
+  if (!Number.isFinite(value)) throw new UsageError(`--${name} has too many digits; got ${raw.length} characters`);
+  return value;
+}
+
+/** --id, --cpu, --memory, --gpu, --gpu-count, --pool as a request body. */
 function resourceSpec(values: Values): ResourceSpec {
+  const gpuCount = values['gpu-count'];
   return {
     id: required(values, 'id'),
-    cpu: numeric(required(values, 'cpu')) as number,
-    memory: numeric(required(values, 'memory')) as number,
+    cpu: amount(required(values, 'cpu'), 'cpu', 'millicores'),
+    memory: amount(required(values, 'memory'), 'memory', 'MiB'),
     ...(values.gpu !== undefined ? { gpu: values.gpu } : {}),
-    ...(values['gpu-count'] !== undefined ? { gpuCount: numeric(values['gpu-count']) as number } : {}),
+    ...(gpuCount !== undefined ? { gpuCount: amount(gpuCount, 'gpu-count', 'GPUs') } : {}),
     ...(values.pool !== undefined ? { pool: values.pool } : {}),
   };
 }
 
-function positiveInt(raw: string | undefined, fallback: number, name: string, max: number): number {
+/** A whole number from `min` to `max` for the CLI's own settings (counts, seconds, milliseconds). */
+function boundedInt(raw: string | undefined, fallback: number, name: string, min: number, max: number): number {
   if (raw === undefined) return fallback;
-  const value = Number(raw);
-  if (!Number.isSafeInteger(value) || value < 1 || value > max) throw new UsageError(`--${name} must be a whole number from 1 to ${max}`);
+  const value = WHOLE_NUMBER.test(raw) ? Number(raw) : Number.NaN;
+  if (!Number.isSafeInteger(value) || value < min || value > max) {
+    throw new UsageError(`--${name} must be a whole number from ${min} to ${max}; got "${raw}"`);
+  }
   return value;
 }
 
+function positiveInt(raw: string | undefined, fallback: number, name: string, max: number): number {
+  return boundedInt(raw, fallback, name, 1, max);
+}
+
 function wholeNumber(raw: string | undefined, fallback: number, name: string, max: number): number {
-  if (raw === undefined) return fallback;
-  const value = Number(raw);
-  if (!Number.isSafeInteger(value) || value < 0 || value > max) throw new UsageError(`--${name} must be a whole number from 0 to ${max}`);
-  return value;
+  return boundedInt(raw, fallback, name, 0, max);
+}
+
+function requestTimeout(values: Values): number {
+  return positiveInt(values.timeout, DEFAULT_TIMEOUT_MS, 'timeout', MAX_TIMEOUT_MS);
 }
 
 function print(reply: Reply<object>): number {
@@ -117,13 +199,20 @@ function print(reply: Reply<object>): number {
   return reply.ok ? 0 : 1;
 }
 
-async function withClient(fn: (client: DroverClient) => Promise<number>): Promise<number> {
+/**
+ * Run a client command. Its flags are checked before connecting, so a usage error is reported as
+ * one even when NATS is down. Connecting has its own bound (DEFAULT_CONNECT_TIMEOUT_MS), so a wrong
+ * NATS_URL fails within seconds whatever --timeout says.
+ */
+async function withClient(values: Values, fn: (client: DroverClient) => Promise<number>): Promise<number> {
+  const timeoutMs = requestTimeout(values);
   const config = loadConfig();
-  const client = await DroverClient.connect(config.natsUrl, config.prefix);
+  const client = await DroverClient.connect(config.natsUrl, config.prefix, timeoutMs, 'drover-cli');
   try {
     return await fn(client);
   } finally {
-    await client.close();
+    // The command's outcome is already decided (and printed); a failed close must not replace it.
+    await client.close().catch(() => undefined);
   }
 }
 
@@ -154,8 +243,14 @@ async function runReplica(): Promise<number> {
   });
 }
 
+const WORKER_ACTIONS = ['list', 'register', 'get', 'drain', 'disable', 'enable', 'remove'];
+
 async function workersCommand(action: string, values: Values): Promise<number> {
-  return withClient(async (client) => {
+  // Checked before connecting: a typo is a usage error even when NATS is unreachable.
+  if (!WORKER_ACTIONS.includes(action)) throw new UsageError(`unknown workers action "${action}"`);
+  const spec = action === 'register' ? resourceSpec(values) : null;
+  const id = action === 'list' || action === 'register' ? null : required(values, 'id');
+  return withClient(values, async (client) => {
     switch (action) {
       case 'list': {
         const workers = await client.allWorkers();
@@ -172,18 +267,42 @@ async function workersCommand(action: string, values: Values): Promise<number> {
         return 0;
       }
       case 'register':
-        return print(await client.registerWorker(resourceSpec(values)));
+        return print(await client.registerWorker(spec!));
       case 'get':
-        return print(await client.getWorker(required(values, 'id')));
+        return print(await client.getWorker(id!));
       case 'drain':
-        return print(await client.drainWorker(required(values, 'id')));
+        return print(await client.drainWorker(id!));
       case 'disable':
-        return print(await client.disableWorker(required(values, 'id')));
+        return print(await client.disableWorker(id!));
       case 'enable':
-        return print(await client.enableWorker(required(values, 'id')));
+        return print(await client.enableWorker(id!));
+      case 'remove':
+        return print(await client.removeWorker(id!));
       default:
         throw new UsageError(`unknown workers action "${action}"`);
     }
+  });
+}
+
+/**
+ * Every replica answers on the status subject, so replies are collected for a while rather than
+ * awaited: for STATUS_WINDOW_MS, or for --timeout when it is given (slow or distant replicas).
+ */
+async function statusCommand(values: Values): Promise<number> {
+  const windowMs = values.timeout === undefined ? STATUS_WINDOW_MS : requestTimeout(values);
+  return withClient(values, async (client) => {
+    const statuses = (await client.clusterStatus(windowMs)).sort((a, b) => a.replicaId.localeCompare(b.replicaId));
+    if (statuses.length === 0) throw new NoReplicaError(client.subjects.status, client.subjects.prefix);
+    if (values.json) {
+      process.stdout.write(`${JSON.stringify(statuses, null, 2)}\n`);
+      return 0;
+    }
+    const rows = statuses.map((s) => [
+      s.replicaId, s.shards.length, s.workers, s.members.length, Math.round(s.uptimeMs / 1000),
+      s.router.placed ?? 0, s.router.reroutes ?? 0, s.owners.fenceRefusals ?? 0, s.leases.lost ?? 0,
+    ]);
+    process.stdout.write(`${renderTable(['replica', 'shards', 'workers', 'members', 'up (s)', 'placed', 're-routes', 'fence refusals', 'leases lost'], rows)}\n`);
+    return 0;
   });
 }
 
@@ -235,65 +354,61 @@ async function chaosCommand(values: Values): Promise<number> {
 }
 
 export async function main(argv: string[]): Promise<number> {
-  let parsed;
   try {
-    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+    return await run(argv);
   } catch (error) {
-    process.stderr.write(`${(error as Error).message}\n${USAGE}\n`);
-    return 2;
+    if (error instanceof UsageError) {
+      process.stderr.write(`drover: ${error.message}\n${USAGE}\n`);
+      return 2;
+    }
+    if (error instanceof DroverUnavailableError) {
+      // What failed and where (NATS, the prefix's replicas, the timeout) is the whole message.
+      process.stderr.write(`drover: ${error.message}\n`);
+      return 1;
+    }
+    process.stderr.write(`drover: ${(error as Error).message}\n`);
+    return 1;
   }
-  const { values, positionals } = parsed;
+}
+
+async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parse(argv);
   const [command, action] = positionals;
   if (values.help || command === undefined || command === 'help') {
     process.stdout.write(`${USAGE}\n`);
     return command === undefined && !values.help ? 2 : 0;
   }
-  try {
-    switch (command) {
-      case 'replica':
-        return await runReplica();
-      case 'demo':
-        return await (await import('../demo/demo.js')).runDemo({
-          workers: positiveInt(values.workers, 200, 'workers', 100_000),
-          containers: positiveInt(values.containers, 5_000, 'containers', 10_000_000),
-          replicas: positiveInt(values.replicas, 1, 'replicas', 16),
-          concurrency: positiveInt(values.concurrency, 128, 'concurrency', 10_000),
-        });
-      case 'chaos':
-        return await chaosCommand(values);
-      case 'bench':
-        return await benchCommand(positionals.slice(1), values);
-      case 'status':
-        return await withClient(async (client) => {
-          const statuses = (await client.clusterStatus(500)).sort((a, b) => a.replicaId.localeCompare(b.replicaId));
-          if (values.json) {
-            process.stdout.write(`${JSON.stringify(statuses, null, 2)}\n`);
-            return 0;
-          }
-          const rows = statuses.map((s) => [
-            s.replicaId, s.shards.length, s.workers, s.members.length, Math.round(s.uptimeMs / 1000),
-            s.router.placed ?? 0, s.router.reroutes ?? 0, s.owners.fenceRefusals ?? 0, s.leases.lost ?? 0,
-          ]);
-          process.stdout.write(`${renderTable(['replica', 'shards', 'workers', 'members', 'up (s)', 'placed', 're-routes', 'fence refusals', 'leases lost'], rows)}\n`);
-          return statuses.length > 0 ? 0 : 1;
-        });
-      case 'submit':
-        return await withClient(async (client) => print(await client.submit(resourceSpec(values))));
-      case 'release':
-        return await withClient(async (client) => print(await client.release(required(values, 'id'))));
-      case 'container':
-        return await withClient(async (client) => print(await client.getContainer(required(values, 'id'))));
-      case 'workers':
-        return await workersCommand(action ?? 'list', values);
-      default:
-        throw new UsageError(`unknown command "${command}"`);
+  switch (command) {
+    case 'replica':
+      return runReplica();
+    case 'demo':
+      return (await import('../demo/demo.js')).runDemo({
+        workers: positiveInt(values.workers, 200, 'workers', 100_000),
+        containers: positiveInt(values.containers, 5_000, 'containers', 10_000_000),
+        replicas: positiveInt(values.replicas, 1, 'replicas', 16),
+        concurrency: positiveInt(values.concurrency, 128, 'concurrency', 10_000),
+      });
+    case 'chaos':
+      return chaosCommand(values);
+    case 'bench':
+      return benchCommand(positionals.slice(1), values);
+    case 'status':
+      return statusCommand(values);
+    case 'submit': {
+      const spec = resourceSpec(values);
+      return withClient(values, async (client) => print(await client.submit(spec)));
     }
-  } catch (error) {
-    if (error instanceof UsageError) {
-      process.stderr.write(`${error.message}\n${USAGE}\n`);
-      return 2;
+    case 'release': {
+      const id = required(values, 'id');
+      return withClient(values, async (client) => print(await client.release(id)));
     }
-    process.stderr.write(`drover: ${(error as Error).message}\n`);
-    return 1;
+    case 'container': {
+      const id = required(values, 'id');
+      return withClient(values, async (client) => print(await client.getContainer(id)));
+    }
+    case 'workers':
+      return workersCommand(action ?? 'list', values);
+    default:
+      throw new UsageError(`unknown command "${command}"`);
   }
 }

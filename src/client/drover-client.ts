@@ -2,11 +2,72 @@
  * A small typed client for Drover's public NATS contract. The CLI, the demo, the benchmark and the
  * tests all use it; any other NATS client speaking the same JSON works just as well.
  */
-import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
+import { connect, errors, headers, type NatsConnection } from '@nats-io/transport-node';
 import type { ErrorCode } from '../protocol/errors.js';
 import type { WorkerView } from '../protocol/shard-messages.js';
 import { randomBytes } from 'node:crypto';
 import { DEADLINE_HEADER, REQUEST_KEY_HEADER, Subjects } from '../protocol/subjects.js';
+
+/**
+ * The request got no reply from Drover, for a reason outside Drover's contract: NATS could not be
+ * reached, no replica serves the subject, or the reply did not come in time. The message says what
+ * failed and where, in words a person can act on (the CLI prints it after "drover: ").
+ */
+export class DroverUnavailableError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** The first connection to NATS failed (refused, unknown host, no answer within the connect timeout). */
+export class NatsUnreachableError extends DroverUnavailableError {
+  constructor(readonly natsUrl: string, readonly reason: string, options?: ErrorOptions) {
+    super(`cannot reach NATS at ${withoutCredentials(natsUrl)}: ${reason}`, options);
+  }
+}
+
+/**
+ * NATS answered "no responders": nothing subscribes to the subject. For a public subject this means
+ * no replica runs under this prefix (or none has started serving yet); a wrong DROVER_PREFIX is the
+ * usual cause, so the message names it.
+ */
+export class NoReplicaError extends DroverUnavailableError {
+  constructor(readonly subject: string, readonly prefix: string, options?: ErrorOptions) {
+    super(`no Drover replica answered on ${subject} (is a replica running with DROVER_PREFIX=${prefix}?)`, options);
+  }
+}
+
+/**
+ * No reply within the client's timeout. The outcome is unknown: the request may still be acted on
+ * until its deadline (see DEADLINE_HEADER), so a retry should carry the same request key.
+ */
+export class RequestTimeoutError extends DroverUnavailableError {
+  constructor(readonly subject: string, readonly timeoutMs: number, options?: ErrorOptions) {
+    super(`no reply on ${subject} within ${timeoutMs} ms`, options);
+  }
+}
+
+/** How long the first connection to NATS may take before the client gives up (and each reconnect dial). */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
+
+/** A NATS URL with its user and password (or token) hidden, fit for an error message. */
+function withoutCredentials(natsUrl: string): string {
+  return natsUrl.replace(/\/\/[^/@]*@/g, '//***@');
+}
+
+/** Why a connect failed, in a few words: nats.js says "timeout" or "connection refused", the OS says the rest. */
+function connectFailureReason(error: unknown, connectTimeoutMs: number): string {
+  if (error instanceof errors.TimeoutError) return `no answer within ${connectTimeoutMs} ms`;
+  return error instanceof Error && error.message !== '' ? error.message : String(error);
+}
+
+/** A NATS request error as one of the typed errors above; anything else is returned unchanged. */
+function requestFailure(error: unknown, subject: string, prefix: string, timeoutMs: number): unknown {
+  if (error instanceof errors.RequestError && error.isNoResponders()) return new NoReplicaError(subject, prefix, { cause: error });
+  if (error instanceof errors.TimeoutError) return new RequestTimeoutError(subject, timeoutMs, { cause: error });
+  return error;
+}
 
 export type Reply<T> = ({ ok: true } & T) | { ok: false; error: { code: ErrorCode; message: string }; workerId?: string };
 
@@ -60,14 +121,47 @@ export class DroverClient {
     this.subjects = new Subjects(prefix);
   }
 
-  /** Connect; the connection reconnects for as long as the client lives (NATS restarts heal). */
-  static async connect(natsUrl: string, prefix = 'drover', timeoutMs = 10_000, name = 'drover-client'): Promise<DroverClient> {
-    const nc = await connect({ servers: natsUrl, name, noAsyncTraces: true, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+  /**
+   * Connect. The first connection is one bounded attempt (`connectTimeoutMs` per server): a command
+   * pointed at the wrong NATS_URL should say so within seconds, not retry for ever. Once connected,
+   * the connection reconnects for as long as the client lives (NATS restarts heal), which the
+   * long-running clients (demo, chaos load, benchmark) rely on. Throws NatsUnreachableError.
+   */
+  static async connect(
+    natsUrl: string,
+    prefix = 'drover',
+    timeoutMs = 10_000,
+    name = 'drover-client',
+    connectTimeoutMs = DEFAULT_CONNECT_TIMEOUT_MS,
+  ): Promise<DroverClient> {
+    let nc: NatsConnection;
+    try {
+      nc = await connect({
+        servers: natsUrl,
+        name,
+        noAsyncTraces: true,
+        // Not waitOnFirstConnect: that would turn an unreachable server into endless retries.
+        waitOnFirstConnect: false,
+        timeout: connectTimeoutMs,
+        maxReconnectAttempts: -1,
+        reconnectTimeWait: 250,
+      });
+    } catch (error) {
+      throw new NatsUnreachableError(natsUrl, connectFailureReason(error, connectTimeoutMs), { cause: error });
+    }
     return new DroverClient(nc, prefix, timeoutMs);
   }
 
+  /**
+   * Drain (let replies in flight arrive), or close outright when draining fails: a drain needs the
+   * server, and a client whose server went away must still let go of its socket and timers.
+   */
   async close(): Promise<void> {
-    await this.nc.drain();
+    try {
+      await this.nc.drain();
+    } catch {
+      await this.nc.close();
+    }
   }
 
   /** A fresh request key: give the same one to every retry of one request (see REQUEST_KEY_HEADER). */
@@ -77,14 +171,20 @@ export class DroverClient {
 
   /**
    * Send raw bytes to a subject and return the parsed reply (used by tests of malformed input).
-   * `requestKey` goes in the Drover-Request-Key header.
+   * `requestKey` goes in the Drover-Request-Key header. A missing reply is thrown as NoReplicaError
+   * or RequestTimeoutError.
    */
   async raw(subject: string, payload: string | Uint8Array, requestKey?: string): Promise<Record<string, unknown>> {
     // The request is worth nothing to us after our timeout: say so, so it is not acted on later.
     const header = headers();
     header.set(DEADLINE_HEADER, String(Date.now() + this.timeoutMs));
     if (requestKey !== undefined) header.set(REQUEST_KEY_HEADER, requestKey);
-    const reply = await this.nc.request(subject, payload, { timeout: this.timeoutMs, headers: header });
+    let reply;
+    try {
+      reply = await this.nc.request(subject, payload, { timeout: this.timeoutMs, headers: header });
+    } catch (error) {
+      throw requestFailure(error, subject, this.subjects.prefix, this.timeoutMs);
+    }
     return reply.json<Record<string, unknown>>();
   }
 

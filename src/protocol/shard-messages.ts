@@ -24,7 +24,7 @@ export type ShardOp =
       /** Unix ms after which the owner must not write the placement (the router has answered). */
       readonly deadline: number;
     }
-  | { readonly k: 'release'; readonly id: string; readonly workerId: string; readonly requestKey: string }
+  | { readonly k: 'release'; readonly id: string; readonly workerId: string }
   | { readonly k: 'register'; readonly worker: WorkerRegistration }
   | { readonly k: 'status'; readonly workerId: string; readonly action: StatusAction }
   | { readonly k: 'remove'; readonly workerId: string };
@@ -173,7 +173,7 @@ export function parseShardOp(value: unknown): ShardOp {
       onlyFields(value, ['k', 'id', 'request', 'requestKey', 'deadline'], 'place op');
       if (!isObject(value.request)) throw invalid('place op: "request" must be an object');
       const { id: containerId, ...request } = parseContainerRequest({ ...value.request, id: value.id }, 'place op');
-      const requestKey = shardRequestKey(value, 'place op', false);
+      const requestKey = shardRequestKey(value, 'place op');
       const deadline = value.deadline;
       if (typeof deadline !== 'number' || !Number.isInteger(deadline) || deadline < MIN_DEADLINE_MS || deadline > MAX_DEADLINE_MS) {
         throw invalid('place op: "deadline" must be a time in Unix milliseconds');
@@ -181,13 +181,8 @@ export function parseShardOp(value: unknown): ShardOp {
       return { k: 'place', id: containerId, request, requestKey, deadline };
     }
     case 'release':
-      onlyFields(value, ['k', 'id', 'workerId', 'requestKey'], 'release op');
-      return {
-        k: 'release',
-        id: id(value, 'id', 'release op'),
-        workerId: id(value, 'workerId', 'release op'),
-        requestKey: shardRequestKey(value, 'release op', true),
-      };
+      onlyFields(value, ['k', 'id', 'workerId'], 'release op');
+      return { k: 'release', id: id(value, 'id', 'release op'), workerId: id(value, 'workerId', 'release op') };
     case 'remove':
       onlyFields(value, ['k', 'workerId'], 'remove op');
       return { k: 'remove', workerId: id(value, 'workerId', 'remove op') };
@@ -206,9 +201,8 @@ export function parseShardOp(value: unknown): ShardOp {
   }
 }
 
-function shardRequestKey(value: Record<string, unknown>, where: string, emptyAllowed: boolean): string {
+function shardRequestKey(value: Record<string, unknown>, where: string): string {
   const key = value.requestKey;
-  if (emptyAllowed && key === '') return '';
   if (typeof key !== 'string' || !SHARD_REQUEST_KEY_PATTERN.test(key)) {
     throw invalid(`${where}: "requestKey" must match ${SHARD_REQUEST_KEY_PATTERN.source}`);
   }

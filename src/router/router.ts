@@ -348,8 +348,11 @@ export class Router {
     const container = await this.read(() => this.options.store.readContainer(id));
     if (container === null) throw new DroverError('NOT_FOUND', `container ${id} is not known`);
     if (container.status === 'released') return { ok: true, id, status: 'released' };
-    const key = requestKey(msg) ?? '';
-    const result = await this.sendBound(container.shard, { k: 'release', id, workerId: container.workerId, requestKey: key });
+    // A release is idempotent by container id: its request key is checked but not needed. A retry
+    // after the container's tombstone expired cannot happen either, as a client retries only
+    // until its deadline, far shorter than the tombstone's retention.
+    requestKey(msg);
+    const result = await this.sendBound(container.shard, { k: 'release', id, workerId: container.workerId });
     if (!result.ok) throw this.boundError(result);
     this.stats.released += 1;
     return { ok: true, id, status: 'released' };
@@ -360,7 +363,7 @@ export class Router {
     const container = await this.read(() => this.options.store.readContainer(id));
     if (container === null) throw new DroverError('NOT_FOUND', `container ${id} is not known`);
     // The request keys are how retries recognise themselves, not something to hand to anyone who asks.
-    const { requestKey: _requestKey, releaseKey: _releaseKey, ...view } = container;
+    const { requestKey: _requestKey, ...view } = container;
     return { ok: true, container: view };
   }
 

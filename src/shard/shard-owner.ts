@@ -76,13 +76,7 @@ interface QueuedPlacement {
 
 type QueuedOp =
   | QueuedPlacement
-  | {
-      readonly kind: 'release';
-      readonly actor: WorkerActor;
-      readonly containerId: string;
-      readonly requestKey: string;
-      readonly resolve: (result: ShardOpResult) => void;
-    }
+  | { readonly kind: 'release'; readonly actor: WorkerActor; readonly containerId: string; readonly resolve: (result: ShardOpResult) => void }
   | { readonly kind: 'status'; readonly actor: WorkerActor; readonly status: WorkerStatus; readonly resolve: (result: ShardOpResult) => void }
   | { readonly kind: 'remove'; readonly actor: WorkerActor; readonly resolve: (result: ShardOpResult) => void };
 
@@ -189,7 +183,7 @@ export class ShardOwner {
       case 'place':
         return this.place(op.id, op.request, op.requestKey, op.deadline);
       case 'release':
-        return this.release(op.id, op.workerId, op.requestKey);
+        return this.release(op.id, op.workerId);
       case 'status':
         return this.changeStatus(op.workerId, op.action);
       case 'remove':
@@ -263,10 +257,10 @@ export class ShardOwner {
     return this.enqueue((resolve) => ({ kind: 'place', actor, containerId, request, deadline, requestKey, redecided, resolve }));
   }
 
-  private release(containerId: string, workerId: string, requestKey: string): ShardOpResult | Promise<ShardOpResult> {
+  private release(containerId: string, workerId: string): ShardOpResult | Promise<ShardOpResult> {
     const actor = this.actors.get(workerId);
     if (actor === undefined) return { ok: false, code: 'NOT_FOUND', message: `worker ${workerId} is not in shard ${this.shard}` };
-    return this.enqueue((resolve) => ({ kind: 'release', actor, containerId, requestKey, resolve }));
+    return this.enqueue((resolve) => ({ kind: 'release', actor, containerId, resolve }));
   }
 
   /**
@@ -485,7 +479,7 @@ export class ShardOwner {
       const { cpu, memory, gpuCount } = queued.request;
       return { kind: 'place', ...base, containerId: queued.containerId, cpu, memory, gpuCount, deadline: queued.deadline, requestKey: queued.requestKey };
     }
-    if (queued.kind === 'release') return { kind: 'release', ...base, containerId: queued.containerId, requestKey: queued.requestKey };
+    if (queued.kind === 'release') return { kind: 'release', ...base, containerId: queued.containerId };
     if (queued.kind === 'remove') return { kind: 'remove', ...base };
     return { kind: 'status', ...base, status: queued.status };
   }

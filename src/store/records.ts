@@ -18,8 +18,6 @@ export interface ContainerRecord {
   readonly releasedAt: number | null;
   /** The request key of the submit that placed it (the client's, or one its router made up). */
   readonly requestKey: string;
-  /** The request key of the release that released it ('' for none, or while placed). */
-  readonly releaseKey: string;
 }
 
 export class CorruptRecordError extends Error {
@@ -86,21 +84,19 @@ export function containerFromHash(id: string, hash: Record<string, string>): Con
     placedAt: integer(what, hash, 'placedAt'),
     releasedAt: hash.releasedAt === undefined ? null : integer(what, hash, 'releasedAt'),
     requestKey: hash.requestKey ?? '',
-    releaseKey: '',
   };
 }
 
 /**
  * A released container's tombstone (see commit_batch.lua):
- * "released <workerId> <shard> <cpu> <memory> <gpuCount> <placedAt> <releasedAt> <requestKey|-> <releaseKey|->".
+ * "released <workerId> <shard> <cpu> <memory> <gpuCount> <placedAt> <releasedAt> <requestKey|->".
  */
 export function containerFromTombstone(id: string, tombstone: string): ContainerRecord {
   const what = `container ${id} (tombstone)`;
   const fields = tombstone.split(' ');
-  if (fields.length !== 10 || fields[0] !== 'released') throw new CorruptRecordError(what, 'value', tombstone);
-  const names = ['status', 'workerId', 'shard', 'cpu', 'memory', 'gpuCount', 'placedAt', 'releasedAt', 'requestKey', 'releaseKey'];
+  if (fields.length !== 9 || fields[0] !== 'released') throw new CorruptRecordError(what, 'value', tombstone);
+  const names = ['status', 'workerId', 'shard', 'cpu', 'memory', 'gpuCount', 'placedAt', 'releasedAt', 'requestKey'];
   const hash = Object.fromEntries(names.map((name, i) => [name, fields[i]!]));
-  const optional = (value: string) => (value === '-' ? '' : value);
   return {
     id,
     status: 'released',
@@ -111,7 +107,6 @@ export function containerFromTombstone(id: string, tombstone: string): Container
     gpuCount: integer(what, hash, 'gpuCount'),
     placedAt: integer(what, hash, 'placedAt'),
     releasedAt: integer(what, hash, 'releasedAt'),
-    requestKey: optional(hash.requestKey!),
-    releaseKey: optional(hash.releaseKey!),
+    requestKey: hash.requestKey === '-' ? '' : hash.requestKey!,
   };
 }

@@ -40,8 +40,6 @@ export interface ReleaseOp {
   readonly containerId: string;
   readonly workerId: string;
   readonly expectedVersion: number;
-  /** The release's request key, kept in the tombstone ('' for none). */
-  readonly requestKey: string;
 }
 export interface StatusOp {
   readonly kind: 'status';
@@ -80,7 +78,7 @@ export interface OpOutcome {
   /** The worker's ResourceVersion after the op (or the current one, for RV_CONFLICT). */
   readonly version: number;
   /**
-   * Code-specific: "worker requestKey" (ALREADY_PLACED), "worker releaseKey" (ALREADY_RELEASED), the holding worker
+   * Code-specific: "worker requestKey" (ALREADY_PLACED), the worker (ALREADY_RELEASED), the holding worker
    * (WRONG_WORKER), freed "cpu memory gpu" (RELEASED), "status S" or "containers N" (NOT_REMOVABLE).
    */
   readonly extra: string;
@@ -184,7 +182,7 @@ export class DroverStore {
           break;
         case 'release':
           keys.push(workerKey, k.workerContainers(shard, op.workerId), k.container(op.containerId));
-          args.push('R', op.containerId, op.workerId, op.expectedVersion, '', '', '', 0, op.requestKey);
+          args.push('R', op.containerId, op.workerId, op.expectedVersion, '', '', '', 0, '');
           break;
       }
     }

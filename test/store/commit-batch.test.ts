@@ -42,8 +42,8 @@ beforeEach(async () => {
 const place = (containerId: string, workerId: string, expectedVersion: number, cpu = 500, extra: Partial<PlaceOp> = {}): PlaceOp => ({
   kind: 'place', containerId, workerId, expectedVersion, cpu, memory: 512, gpuCount: 0, deadline: 0, requestKey: `k-${containerId}`, ...extra,
 });
-const release = (containerId: string, workerId: string, expectedVersion: number, requestKey = ''): ReleaseOp => ({
-  kind: 'release', containerId, workerId, expectedVersion, requestKey,
+const release = (containerId: string, workerId: string, expectedVersion: number): ReleaseOp => ({
+  kind: 'release', containerId, workerId, expectedVersion,
 });
 
 describe('acquire_lease', () => {
@@ -162,16 +162,16 @@ describe('commit_batch', () => {
 
   it('releases once into a tombstone: a second release frees nothing, the id stays taken', async () => {
     await store.commitBatch(SHARD, epoch, [place('c1', W1, 1)]);
-    const first = await store.commitBatch(SHARD, epoch, [release('c1', W1, 2, 'r-1')]);
+    const first = await store.commitBatch(SHARD, epoch, [release('c1', W1, 2)]);
     expect(first).toEqual({ fenced: false, outcomes: [{ code: 'RELEASED', version: 3, extra: '500 512 0' }] });
     // The record is now a small string, with every field the contract shows.
     expect(await redis.type(store.keys.container('c1'))).toBe('string');
     expect(await store.readContainer('c1')).toMatchObject({
-      status: 'released', workerId: W1, shard: SHARD, cpu: 500, memory: 512, gpuCount: 0, requestKey: 'k-c1', releaseKey: 'r-1',
+      status: 'released', workerId: W1, shard: SHARD, cpu: 500, memory: 512, gpuCount: 0, requestKey: 'k-c1',
     });
     const before = await snapshotKeys(redis, prefix);
-    const second = await store.commitBatch(SHARD, epoch, [release('c1', W1, 3, 'r-2')]);
-    expect(second).toEqual({ fenced: false, outcomes: [{ code: 'ALREADY_RELEASED', version: 0, extra: `${W1} r-1` }] });
+    const second = await store.commitBatch(SHARD, epoch, [release('c1', W1, 3)]);
+    expect(second).toEqual({ fenced: false, outcomes: [{ code: 'ALREADY_RELEASED', version: 0, extra: W1 }] });
     // A released id cannot be placed again while its tombstone lives; the placing key is reported.
     const again = await store.commitBatch(SHARD, epoch, [place('c1', W2, 1, 100, { requestKey: 'someone-else' })]);
     expect(again).toEqual({ fenced: false, outcomes: [{ code: 'ALREADY_PLACED', version: 0, extra: `${W1} k-c1` }] });
@@ -185,7 +185,7 @@ describe('commit_batch', () => {
     const short = new DroverStore(redis, { prefix, shards: SHARDS, historyCap: 10_000, releasedRetentionSeconds: 60 });
     await short.commitBatch(SHARD, epoch, [place('kept', W1, 1), place('gone', W1, 1)]);
     const live = Number(await redis.memory('USAGE', store.keys.container('kept')));
-    await short.commitBatch(SHARD, epoch, [release('gone', W1, 3, 'k-release-0123456789')]);
+    await short.commitBatch(SHARD, epoch, [release('gone', W1, 3)]);
     const ttl = await redis.ttl(store.keys.container('gone'));
     expect(ttl).toBeGreaterThan(55);
     expect(ttl).toBeLessThanOrEqual(60);

@@ -27,7 +27,7 @@
     ARGV[6+9i .. 14+9i]  op i: kind, containerId, workerId, expectedVersion, a, b, c, deadline, key
                            kind 'P' place:   a = cpu, b = memory (whole, at least 1), c = gpuCount
                                              (whole, at least 0); key = the client's request key
-                           kind 'R' release: key = the release's request key ('' for none)
+                           kind 'R' release: key unused (a release is idempotent by container id)
                            kind 'S' status:  a = the new status; containerId unused
                            kind 'X' remove:  the worker leaves the shard; only when it holds no
                                              container and is not 'available'
@@ -41,9 +41,9 @@
 
   A live container is a hash (status placed, workerId, shard, cpu, memory, gpuCount, placedAt,
   requestKey). A released container is a tombstone: a string of space-separated fields
-    released <workerId> <shard> <cpu> <memory> <gpuCount> <placedAt> <releasedAt> <requestKey> <releaseKey|->
+    released <workerId> <shard> <cpu> <memory> <gpuCount> <placedAt> <releasedAt> <requestKey|->
   that expires after ARGV[4] seconds; it keeps the id from being placed again and lets a retried
-  submit or release recognise its own request. (Ids, request keys and names cannot hold spaces.)
+  submit recognise its own request. (Ids, request keys and names cannot hold spaces.)
 
   Output:
     {'FENCED', currentEpoch}   nothing was written: the writer's epoch is not the current one
@@ -57,7 +57,7 @@
       WORKER_NOT_FOUND  nothing written
       EXPIRED           the placement's deadline has passed; nothing written
       RELEASED          version = the worker's new version, extra = "cpu memory gpuCount" freed
-      ALREADY_RELEASED  extra = "<worker> <releaseKey|->"; nothing written (release is idempotent)
+      ALREADY_RELEASED  extra = the worker; nothing written (release is idempotent)
       NOT_FOUND         no such container; nothing written
       WRONG_WORKER      extra = the worker actually holding the container; nothing written
       STATUS_SET        version = the worker's new version
@@ -163,7 +163,7 @@ local function loadContainer(key)
     elseif found == 'string' then
       local f = {}
       for field in string.gmatch(redis.call('GET', key), '%S+') do f[#f + 1] = field end
-      c = {state = 'released', workerId = f[2], requestKey = f[9] ~= '-' and f[9] or '', releaseKey = f[10] or '-'}
+      c = {state = 'released', workerId = f[2], requestKey = f[9] ~= '-' and f[9] or ''}
     else
       return nil, redis.error_reply('ERR commit_batch: key ' .. key .. ' is a ' .. found)
     end
@@ -245,7 +245,7 @@ for i = 0, n - 1 do
     elseif c.workerId ~= workerId then
       reply('WRONG_WORKER', 0, c.workerId)
     elseif c.state == 'released' then
-      reply('ALREADY_RELEASED', 0, c.workerId .. ' ' .. c.releaseKey)
+      reply('ALREADY_RELEASED', 0, c.workerId)
     else
       local w = loadWorker(workerKey)
       if not w then
@@ -256,10 +256,9 @@ for i = 0, n - 1 do
         w.freeCpu, w.freeMemory, w.freeGpus = w.freeCpu + c.cpu, w.freeMemory + c.memory, w.freeGpus + c.gpus
         w.containers = w.containers - 1
         bump(workerKey, w)
-        local releaseKey = requestKey ~= '' and requestKey or '-'
         local tombstone = 'released ' .. workerId .. ' ' .. shard .. ' ' .. c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus
-          .. ' ' .. c.placedAt .. ' ' .. nowMs .. ' ' .. (c.requestKey ~= '' and c.requestKey or '-') .. ' ' .. releaseKey
-        containers[thirdKey] = {state = 'released', workerId = workerId, requestKey = c.requestKey, releaseKey = releaseKey}
+          .. ' ' .. c.placedAt .. ' ' .. nowMs .. ' ' .. (c.requestKey ~= '' and c.requestKey or '-')
+        containers[thirdKey] = {state = 'released', workerId = workerId, requestKey = c.requestKey}
         writes[#writes + 1] = {'R', workerKey, setKey, thirdKey, containerId, workerId, c.cpu, c.memory, c.gpus, w.version, tombstone}
         reply('RELEASED', w.version, c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus)
       end
