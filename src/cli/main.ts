@@ -100,7 +100,6 @@ const POSITIONAL_LIMITS: Record<string, number> = {
   release: 1,
   container: 1,
   workers: 2,
-  help: 1,
 };
 
 /**
@@ -362,11 +361,12 @@ export async function main(argv: string[]): Promise<number> {
       return 2;
     }
     if (error instanceof DroverUnavailableError) {
-      // What failed and where (NATS, the prefix's replicas, the timeout) is the whole message.
+      // No reply: the message says what failed and where (NATS, the prefix's replicas, the
+      // timeout). One line, no stack: nothing in this process went wrong.
       process.stderr.write(`drover: ${error.message}\n`);
       return 1;
     }
-    process.stderr.write(`drover: ${(error as Error).message}\n`);
+    process.stderr.write(`drover: ${error instanceof Error ? error.message : String(error)}\n`);
     return 1;
   }
 }
