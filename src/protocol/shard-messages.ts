@@ -253,27 +253,15 @@ export function parseShardCapacity(value: unknown): ShardCapacity | null {
   if (!isObject(value) || !count(value.shard) || !count(value.seq) || !count(value.epoch) || !Array.isArray(value.groups)) return null;
   if (value.owner !== null && (typeof value.owner !== 'string' || value.owner.length > 128)) return null;
   if (value.groups.length > MAX_SUMMARY_GROUPS) return null;
-  const groups: CapacityGroup[] = [];
   for (const group of value.groups as unknown[]) {
     if (!isObject(group) || !nameOrNull(group.pool) || !nameOrNull(group.gpu)) return null;
     if (!count(group.registered) || !count(group.workers) || !count(group.cpu) || !count(group.memory)) return null;
     if (!count(group.freeCpu) || !count(group.freeMemory)) return null;
     if (typeof group.exact !== 'boolean' || !point(group.max) || !Array.isArray(group.frontier)) return null;
     if (group.frontier.length > MAX_FRONTIER_POINTS || !group.frontier.every(point)) return null;
-    groups.push({
-      pool: group.pool,
-      gpu: group.gpu,
-      registered: group.registered,
-      workers: group.workers,
-      cpu: group.cpu,
-      memory: group.memory,
-      freeCpu: group.freeCpu,
-      freeMemory: group.freeMemory,
-      frontier: group.frontier,
-      exact: group.exact,
-      max: group.max,
-    });
   }
+  // Checked field by field above; fields beyond these are carried along unread.
+  const groups = value.groups as CapacityGroup[];
   return { shard: value.shard, owner: value.owner, epoch: value.epoch, seq: value.seq, groups };
 }
 

@@ -19,6 +19,35 @@ import type { Logger } from '../util/log.js';
 /** How often the event loop's responsiveness is sampled (a timer that should fire this often). */
 const LOOP_BEAT_MS = 10;
 
+/**
+ * One beat per process, however many monitors listen: each beat tells every monitor how long the
+ * loop stalled since the previous beat.
+ */
+const stallListeners = new Set<(stallMs: number) => void>();
+let beatTimer: NodeJS.Timeout | null = null;
+let lastBeatAt = 0;
+
+function listenForStalls(listener: (stallMs: number) => void): () => void {
+  stallListeners.add(listener);
+  if (beatTimer === null) {
+    lastBeatAt = Date.now();
+    beatTimer = setInterval(() => {
+      const now = Date.now();
+      const stall = now - lastBeatAt - LOOP_BEAT_MS;
+      lastBeatAt = now;
+      for (const notify of stallListeners) notify(stall);
+    }, LOOP_BEAT_MS);
+    beatTimer.unref();
+  }
+  return () => {
+    stallListeners.delete(listener);
+    if (stallListeners.size === 0 && beatTimer !== null) {
+      clearInterval(beatTimer);
+      beatTimer = null;
+    }
+  };
+}
+
 export interface LinkMonitorOptions {
   /** "NATS" or "Redis", for the log lines. */
   readonly name: string;
@@ -41,10 +70,9 @@ export class LinkMonitor {
   private goodInARow = 0;
   private cutAt: number | null = null;
   private lastRoundTripMs: number | null = null;
-  /** A timer that should fire every LOOP_BEAT_MS; how late it fired is how long the loop stalled. */
-  private beat: NodeJS.Timeout | null = null;
-  private lastBeatAt = Date.now();
-  /** The longest gap between two beats since the current probe began. */
+  /** Stops listening to the process's beat; null while stopped. */
+  private unlisten: (() => void) | null = null;
+  /** The longest stall of the event loop since the current probe began. */
   private longestStallMs = 0;
   readonly stats = { probes: 0, failures: 0, cuts: 0, inconclusive: 0 };
 
@@ -62,13 +90,9 @@ export class LinkMonitor {
   start(): void {
     if (this.timer !== null) return;
     this.lastGoodAt = Date.now();
-    this.lastBeatAt = Date.now();
-    this.beat = setInterval(() => {
-      const now = Date.now();
-      this.longestStallMs = Math.max(this.longestStallMs, now - this.lastBeatAt - LOOP_BEAT_MS);
-      this.lastBeatAt = now;
-    }, LOOP_BEAT_MS);
-    this.beat.unref();
+    this.unlisten = listenForStalls((stallMs) => {
+      if (stallMs > this.longestStallMs) this.longestStallMs = stallMs;
+    });
     this.timer = setInterval(() => this.tick(), this.options.intervalMs);
     this.timer.unref();
   }
@@ -76,8 +100,8 @@ export class LinkMonitor {
   stop(): void {
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
-    if (this.beat !== null) clearInterval(this.beat);
-    this.beat = null;
+    this.unlisten?.();
+    this.unlisten = null;
   }
 
   private tick(): void {

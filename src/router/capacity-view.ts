@@ -28,10 +28,13 @@ export const STALE_AFTER_MS = 3_000;
 
 export type Tier = 'likely' | 'possible' | 'unknown' | 'none';
 
-interface GroupEntry {
-  readonly group: CapacityGroup;
-  /** The frontier with this router's own recent placements subtracted (for ranking only). */
-  working: CapacityPoint[];
+/**
+ * A group of a shard as this router's own recent placements there left it: its frontier and free
+ * totals with those placements subtracted (for ranking only; the received summary stays as it came,
+ * for the proofs). Made on the first such placement: most summaries are replaced before one.
+ */
+interface Adjusted {
+  readonly working: CapacityPoint[];
   freeCpu: number;
   freeMemory: number;
 }
@@ -40,8 +43,10 @@ interface ShardEntry {
   readonly owner: string | null;
   readonly epoch: number;
   readonly seq: number;
-  readonly receivedAt: number;
-  readonly groups: GroupEntry[];
+  receivedAt: number;
+  readonly groups: readonly CapacityGroup[];
+  /** Per group, what this router's placements left of it; null or a gap: nothing yet. */
+  adjusted: Array<Adjusted | undefined> | null;
   /** Its owner did not answer since this summary: do not choose it again until the next one. */
   unreachable: boolean;
 }
@@ -77,8 +82,19 @@ function covers(point: CapacityPoint, request: PlacementRequest): boolean {
 
 const TIER_RANK: Record<Tier, number> = { likely: 0, possible: 1, unknown: 2, none: 3 };
 
+/**
+ * Random draws tried before scanning every shard. Drawing uniformly and keeping the shards that
+ * fit gives each fitting shard the same chance as a full scan would, at a few checks instead of
+ * one per shard while capacity is plentiful; when it is scarce, the scan finds the few that fit.
+ */
+const RANDOM_DRAWS = 8;
+const CPU_FIRST: readonly boolean[] = [true, false];
+const ANY_GROUP: readonly boolean[] = [false];
+
 export class CapacityView {
   private readonly shards: Array<ShardEntry | undefined>;
+  /** Shards per owner, rebuilt when an owner changes (for the "this replica's shards first" pass). */
+  private byOwner: Map<string, number[]> | null = null;
 
   constructor(
     readonly shardCount: number,
@@ -98,25 +114,36 @@ export class CapacityView {
         // The owner republished the summary it had already sent (once a second, unchanged): the
         // summary is as fresh as this message, and its owner is answering.
         if (capacity.seq === current.seq && capacity.owner === current.owner) {
-          this.shards[capacity.shard] = { ...current, receivedAt: this.clock(), unreachable: false };
+          current.receivedAt = this.clock();
+          current.unreachable = false;
         }
         return false;
       }
     }
+    if (current?.owner !== capacity.owner) this.byOwner = null;
     this.shards[capacity.shard] = {
       owner: capacity.owner,
       epoch: capacity.epoch,
       seq: capacity.seq,
       receivedAt: this.clock(),
       unreachable: false,
-      groups: capacity.groups.map((group) => ({
-        group,
-        working: group.frontier.map((p) => [p[0], p[1], p[2]] as CapacityPoint),
-        freeCpu: group.freeCpu,
-        freeMemory: group.freeMemory,
-      })),
+      groups: capacity.groups,
+      adjusted: null,
     };
     return true;
+  }
+
+  private shardsOwnedBy(owner: string): readonly number[] {
+    if (this.byOwner === null) {
+      this.byOwner = new Map();
+      this.shards.forEach((entry, shard) => {
+        if (entry?.owner == null) return;
+        let list = this.byOwner!.get(entry.owner);
+        if (list === undefined) this.byOwner!.set(entry.owner, (list = []));
+        list.push(shard);
+      });
+    }
+    return this.byOwner.get(owner) ?? [];
   }
 
   /** The shard's owner did not answer (no responders, UNAVAILABLE): skip it until it republishes. */
@@ -129,21 +156,47 @@ export class CapacityView {
   forget(shard: number, request: PlacementRequest): void {
     const entry = this.shards[shard];
     if (entry === undefined) return;
-    for (const group of entry.groups) {
-      if (!groupMatches(group.group, request)) continue;
-      group.working = group.working.filter((p) => !covers(p, request));
+    entry.groups.forEach((group, index) => {
+      if (!groupMatches(group, request)) return;
+      const adjusted = this.adjust(entry, index);
+      const kept = adjusted.working.filter((p) => !covers(p, request));
+      adjusted.working.length = 0;
+      adjusted.working.push(...kept);
+    });
+  }
+
+  /** The group's adjustments, made from the received summary on first use. */
+  private adjust(entry: ShardEntry, index: number): Adjusted {
+    entry.adjusted ??= [];
+    let adjusted = entry.adjusted[index];
+    if (adjusted === undefined) {
+      const group = entry.groups[index]!;
+      adjusted = { working: group.frontier.map((p) => [p[0], p[1], p[2]] as CapacityPoint), freeCpu: group.freeCpu, freeMemory: group.freeMemory };
+      entry.adjusted[index] = adjusted;
     }
+    return adjusted;
   }
 
   /** Which tier the shard is in for this request (see the module comment). */
-  tier(shard: number, request: PlacementRequest, cpuWorkersOnly = false): Tier {
+  tier(shard: number, request: PlacementRequest, cpuWorkersOnly = false, now = this.clock()): Tier {
     const entry = this.shards[shard];
-    if (entry === undefined || this.clock() - entry.receivedAt > STALE_AFTER_MS) return 'unknown';
+    if (entry === undefined || now - entry.receivedAt > STALE_AFTER_MS) return 'unknown';
     let tier: Tier = 'none';
-    for (const group of entry.groups) {
-      if (!groupMatches(group.group, request, cpuWorkersOnly)) continue;
-      if (group.working.some((p) => covers(p, request))) return 'likely';
-      if (group.group.frontier.some((p) => covers(p, request)) || (!group.group.exact && covers(group.group.max, request))) tier = 'possible';
+    const groups = entry.groups;
+    for (let index = 0; index < groups.length; index += 1) {
+      const group = groups[index]!;
+      if (!groupMatches(group, request, cpuWorkersOnly)) continue;
+      const frontier = group.frontier;
+      const working = entry.adjusted?.[index]?.working ?? frontier;
+      for (const point of working) if (covers(point, request)) return 'likely';
+      if (tier === 'possible') continue;
+      for (const point of frontier) {
+        if (covers(point, request)) {
+          tier = 'possible';
+          break;
+        }
+      }
+      if (!group.exact && covers(group.max, request)) tier = 'possible';
     }
     return tier;
   }
@@ -160,12 +213,15 @@ export class CapacityView {
     let memory = 0;
     let freeCpu = 0;
     let freeMemory = 0;
-    for (const group of entry.groups) {
-      if (!groupMatches(group.group, request, cpuWorkersOnly)) continue;
-      cpu += group.group.cpu;
-      memory += group.group.memory;
-      freeCpu += Math.max(0, group.freeCpu);
-      freeMemory += Math.max(0, group.freeMemory);
+    const groups = entry.groups;
+    for (let index = 0; index < groups.length; index += 1) {
+      const group = groups[index]!;
+      if (!groupMatches(group, request, cpuWorkersOnly)) continue;
+      const adjusted = entry.adjusted?.[index];
+      cpu += group.cpu;
+      memory += group.memory;
+      freeCpu += Math.max(0, adjusted?.freeCpu ?? group.freeCpu);
+      freeMemory += Math.max(0, adjusted?.freeMemory ?? group.freeMemory);
     }
     return cpu === 0 || memory === 0 ? 0 : Math.min(freeCpu / cpu, freeMemory / memory);
   }
@@ -177,43 +233,73 @@ export class CapacityView {
    * reach routers through a queue group, so the load still spreads over the replicas).
    */
   choose(request: PlacementRequest, exclude: ReadonlySet<number>, local: string | null = null): number | null {
-    const cpuFirst = request.gpuCount === 0 ? [true, false] : [false];
-    for (const tier of ['likely', 'possible', 'unknown'] as const) {
-      for (const cpuWorkersOnly of cpuFirst) {
-        if (tier === 'unknown' && cpuWorkersOnly) continue; // an unknown shard is unknown for every group
-        for (const owner of local === null || tier === 'unknown' ? [null] : [local, null]) {
-          const shard = this.chooseAmong(request, exclude, tier, cpuWorkersOnly, owner);
+    const now = this.clock();
+    const passes = request.gpuCount === 0 ? CPU_FIRST : ANY_GROUP;
+    for (const tier of ['likely', 'possible'] as const) {
+      for (const cpuWorkersOnly of passes) {
+        if (local !== null) {
+          const shard = this.chooseAmong(request, exclude, tier, cpuWorkersOnly, this.shardsOwnedBy(local), now);
           if (shard !== null) return shard;
         }
+        const shard = this.chooseAmong(request, exclude, tier, cpuWorkersOnly, null, now);
+        if (shard !== null) return shard;
       }
     }
-    return null;
+    // An unknown shard is unknown for every group.
+    return this.chooseAmong(request, exclude, 'unknown', false, null, now);
   }
 
-  /** Power of two choices among the shards of one tier (reservoir sampling of two). */
-  private chooseAmong(request: PlacementRequest, exclude: ReadonlySet<number>, tier: Tier, cpuWorkersOnly: boolean, owner: string | null): number | null {
+  /** Whether the shard may be asked now and is in `tier` for the request. */
+  private eligible(shard: number, request: PlacementRequest, exclude: ReadonlySet<number>, tier: Tier, cpuWorkersOnly: boolean, now: number): boolean {
+    if (exclude.has(shard)) return false;
+    const entry = this.shards[shard];
+    if (entry !== undefined && (entry.unreachable || entry.owner === null)) return false;
+    return this.tier(shard, request, cpuWorkersOnly, now) === tier;
+  }
+
+  /**
+   * Power of two choices among the shards of one tier, drawn from `pool` (null: every shard):
+   * a few random draws first, then, if they did not find two, a scan keeping a uniform random pair.
+   */
+  private chooseAmong(
+    request: PlacementRequest,
+    exclude: ReadonlySet<number>,
+    tier: Tier,
+    cpuWorkersOnly: boolean,
+    pool: readonly number[] | null,
+    now: number,
+  ): number | null {
+    const size = pool === null ? this.shardCount : pool.length;
+    if (size === 0) return null;
     let first = -1;
     let second = -1;
-    let seen = 0;
-    for (let shard = 0; shard < this.shardCount; shard += 1) {
-      if (exclude.has(shard)) continue;
-      const entry = this.shards[shard];
-      if (entry !== undefined && (entry.unreachable || entry.owner === null)) continue;
-      if (owner !== null && entry?.owner !== owner) continue;
-      if (this.tier(shard, request, cpuWorkersOnly) !== tier) continue;
-      seen += 1;
-      // Keep a uniform random pair of the candidates seen so far.
-      if (seen === 1) first = shard;
-      else if (seen === 2) second = shard;
-      else {
-        const pick = Math.floor(this.random() * seen);
-        if (pick === 0) first = shard;
-        else if (pick === 1) second = shard;
-      }
+    for (let draw = 0; draw < RANDOM_DRAWS && second < 0; draw += 1) {
+      const index = Math.floor(this.random() * size);
+      const shard = pool === null ? index : pool[index]!;
+      if (shard === first || !this.eligible(shard, request, exclude, tier, cpuWorkersOnly, now)) continue;
+      if (first < 0) first = shard;
+      else second = shard;
     }
-    if (first < 0) return null;
-    if (second < 0) return first;
-    if (this.random() < 0.5) [first, second] = [second, first];
+    if (second < 0) {
+      first = -1;
+      let seen = 0;
+      for (let index = 0; index < size; index += 1) {
+        const shard = pool === null ? index : pool[index]!;
+        if (!this.eligible(shard, request, exclude, tier, cpuWorkersOnly, now)) continue;
+        seen += 1;
+        // Keep a uniform random pair of the candidates seen so far.
+        if (seen === 1) first = shard;
+        else if (seen === 2) second = shard;
+        else {
+          const pick = Math.floor(this.random() * seen);
+          if (pick === 0) first = shard;
+          else if (pick === 1) second = shard;
+        }
+      }
+      if (first < 0) return null;
+      if (second < 0) return first;
+      if (this.random() < 0.5) [first, second] = [second, first];
+    }
     return this.freeShare(second, request, cpuWorkersOnly) > this.freeShare(first, request, cpuWorkersOnly) ? second : first;
   }
 
@@ -241,7 +327,7 @@ export class CapacityView {
         unknownShards += 1;
         continue;
       }
-      for (const { group } of entry.groups) {
+      for (const group of entry.groups) {
         if (!groupMatches(group, request)) continue;
         registered += group.registered;
         available += group.workers;
@@ -254,15 +340,20 @@ export class CapacityView {
   consume(shard: number, request: PlacementRequest): void {
     const entry = this.shards[shard];
     if (entry === undefined) return;
-    for (const group of entry.groups) {
-      if (!groupMatches(group.group, request)) continue;
-      const point = group.working.find((p) => covers(p, request));
-      if (point === undefined) continue;
+    const groups = entry.groups;
+    for (let index = 0; index < groups.length; index += 1) {
+      const group = groups[index]!;
+      if (!groupMatches(group, request)) continue;
+      const at = (entry.adjusted?.[index]?.working ?? group.frontier).findIndex((p) => covers(p, request));
+      if (at < 0) continue;
+      // Copied on first write: the received frontier stays as it came, for the proofs.
+      const adjusted = this.adjust(entry, index);
+      const point = adjusted.working[at]!;
       point[0] -= request.cpu;
       point[1] -= request.memory;
       point[2] -= request.gpuCount;
-      group.freeCpu -= request.cpu;
-      group.freeMemory -= request.memory;
+      adjusted.freeCpu -= request.cpu;
+      adjusted.freeMemory -= request.memory;
       return;
     }
   }
