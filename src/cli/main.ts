@@ -21,7 +21,7 @@
  * a whole number where one is needed).
  */
 import { parseArgs } from 'node:util';
-import { DroverClient, DroverUnavailableError, NoReplicaError, type Reply, type ResourceSpec } from '../client/drover-client.js';
+import { DroverClient, DroverUnavailableError, NoReplicaError, type ReplicaStatus, type Reply, type ResourceSpec } from '../client/drover-client.js';
 import { loadConfig } from '../config.js';
 // The demo, the chaos suite and the benchmark are loaded only when asked for, so a replica does
 // not carry their modules (HDR histograms, process clusters) in its memory.
@@ -244,6 +244,13 @@ async function runReplica(): Promise<number> {
 
 const WORKER_ACTIONS = ['list', 'register', 'get', 'drain', 'disable', 'enable', 'remove'];
 
+/** "ok", or which link is cut and what the replica did about it (a status reply can still come over NATS while Redis is cut). */
+function linkState(status: ReplicaStatus): string {
+  const cut = (['nats', 'redis'] as const).filter((link) => status.links?.[link].cut === true).map((link) => (link === 'nats' ? 'NATS' : 'Redis'));
+  if (cut.length === 0) return status.steppedOut === true ? 'stepped out' : 'ok';
+  return `${cut.join('+')} cut${status.steppedOut === true ? ', stepped out' : ''}${status.routing === false ? ', not routing' : ''}`;
+}
+
 async function workersCommand(action: string, values: Values): Promise<number> {
   // Checked before connecting: a typo is a usage error even when NATS is unreachable.
   if (!WORKER_ACTIONS.includes(action)) throw new UsageError(`unknown workers action "${action}"`);
@@ -297,10 +304,10 @@ async function statusCommand(values: Values): Promise<number> {
       return 0;
     }
     const rows = statuses.map((s) => [
-      s.replicaId, s.shards.length, s.workers, s.members.length, Math.round(s.uptimeMs / 1000),
+      s.replicaId, s.shards.length, s.workers, s.members.length, Math.round(s.uptimeMs / 1000), linkState(s),
       s.router.placed ?? 0, s.router.reroutes ?? 0, s.owners.fenceRefusals ?? 0, s.leases.lost ?? 0,
     ]);
-    process.stdout.write(`${renderTable(['replica', 'shards', 'workers', 'members', 'up (s)', 'placed', 're-routes', 'fence refusals', 'leases lost'], rows)}\n`);
+    process.stdout.write(`${renderTable(['replica', 'shards', 'workers', 'members', 'up (s)', 'links', 'placed', 're-routes', 'fence refusals', 'leases lost'], rows)}\n`);
     return 0;
   });
 }

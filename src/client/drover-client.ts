@@ -108,7 +108,17 @@ export interface ReplicaStatus {
   router: Record<string, number>;
   owners: Record<string, number>;
   leases: Record<string, number>;
+  /** Each link's state as the replica sees it (see src/replica/link-monitor.ts). */
+  links?: Record<'nats' | 'redis', { cut: boolean; lastRoundTripMs: number | null; sinceGoodMs: number }>;
+  /** The replica gave its shards up and left the members while a link is cut. */
+  steppedOut?: boolean;
+  /** Whether its router is in the public queue group (it leaves it while Redis is cut). */
+  routing?: boolean;
 }
+
+/** 96 random bits per process, so keys of different clients never meet. */
+const KEY_PREFIX = randomBytes(12).toString('hex');
+let keyCounter = 0;
 
 export class DroverClient {
   readonly subjects: Subjects;
@@ -166,7 +176,10 @@ export class DroverClient {
 
   /** A fresh request key: give the same one to every retry of one request (see REQUEST_KEY_HEADER). */
   static newRequestKey(): string {
-    return `k-${randomBytes(12).toString('hex')}`;
+    // A random prefix per process and a counter: unique without a call into the crypto library
+    // for every request (a busy client sends thousands a second).
+    keyCounter += 1;
+    return `k-${KEY_PREFIX}-${keyCounter.toString(36)}`;
   }
 
   /**

@@ -32,6 +32,7 @@ import { Subjects } from '../protocol/subjects.js';
 import { Router } from '../router/router.js';
 import { ShardOwner } from '../shard/shard-owner.js';
 import { DroverStore } from '../store/store.js';
+import { Incident } from '../util/incident.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import { LinkMonitor } from './link-monitor.js';
 
@@ -87,6 +88,8 @@ export class Replica {
   private readonly cutLinks = new Set<LinkName>();
   /** Serialises stepping out and back in, so a flapping link cannot interleave them. */
   private transition: Promise<void> = Promise.resolve();
+  /** Shared by every shard owner of this replica (one log line per outage, not per shard). */
+  private readonly redisWrites: Incident;
   /** Owner counters survive the owners themselves (shards come and go). */
   private readonly retiredOwnerStats = { batches: 0, committedOps: 0, fenceRefusals: 0, versionConflicts: 0, resyncs: 0 };
 
@@ -96,6 +99,7 @@ export class Replica {
     readonly nc: NatsConnection,
     readonly log: Logger,
   ) {
+    this.redisWrites = new Incident(log, 'Redis writes of the shard owners');
     this.fatal = new Promise((resolve) => {
       this.reportFatal = resolve;
     });
@@ -400,6 +404,7 @@ export class Replica {
       epoch,
       strategy: this.config.strategy,
       log: this.log,
+      redisWrites: this.redisWrites,
       maxQueuedOps: this.config.maxQueuedOpsPerShard,
       leaseHeld: () => this.leases.holds(shard),
       onFenced: (fencedShard) => {

@@ -24,6 +24,7 @@ import { shardOf } from '../shard/shard-map.js';
 import { CorruptRecordError } from '../store/records.js';
 import type { DroverStore } from '../store/store.js';
 import type { ShardOwner } from '../shard/shard-owner.js';
+import { Incident } from '../util/incident.js';
 import type { Logger } from '../util/log.js';
 import { CapacityView } from './capacity-view.js';
 import { ShardClient } from './shard-client.js';
@@ -90,9 +91,12 @@ export class Router {
   /** Request keys for clients that sent none: "<replica id>.<counter>". */
   private keyCounter = 0;
   private withdrawn = false;
+  /** Failed Redis reads: one log line when they start failing, one when they work again. */
+  private readonly redisReads: Incident;
   private idleWaiters: Array<() => void> = [];
 
   constructor(private readonly options: RouterOptions) {
+    this.redisReads = new Incident(options.log, 'Redis reads of the router');
     this.view = new CapacityView(options.config.shards);
     this.shardClient = new ShardClient({
       nc: options.nc,
@@ -419,10 +423,12 @@ export class Router {
   /** A Redis read for a client: if Redis cannot answer, the client gets UNAVAILABLE, not INTERNAL. */
   private async read<T>(run: () => Promise<T>): Promise<T> {
     try {
-      return await run();
+      const result = await run();
+      this.redisReads.ok();
+      return result;
     } catch (error) {
       if (error instanceof CorruptRecordError) throw error;
-      this.options.log.warn({ err: error }, 'Redis read failed');
+      this.redisReads.fail(error);
       throw new DroverError('UNAVAILABLE', 'Redis is unreachable from this replica right now; retry');
     }
   }

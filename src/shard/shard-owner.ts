@@ -28,6 +28,7 @@ import {
 } from '../protocol/shard-messages.js';
 import type { WorkerRegistration } from '../protocol/validate.js';
 import { MAX_BATCH_OPS, type BatchOp, type DroverStore, type OpOutcome } from '../store/store.js';
+import type { Incident } from '../util/incident.js';
 import type { Logger } from '../util/log.js';
 import { summarizeCapacity } from './capacity-summary.js';
 import { shardOf } from './shard-map.js';
@@ -44,6 +45,11 @@ export interface ShardOwnerOptions {
   readonly epoch: number;
   readonly strategy: PlacementStrategy;
   readonly log: Logger;
+  /**
+   * Failed Redis writes are reported here, shared by every owner of the replica: an outage is
+   * one log line when it starts and one when it ends, not one per shard per batch.
+   */
+  readonly redisWrites: Incident;
   /** Ops waiting for a commit beyond which new ones are refused (back-pressure). */
   readonly maxQueuedOps: number;
   /**
@@ -301,7 +307,7 @@ export class ShardOwner {
     try {
       outcome = await this.options.store.registerWorker(this.epoch, spec, 'available');
     } catch (error) {
-      this.options.log.warn({ err: error, shard: this.shard, worker: worker.id }, 'worker registration failed in Redis');
+      this.options.redisWrites.fail(error, { shard: this.shard, worker: worker.id, op: 'register' });
       return unavailable(`registration of ${worker.id} failed in Redis; retry`);
     }
     if (outcome.outcome === 'fenced') {
@@ -370,7 +376,7 @@ export class ShardOwner {
       await this.commit(batch);
     } catch (error) {
       // Only the reload can throw here (commit handles its own errors): Redis is unreachable.
-      this.options.log.warn({ err: error, shard: this.shard }, 'shard reload failed; answering queued ops UNAVAILABLE');
+      this.options.redisWrites.fail(error, { shard: this.shard, op: 'reload' });
       this.failQueue('Redis is unreachable from this replica; retry');
     } finally {
       this.committing = false;
@@ -407,7 +413,7 @@ export class ShardOwner {
     } catch (error) {
       // The outcome is unknown (the script may have run before the connection broke). Drop the
       // reservations, resync everything from Redis before the next batch, and say so.
-      this.options.log.warn({ err: error, shard: this.shard, ops: ops.length }, 'commit failed; outcome unknown, reloading shard');
+      this.options.redisWrites.fail(error, { shard: this.shard, ops: ops.length, op: 'commit (outcome unknown; the shard is reloaded before its next write)' });
       this.reloadNeeded = true;
       for (const queued of live) {
         if (queued.kind === 'place') this.abortReservation(queued);
@@ -416,6 +422,7 @@ export class ShardOwner {
       return;
     }
     this.stats.batches += 1;
+    this.options.redisWrites.ok();
 
     if (result.fenced) {
       this.stats.fenceRefusals += 1;
@@ -583,7 +590,7 @@ export class ShardOwner {
         if (record === null) this.removeActor(actor);
         else this.tell(actor, { type: 'SYNCED', record });
       } catch (error) {
-        this.options.log.warn({ err: error, shard: this.shard, worker: id }, 'resync failed; reloading the shard before the next batch');
+        this.options.redisWrites.fail(error, { shard: this.shard, worker: id, op: 'resync (the shard is reloaded before its next write)' });
         this.reloadNeeded = true;
       }
     }
