@@ -34,6 +34,11 @@ import { ShardClient } from './shard-client.js';
  * must be asked before NO_CAPACITY; past this many asks the router answers UNAVAILABLE instead.
  */
 export const MAX_ROUTE_ATTEMPTS = 32;
+/**
+ * Times a placement looks again after concluding that nothing fits, because room appeared while
+ * it was concluding (a release answered meanwhile). Bounded: under constant churn, an answer.
+ */
+const MAX_PLACE_ROUNDS = 3;
 /** Tries of an op bound to one shard (release, register, status) while its owner is unavailable. */
 const MAX_BOUND_ATTEMPTS = 4;
 const BOUND_RETRY_DELAY_MS = 250;
@@ -254,84 +259,93 @@ export class Router {
     let lastUnavailable: string | null = null;
     /** The latest deadline of an attempt whose write may still land (its outcome is unknown). */
     let unknownUntil = 0;
-    for (let attempt = 0; attempt < MAX_ROUTE_ATTEMPTS; attempt += 1) {
-      const shard = this.view.choose(request, tried, this.options.config.replicaId);
-      if (shard === null) break;
-      tried.add(shard);
-      this.view.consume(shard, request);
-      const routerDeadline = Date.now() + this.options.config.shardRequestTimeoutMs;
-      const deadline = clientDeadline === null ? routerDeadline : Math.min(routerDeadline, clientDeadline);
-      if (deadline <= Date.now()) {
-        lastUnavailable = 'the client deadline passed';
-        break;
-      }
-      const op: ShardOp = { k: 'place', id: request.id, request, requestKey: key, deadline };
-      const result = await this.send(shard, op);
-      if (result.ok) {
-        this.stats.placed += 1;
-        return { ok: true, status: 'placed', id: request.id, workerId: (result as { workerId: string }).workerId };
-      }
-      switch (result.code) {
-        case 'ALREADY_PLACED':
-          if (result.requestKey === key) {
-            // An earlier attempt of this very request (this one, or a retry's) committed.
-            this.stats.placed += 1;
-            return { ok: true, status: 'placed', id: request.id, workerId: result.workerId ?? '' };
-          }
-          this.stats.alreadyPlaced += 1;
-          return errorReply('ALREADY_PLACED', `container ${request.id} is already placed on worker ${result.workerId}`, {
-            workerId: result.workerId,
-          });
-        case 'NO_FIT':
-          this.stats.reroutes += 1;
-          refuted.add(shard);
-          this.view.forget(shard, request);
+    let attempts = 0;
+    for (let round = 0; round < MAX_PLACE_ROUNDS; round += 1) {
+      for (; attempts < MAX_ROUTE_ATTEMPTS; attempts += 1) {
+        const shard = this.view.choose(request, tried, this.options.config.replicaId);
+        if (shard === null) break;
+        tried.add(shard);
+        this.view.consume(shard, request);
+        const routerDeadline = Date.now() + this.options.config.shardRequestTimeoutMs;
+        const deadline = clientDeadline === null ? routerDeadline : Math.min(routerDeadline, clientDeadline);
+        if (deadline <= Date.now()) {
+          lastUnavailable = 'the client deadline passed';
           break;
-        case 'RETRY':
-          this.stats.reroutes += 1;
-          this.view.forget(shard, request);
-          lastUnavailable = result.message;
-          break;
-        case 'UNAVAILABLE':
-        case 'EXPIRED':
-          this.stats.reroutes += 1;
-          lastUnavailable = result.message;
-          this.view.markUnreachable(shard);
-          if (result.unknown === true) unknownUntil = Math.max(unknownUntil, deadline);
-          break;
-        default:
-          throw new DroverError('INTERNAL', `shard ${shard} answered ${result.code}: ${result.message}`);
+        }
+        const op: ShardOp = { k: 'place', id: request.id, request, requestKey: key, deadline };
+        const result = await this.send(shard, op);
+        if (result.ok) {
+          this.stats.placed += 1;
+          return { ok: true, status: 'placed', id: request.id, workerId: (result as { workerId: string }).workerId };
+        }
+        switch (result.code) {
+          case 'ALREADY_PLACED':
+            if (result.requestKey === key) {
+              // An earlier attempt of this very request (this one, or a retry's) committed.
+              this.stats.placed += 1;
+              return { ok: true, status: 'placed', id: request.id, workerId: result.workerId ?? '' };
+            }
+            this.stats.alreadyPlaced += 1;
+            return errorReply('ALREADY_PLACED', `container ${request.id} is already placed on worker ${result.workerId}`, {
+              workerId: result.workerId,
+            });
+          case 'NO_FIT':
+            this.stats.reroutes += 1;
+            refuted.add(shard);
+            this.view.forget(shard, request);
+            break;
+          case 'RETRY':
+            this.stats.reroutes += 1;
+            this.view.forget(shard, request);
+            lastUnavailable = result.message;
+            break;
+          case 'UNAVAILABLE':
+          case 'EXPIRED':
+            this.stats.reroutes += 1;
+            lastUnavailable = result.message;
+            this.view.markUnreachable(shard);
+            if (result.unknown === true) unknownUntil = Math.max(unknownUntil, deadline);
+            break;
+          default:
+            throw new DroverError('INTERNAL', `shard ${shard} answered ${result.code}: ${result.message}`);
+        }
       }
-    }
-    // Before saying "not placed": an attempt that timed out, of this request or of an earlier one
-    // with the same id, may have committed after all. Redis knows; the answer must match it.
-    // An attempt of unknown outcome can still be written until its deadline (Redis checks it on
-    // its own clock): read only once that has passed, with the same grace as for timeouts.
-    const wait = unknownUntil + DEADLINE_GRACE_MS - Date.now();
-    if (unknownUntil > 0 && wait > 0) await delay(wait);
-    let placed;
-    try {
-      placed = await this.options.store.readContainer(request.id);
-    } catch {
-      this.stats.unavailable += 1;
-      return errorReply('UNAVAILABLE', `could not place ${request.id} now, and Redis cannot say whether an attempt did; retry with the same id and request key`);
-    }
-    if (placed !== null) {
-      if (placed.requestKey === key) {
-        this.stats.placed += 1;
-        return { ok: true, status: 'placed', id: request.id, workerId: placed.workerId };
+      // Before saying "not placed": an attempt that timed out, of this request or of an earlier one
+      // with the same id, may have committed after all. Redis knows; the answer must match it.
+      // An attempt of unknown outcome can still be written until its deadline (Redis checks it on
+      // its own clock): read only once that has passed, with the same grace as for timeouts.
+      const wait = unknownUntil + DEADLINE_GRACE_MS - Date.now();
+      if (unknownUntil > 0 && wait > 0) await delay(wait);
+      let placed;
+      try {
+        placed = await this.options.store.readContainer(request.id);
+      } catch {
+        this.stats.unavailable += 1;
+        return errorReply('UNAVAILABLE', `could not place ${request.id} now, and Redis cannot say whether an attempt did; retry with the same id and request key`);
       }
-      this.stats.alreadyPlaced += 1;
-      return errorReply('ALREADY_PLACED', `container ${request.id} is already placed on worker ${placed.workerId}`, { workerId: placed.workerId });
+      if (placed !== null) {
+        if (placed.requestKey === key) {
+          this.stats.placed += 1;
+          return { ok: true, status: 'placed', id: request.id, workerId: placed.workerId };
+        }
+        this.stats.alreadyPlaced += 1;
+        return errorReply('ALREADY_PLACED', `container ${request.id} is already placed on worker ${placed.workerId}`, { workerId: placed.workerId });
+      }
+      if (lastUnavailable !== null) break;
+      const unproven = this.view.unproven(request, refuted);
+      if (unproven.length === 0) {
+        this.stats.noCapacity += 1;
+        return errorReply('NO_CAPACITY', `no worker has room for ${request.id} (${describeRequest(request)}): ${this.noCapacityReason(request)}`);
+      }
+      // Room appeared (a release elsewhere) while this router was concluding: ask the shards
+      // that may have it now. Shards that cannot be asked (no owner, no answer, no fresh summary)
+      // make the answer UNAVAILABLE.
+      if (this.view.choose(request, tried, this.options.config.replicaId) === null) break;
     }
-    const unproven = this.view.unproven(request, refuted);
-    if (unproven.length > 0 || lastUnavailable !== null) {
-      this.stats.unavailable += 1;
-      const why = lastUnavailable ?? `${unproven.length} shards that may have room could not be asked`;
-      return errorReply('UNAVAILABLE', `could not place ${request.id} now (${why}); retry with the same id and request key`);
-    }
-    this.stats.noCapacity += 1;
-    return errorReply('NO_CAPACITY', `no worker has room for ${request.id} (${describeRequest(request)}): ${this.noCapacityReason(request)}`);
+    this.stats.unavailable += 1;
+    const unproven = this.view.unproven(request, refuted).length;
+    const why = lastUnavailable ?? `${unproven} shards that may have room could not be asked`;
+    return errorReply('UNAVAILABLE', `could not place ${request.id} now (${why}); retry with the same id and request key`);
   }
 
   /** Why nothing fits: no such worker at all, none taking placements, or all full. */
