@@ -17,7 +17,7 @@ beforeAll(async () => {
   for (const id of ['ch-1', 'ch-2', 'ch-3']) replicas.push(await startReplica({ prefix, shards: 32, leaseTtlMs: 2_000, replicaId: id }));
   await eventually(() => replicas.every((r) => r.servedShards().length >= 10), 10_000, 'balanced');
   client = await connectClient(prefix);
-  for (let i = 0; i < 60; i += 1) expect((await client.registerWorker({ id: `ch-w${i}`, cpu: 4_000, memory: 8_192 })).ok).toBe(true);
+  for (let i = 0; i < 20; i += 1) expect((await client.registerWorker({ id: `ch-w${i}`, cpu: 4_000, memory: 8_192 })).ok).toBe(true);
 });
 
 afterAll(async () => {
@@ -49,7 +49,7 @@ describe('answers under churn', () => {
       }
     }));
     // The fleet fills up and stays nearly full: both answers happen.
-    expect(counts.placed, JSON.stringify(counts)).toBeGreaterThan(500);
+    expect(counts.placed, JSON.stringify(counts)).toBeGreaterThan(300);
     expect(counts.NO_CAPACITY, JSON.stringify(counts)).toBeGreaterThan(20);
     expect(counts.other, JSON.stringify(counts)).toBe(0);
     expect(counts.UNAVAILABLE, JSON.stringify(counts)).toBeLessThan(0.1 * (counts.NO_CAPACITY + counts.UNAVAILABLE));
