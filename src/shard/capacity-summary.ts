@@ -27,30 +27,34 @@ interface GroupAccumulator {
   memory: number;
   freeCpu: number;
   freeMemory: number;
-  points: CapacityPoint[];
+  /** The frontier of the workers seen so far. */
+  frontier: CapacityPoint[];
+}
+
+/**
+ * Add a worker's free capacity to a frontier: nothing changes if a kept point covers it in every
+ * dimension; otherwise it joins and the points it covers leave. A few comparisons per worker, as a
+ * shard's frontier is short (and no array is made for a worker that does not join it).
+ */
+function addToFrontier(frontier: CapacityPoint[], cpu: number, memory: number, gpus: number): void {
+  for (const k of frontier) if (k[0] >= cpu && k[1] >= memory && k[2] >= gpus) return;
+  let kept = 0;
+  for (const k of frontier) if (!(cpu >= k[0] && memory >= k[1] && gpus >= k[2])) frontier[kept++] = k;
+  frontier.length = kept;
+  frontier.push([cpu, memory, gpus]);
 }
 
 /** The points of `points` that no other point covers in every dimension (duplicates kept once). */
 export function frontierOf(points: readonly CapacityPoint[]): CapacityPoint[] {
-  // Largest CPU first: a point can then only be covered by one already kept.
-  const sorted = [...points].sort((a, b) => b[0] - a[0] || b[1] - a[1] || b[2] - a[2]);
-  const kept: CapacityPoint[] = [];
-  for (const point of sorted) {
-    let covered = false;
-    for (const k of kept) {
-      if (k[1] >= point[1] && k[2] >= point[2]) {
-        covered = true; // k[0] >= point[0] by the sort order
-        break;
-      }
-    }
-    if (!covered) kept.push(point);
-  }
-  return kept;
+  const frontier: CapacityPoint[] = [];
+  for (const [cpu, memory, gpus] of points) addToFrontier(frontier, cpu, memory, gpus);
+  return frontier;
 }
 
-/** Keep at most FRONTIER_MAX points spread along the frontier (it is sorted by CPU). */
+/** Keep at most FRONTIER_MAX points spread along the frontier (by CPU). */
 function thin(frontier: CapacityPoint[]): CapacityPoint[] {
   if (frontier.length <= FRONTIER_MAX) return frontier;
+  frontier.sort((a, b) => b[0] - a[0] || b[1] - a[1] || b[2] - a[2]);
   const step = (frontier.length - 1) / (FRONTIER_MAX - 1);
   return Array.from({ length: FRONTIER_MAX }, (_, i) => frontier[Math.round(i * step)]!);
 }
@@ -62,7 +66,7 @@ export function summarizeCapacity(workers: Iterable<WorkerAvailability>): Capaci
     const key = `${worker.spec.pool ?? ''}\u0000${worker.spec.gpu ?? ''}`;
     let group = groups.get(key);
     if (group === undefined) {
-      group = { pool: worker.spec.pool, gpu: worker.spec.gpu, registered: 0, workers: 0, cpu: 0, memory: 0, freeCpu: 0, freeMemory: 0, points: [] };
+      group = { pool: worker.spec.pool, gpu: worker.spec.gpu, registered: 0, workers: 0, cpu: 0, memory: 0, freeCpu: 0, freeMemory: 0, frontier: [] };
       groups.set(key, group);
     }
     group.registered += 1;
@@ -72,10 +76,10 @@ export function summarizeCapacity(workers: Iterable<WorkerAvailability>): Capaci
     group.memory += worker.spec.memory;
     group.freeCpu += worker.freeCpu;
     group.freeMemory += worker.freeMemory;
-    group.points.push([worker.freeCpu, worker.freeMemory, worker.freeGpuCount]);
+    addToFrontier(group.frontier, worker.freeCpu, worker.freeMemory, worker.freeGpuCount);
   }
   return [...groups.values()].map((g) => {
-    const frontier = frontierOf(g.points);
+    const frontier = g.frontier;
     const max: CapacityPoint = [0, 0, 0];
     for (const [cpu, memory, gpus] of frontier) {
       if (cpu > max[0]) max[0] = cpu;

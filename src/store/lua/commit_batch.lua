@@ -173,8 +173,13 @@ local function loadContainer(key)
 end
 
 local out = {'OK'}
--- What phase 2 writes, in op order: {kind, op index, ...}.
-local writes = {}
+-- What phase 2 writes, per op index: the worker's version after the op, for ops that write
+-- (nil for refused ops); `written` holds a release's tombstone or a status op's new status, and
+-- `freed` what a release freed. Flat tables indexed by op, not a table per op: a batch holds up to
+-- 1,000 ops.
+local writeVersion = {}
+local written = {}
+local freed = {}
 
 local function reply(code, version, extra)
   out[#out + 1] = code
@@ -231,7 +236,7 @@ for i = 0, n - 1 do
         bump(workerKey, w)
         containers[thirdKey] = {state = 'placed', workerId = workerId, cpu = cpu, memory = memory, gpus = gpus,
           placedAt = tostring(nowMs), requestKey = requestKey}
-        writes[#writes + 1] = {'P', workerKey, setKey, thirdKey, containerId, workerId, cpu, memory, gpus, w.version, requestKey}
+        writeVersion[i] = w.version
         reply('PLACED', w.version, '')
       end
     end
@@ -259,7 +264,9 @@ for i = 0, n - 1 do
         local tombstone = 'released ' .. workerId .. ' ' .. shard .. ' ' .. c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus
           .. ' ' .. c.placedAt .. ' ' .. nowMs .. ' ' .. (c.requestKey ~= '' and c.requestKey or '-')
         containers[thirdKey] = {state = 'released', workerId = workerId, requestKey = c.requestKey}
-        writes[#writes + 1] = {'R', workerKey, setKey, thirdKey, containerId, workerId, c.cpu, c.memory, c.gpus, w.version, tombstone}
+        writeVersion[i] = w.version
+        written[i] = tombstone
+        freed[i] = c
         reply('RELEASED', w.version, c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus)
       end
     end
@@ -272,7 +279,8 @@ for i = 0, n - 1 do
     else
       w.status = ARGV[base + 4]
       bump(workerKey, w)
-      writes[#writes + 1] = {'S', workerId, w.status, w.version}
+      writeVersion[i] = w.version
+      written[i] = w.status
       reply('STATUS_SET', w.version, '')
     end
   elseif kind == 'X' then
@@ -291,7 +299,7 @@ for i = 0, n - 1 do
         reply('NOT_REMOVABLE', w.version, 'containers ' .. held)
       else
         workers[workerKey] = false
-        writes[#writes + 1] = {'X', workerKey, setKey, thirdKey, workerId, w.version + 1}
+        writeVersion[i] = w.version + 1
         reply('REMOVED', w.version + 1, '')
       end
     end
@@ -305,33 +313,36 @@ local function history(fields)
   end
 end
 
-for _, write in ipairs(writes) do
-  local kind = write[1]
-  if kind == 'P' then
-    local workerKey, setKey, containerKey, containerId, workerId, cpu, memory, gpus, version, requestKey = unpack(write, 2)
-    redis.call('HSET', containerKey, 'status', 'placed', 'workerId', workerId, 'shard', shard,
-      'cpu', cpu, 'memory', memory, 'gpuCount', gpus, 'placedAt', nowMs, 'requestKey', requestKey)
-    redis.call('SADD', setKey, containerId)
-    history({'op', 'place', 'container', containerId, 'worker', workerId, 'cpu', cpu, 'memory', memory,
-      'gpuCount', gpus, 'version', version, 'epoch', epoch})
-  elseif kind == 'R' then
-    local workerKey, setKey, containerKey, containerId, workerId, cpu, memory, gpus, version, tombstone = unpack(write, 2)
-    if retention > 0 then
-      redis.call('SET', containerKey, tombstone, 'EX', retention)
-    else
-      redis.call('SET', containerKey, tombstone)
+for i = 0, n - 1 do
+  local version = writeVersion[i]
+  if version then
+    local workerKey, setKey, thirdKey = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
+    local base = 6 + 9 * i
+    local kind, containerId, workerId = ARGV[base], ARGV[base + 1], ARGV[base + 2]
+    if kind == 'P' then
+      local cpu, memory, gpus = ARGV[base + 4], ARGV[base + 5], ARGV[base + 6]
+      redis.call('HSET', thirdKey, 'status', 'placed', 'workerId', workerId, 'shard', shard,
+        'cpu', cpu, 'memory', memory, 'gpuCount', gpus, 'placedAt', nowMs, 'requestKey', ARGV[base + 8])
+      redis.call('SADD', setKey, containerId)
+      history({'op', 'place', 'container', containerId, 'worker', workerId, 'cpu', cpu, 'memory', memory,
+        'gpuCount', gpus, 'version', version, 'epoch', epoch})
+    elseif kind == 'R' then
+      local c = freed[i]
+      if retention > 0 then
+        redis.call('SET', thirdKey, written[i], 'EX', retention)
+      else
+        redis.call('SET', thirdKey, written[i])
+      end
+      redis.call('SREM', setKey, containerId)
+      history({'op', 'release', 'container', containerId, 'worker', workerId, 'cpu', c.cpu, 'memory', c.memory,
+        'gpuCount', c.gpus, 'version', version, 'epoch', epoch})
+    elseif kind == 'S' then
+      history({'op', 'status', 'worker', workerId, 'status', written[i], 'version', version, 'epoch', epoch})
+    elseif kind == 'X' then
+      redis.call('DEL', workerKey, setKey)
+      redis.call('SREM', thirdKey, workerId)
+      history({'op', 'remove', 'worker', workerId, 'version', version, 'epoch', epoch})
     end
-    redis.call('SREM', setKey, containerId)
-    history({'op', 'release', 'container', containerId, 'worker', workerId, 'cpu', cpu, 'memory', memory,
-      'gpuCount', gpus, 'version', version, 'epoch', epoch})
-  elseif kind == 'S' then
-    local workerId, status, version = unpack(write, 2)
-    history({'op', 'status', 'worker', workerId, 'status', status, 'version', version, 'epoch', epoch})
-  elseif kind == 'X' then
-    local workerKey, setKey, shardWorkersKey, workerId, version = unpack(write, 2)
-    redis.call('DEL', workerKey, setKey)
-    redis.call('SREM', shardWorkersKey, workerId)
-    history({'op', 'remove', 'worker', workerId, 'version', version, 'epoch', epoch})
   end
 end
 
