@@ -69,8 +69,7 @@ export function workerFromHash(hash: Record<string, string>): WorkerRecord {
   };
 }
 
-export function containerFromHash(id: string, hash: Record<string, string>): ContainerRecord {
-  const what = `container ${id}`;
+export function containerFromHash(id: string, hash: Record<string, string>, what = `container ${id}`): ContainerRecord {
   const status = hash.status;
   if (status !== 'placed' && status !== 'released') throw new CorruptRecordError(what, 'status', status);
   return {
@@ -97,16 +96,6 @@ export function containerFromTombstone(id: string, tombstone: string): Container
   if (fields.length !== 9 || fields[0] !== 'released') throw new CorruptRecordError(what, 'value', tombstone);
   const names = ['status', 'workerId', 'shard', 'cpu', 'memory', 'gpuCount', 'placedAt', 'releasedAt', 'requestKey'];
   const hash = Object.fromEntries(names.map((name, i) => [name, fields[i]!]));
-  return {
-    id,
-    status: 'released',
-    workerId: text(what, hash, 'workerId'),
-    shard: integer(what, hash, 'shard'),
-    cpu: integer(what, hash, 'cpu'),
-    memory: integer(what, hash, 'memory'),
-    gpuCount: integer(what, hash, 'gpuCount'),
-    placedAt: integer(what, hash, 'placedAt'),
-    releasedAt: integer(what, hash, 'releasedAt'),
-    requestKey: hash.requestKey === '-' ? '' : hash.requestKey!,
-  };
+  if (hash.requestKey === '-') hash.requestKey = '';
+  return containerFromHash(id, hash, what);
 }
