@@ -21,7 +21,7 @@
  * a whole number where one is needed).
  */
 import { parseArgs } from 'node:util';
-import { DroverClient, DroverUnavailableError, NoReplicaError, type ReplicaStatus, type Reply, type ResourceSpec } from '../client/drover-client.js';
+import { DroverClient, NoReplicaError, type ReplicaStatus, type Reply, type ResourceSpec } from '../client/drover-client.js';
 import { loadConfig } from '../config.js';
 // The demo, the chaos suite and the benchmark are loaded only when asked for, so a replica does
 // not carry their modules (HDR histograms, process clusters) in its memory.
@@ -367,12 +367,8 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`drover: ${error.message}\n${USAGE}\n`);
       return 2;
     }
-    if (error instanceof DroverUnavailableError) {
-      // No reply: the message says what failed and where (NATS, the prefix's replicas, the
-      // timeout). One line, no stack: nothing in this process went wrong.
-      process.stderr.write(`drover: ${error.message}\n`);
-      return 1;
-    }
+    // No reply (DroverUnavailableError) or a failure: the message says what failed and where
+    // (NATS, the prefix's replicas, the timeout). One line, no stack.
     process.stderr.write(`drover: ${error instanceof Error ? error.message : String(error)}\n`);
     return 1;
   }

@@ -97,9 +97,9 @@ export class ShardLeases {
     return this.desiredShards.has(shard);
   }
 
-  /** Desired shards this replica does not hold (yet). */
-  missing(): number[] {
-    return [...this.desiredShards].filter((shard) => !this.held.has(shard));
+  /** The shards this replica should own now. */
+  desired(): number[] {
+    return [...this.desiredShards];
   }
 
   start(): void {

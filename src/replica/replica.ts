@@ -39,7 +39,7 @@ import { LinkMonitor } from './link-monitor.js';
 /** Capacity changes are coalesced for this long before being published. */
 const CAPACITY_COALESCE_MS = 10;
 /** Every owned shard's capacity is republished this often, so new routers and lost messages heal. */
-export const CAPACITY_HEARTBEAT_MS = 1_000;
+const CAPACITY_HEARTBEAT_MS = 1_000;
 /** Round trips in a row, each under the slow bound, before a cut link counts as back. */
 const LINK_BACK_AFTER = 2;
 
@@ -49,7 +49,7 @@ interface ServedShard {
   capacity: ShardCapacity | null;
 }
 
-export type LinkName = 'nats' | 'redis';
+type LinkName = 'nats' | 'redis';
 
 export interface ReplicaStats {
   readonly replicaId: string;
@@ -281,7 +281,7 @@ export class Replica {
       // Give up every shard at once: nobody can be served through this replica now, and the
       // others can only take the shards once the leases are free (released here if Redis still
       // answers; expired after the lease TTL if not).
-      const wanted = [...Array(this.config.shards).keys()].filter((shard) => this.leases.isDesired(shard));
+      const wanted = this.leases.desired();
       this.leases.setDesired([]);
       const shards = this.servedShards();
       for (const shard of shards) this.dropShard(shard, `cut off from ${link === 'nats' ? 'NATS' : 'Redis'}`);

@@ -260,6 +260,8 @@ export class Router {
     /** The latest deadline of an attempt whose write may still land (its outcome is unknown). */
     let unknownUntil = 0;
     let attempts = 0;
+    /** Shards not proven full when the last round ended (their count, for the UNAVAILABLE message). */
+    let unproven = 0;
     for (let round = 0; round < MAX_PLACE_ROUNDS; round += 1) {
       for (; attempts < MAX_ROUTE_ATTEMPTS; attempts += 1) {
         const shard = this.view.choose(request, tried, this.options.config.replicaId);
@@ -280,15 +282,7 @@ export class Router {
         }
         switch (result.code) {
           case 'ALREADY_PLACED':
-            if (result.requestKey === key) {
-              // An earlier attempt of this very request (this one, or a retry's) committed.
-              this.stats.placed += 1;
-              return { ok: true, status: 'placed', id: request.id, workerId: result.workerId ?? '' };
-            }
-            this.stats.alreadyPlaced += 1;
-            return errorReply('ALREADY_PLACED', `container ${request.id} is already placed on worker ${result.workerId}`, {
-              workerId: result.workerId,
-            });
+            return this.alreadyPlaced(request.id, key, result.workerId ?? '', result.requestKey ?? '');
           case 'NO_FIT':
             this.stats.reroutes += 1;
             refuted.add(shard);
@@ -323,17 +317,10 @@ export class Router {
         this.stats.unavailable += 1;
         return errorReply('UNAVAILABLE', `could not place ${request.id} now, and Redis cannot say whether an attempt did; retry with the same id and request key`);
       }
-      if (placed !== null) {
-        if (placed.requestKey === key) {
-          this.stats.placed += 1;
-          return { ok: true, status: 'placed', id: request.id, workerId: placed.workerId };
-        }
-        this.stats.alreadyPlaced += 1;
-        return errorReply('ALREADY_PLACED', `container ${request.id} is already placed on worker ${placed.workerId}`, { workerId: placed.workerId });
-      }
+      if (placed !== null) return this.alreadyPlaced(request.id, key, placed.workerId, placed.requestKey);
       if (lastUnavailable !== null) break;
-      const unproven = this.view.unproven(request, refuted);
-      if (unproven.length === 0) {
+      unproven = this.view.unproven(request, refuted).length;
+      if (unproven === 0) {
         this.stats.noCapacity += 1;
         return errorReply('NO_CAPACITY', `no worker has room for ${request.id} (${describeRequest(request)}): ${this.noCapacityReason(request)}`);
       }
@@ -343,9 +330,22 @@ export class Router {
       if (this.view.choose(request, tried, this.options.config.replicaId) === null) break;
     }
     this.stats.unavailable += 1;
-    const unproven = this.view.unproven(request, refuted).length;
     const why = lastUnavailable ?? `${unproven} shards that may have room could not be asked`;
     return errorReply('UNAVAILABLE', `could not place ${request.id} now (${why}); retry with the same id and request key`);
+  }
+
+  /**
+   * The container is (or was) placed on `workerId` by the request with `holderKey`: if that is this
+   * request's own key, an earlier attempt of it (or of a retry) committed and the answer is
+   * "placed"; otherwise it is another request's container.
+   */
+  private alreadyPlaced(id: string, key: string, workerId: string, holderKey: string): PlaceReply {
+    if (holderKey === key) {
+      this.stats.placed += 1;
+      return { ok: true, status: 'placed', id, workerId };
+    }
+    this.stats.alreadyPlaced += 1;
+    return errorReply('ALREADY_PLACED', `container ${id} is already placed on worker ${workerId}`, { workerId });
   }
 
   /** Why nothing fits: no such worker at all, none taking placements, or all full. */
