@@ -223,6 +223,11 @@ async function runReplica(): Promise<number> {
   process.on('unhandledRejection', (reason) => log.error({ err: reason }, 'unhandled rejection'));
   const replica = await Replica.start(config, log);
   return new Promise<number>((resolve) => {
+    // Another process took this replica's id while it was paused or cut off: hand over what it
+    // still holds and exit 1, so a supervisor sees the failure instead of two processes with one id.
+    void replica.fatal.then(() => {
+      replica.stop().then(() => resolve(1), () => resolve(1));
+    });
     let signals = 0;
     const onSignal = (signal: NodeJS.Signals) => {
       signals += 1;

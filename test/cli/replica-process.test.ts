@@ -6,7 +6,8 @@ import { spawn, execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connectClient, connectRedis, eventually, natsUrl, redisUrl, testPrefix } from '../support/cluster.js';
+import type { Replica } from '../../src/replica/replica.js';
+import { connectClient, connectRedis, eventually, natsUrl, redisUrl, startReplica, testPrefix } from '../support/cluster.js';
 
 const run = promisify(execFile);
 const bin = new URL('../../bin/drover.js', import.meta.url).pathname;
@@ -59,6 +60,32 @@ describe('drover replica (process)', () => {
       expect(await redis.keys(`{${prefix}:s*}:lease`)).toEqual([]);
     } finally {
       child.kill('SIGKILL');
+    }
+  });
+
+  it('exits 1 when another process took its replica id while it was away', async () => {
+    const prefix = testPrefix('pd');
+    const env = { ...process.env, REDIS_URL: redisUrl(), NATS_URL: natsUrl(), DROVER_PREFIX: prefix, DROVER_SHARDS: '4', DROVER_REPLICA_ID: 'twin', DROVER_LEASE_TTL_MS: '2000', DROVER_LOG_LEVEL: 'info' };
+    const child = spawn(process.execPath, [bin, 'replica'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let logs = '';
+    child.stderr.on('data', (chunk: Buffer) => (logs += chunk.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    let other: Replica | null = null;
+    try {
+      await eventually(() => logs.includes('replica started'), 15_000, 'the replica to start');
+      // As if the process had been away past its membership TTL: its entry is gone, and a second
+      // process starts with the same id and joins.
+      const members = `${prefix}:members`;
+      await redis.del(members);
+      other = await startReplica({ prefix, shards: 4, leaseTtlMs: 2_000, replicaId: 'twin' });
+      // The first process's next heartbeat finds the id taken: it hands over and exits 1.
+      expect(await exited).toBe(1);
+      expect(logs).toMatch(/another replica with DROVER_REPLICA_ID=twin is running/);
+      expect(other.membership.members).toEqual(['twin']);
+      await eventually(() => other!.servedShards().length === 4, 10_000, 'the second process to own every shard');
+    } finally {
+      child.kill('SIGKILL');
+      await other?.stop();
     }
   });
 });
