@@ -4,6 +4,8 @@
  */
 import { Redis } from 'ioredis';
 import type { ContainerSpec, WorkerSpecInput } from '../client/drover-client.js';
+import { shardOf } from '../shard/shard-map.js';
+import { DroverStore, type BatchOp } from '../store/store.js';
 import { Progress } from '../util/progress.js';
 import { BenchCluster, NO_COUNTERS, placeInBatches, placeSingly, runLanes, sumCounters, type ClusterCounters } from './drover-bench.js';
 import { Latency, type LatencySummary } from './latency.js';
@@ -697,6 +699,92 @@ export async function memoryScenario(ctx: BenchContext): Promise<ScenarioResult>
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// redis-memory: what Redis keeps per worker, per live container and per released container.
+
+/** Redis's `used_memory`, in bytes. */
+async function usedMemory(redis: Redis): Promise<number> {
+  const match = /used_memory:(\d+)/.exec(await redis.info('memory'));
+  if (match === null) throw new Error('INFO memory has no used_memory');
+  return Number(match[1]);
+}
+
+/**
+ * The store's own writes (register_worker.lua and commit_batch.lua, fenced as a replica writes
+ * them) under fresh prefixes, once with the history stream off and once at its default cap:
+ * `used_memory` before and after registering 2,000 workers over 64 shards, placing 20,000
+ * containers (ids of 16 characters, request keys of 26), and releasing them all (each leaves a
+ * tombstone that expires after DROVER_RELEASED_RETENTION_S). Nothing else writes to this Redis
+ * meanwhile, so the deltas are Drover's.
+ */
+export async function redisMemoryScenario(ctx: BenchContext): Promise<ScenarioResult> {
+  const SHARDS = 64;
+  const WORKERS = 2_000;
+  const CONTAINERS = 20_000;
+  const BATCH = 500;
+  ctx.out(`redis-memory: ${WORKERS} workers, ${CONTAINERS} containers placed then released, written by the store's scripts; history off and on`);
+  return withRedis(ctx, async (redis) => {
+    const rows: ResultRow[] = [];
+    const details: Record<string, unknown> = {};
+    for (const historyCap of [0, 10_000]) {
+      const prefix = `bmem${historyCap}${Date.now().toString(36)}`;
+      const store = new DroverStore(redis, { prefix, shards: SHARDS, historyCap, releasedRetentionSeconds: 3_600 });
+      const epochs: number[] = [];
+      for (let shard = 0; shard < SHARDS; shard += 1) epochs[shard] = (await store.acquireLease(shard, 'bench', 600_000)).epoch;
+      const before = await usedMemory(redis);
+      const workers = fleet(WORKERS, 64_000, 262_144).map((w) => ({ id: w.id, shard: shardOf(w.id, SHARDS), version: 1 }));
+      for (const w of workers) {
+        await store.registerWorker(epochs[w.shard]!, { id: w.id, shard: w.shard, cpu: 64_000, memory: 262_144, gpu: null, gpuCount: 0, pool: null }, 'available');
+      }
+      const registered = await usedMemory(redis);
+      // One shard at a time, in batches; every op quotes the version its worker had when the
+      // batch began (as a replica's owner does), then takes the version Redis answers.
+      const commit = async (kind: 'place' | 'release') => {
+        for (let shard = 0; shard < SHARDS; shard += 1) {
+          const indexes = Array.from({ length: CONTAINERS }, (_, i) => i).filter((i) => workers[i % WORKERS]!.shard === shard);
+          for (let start = 0; start < indexes.length; start += BATCH) {
+            const slice = indexes.slice(start, start + BATCH);
+            const batch: BatchOp[] = slice.map((i) => {
+              const w = workers[i % WORKERS]!;
+              const containerId = `container-${String(i).padStart(6, '0')}`;
+              return kind === 'place'
+                ? { kind, containerId, workerId: w.id, expectedVersion: w.version, cpu: 100, memory: 128, gpuCount: 0, deadline: 0, requestKey: `k-${String(i).padStart(24, '0')}` }
+                : { kind, containerId, workerId: w.id, expectedVersion: w.version };
+            });
+            const result = await store.commitBatch(shard, epochs[shard]!, batch);
+            if (result.fenced) throw new Error(`redis-memory: shard ${shard} fenced`);
+            result.outcomes.forEach((outcome, j) => {
+              if (outcome.code !== (kind === 'place' ? 'PLACED' : 'RELEASED')) throw new Error(`redis-memory: ${kind} answered ${outcome.code}`);
+              const w = workers[slice[j]! % WORKERS]!;
+              w.version = Math.max(w.version, outcome.version);
+            });
+          }
+        }
+      };
+      await commit('place');
+      const placed = await usedMemory(redis);
+      await commit('release');
+      const released = await usedMemory(redis);
+      const perWorker = Math.round((registered - before) / WORKERS);
+      const perLive = Math.round((placed - registered) / CONTAINERS);
+      const perTombstone = Math.round((released - registered) / CONTAINERS);
+      const history = historyCap === 0 ? 'history off' : `history on (cap ${historyCap} per shard)`;
+      ctx.out(`redis-memory: ${history}: ${perWorker} B per worker, ${perLive} B per live container, ${perTombstone} B per released container`);
+      rows.push({
+        ...blankRow,
+        scenario: 'redis-memory',
+        system: `store, ${history}`,
+        placements: CONTAINERS,
+        seconds: 0,
+        placementsPerSecond: 0,
+        note: `${perWorker} B per worker, ${perLive} B per live container, ${perTombstone} B per released container (tombstone)`,
+      });
+      details[historyCap === 0 ? 'historyOff' : 'historyOn'] = { perWorker, perLiveContainer: perLive, perReleasedContainer: perTombstone };
+    }
+    return { name: 'redis-memory', rows, details };
+  });
+}
+
 export const SCENARIOS = {
   seed: seedScenario,
   scale: scaleScenario,
@@ -704,5 +792,6 @@ export const SCENARIOS = {
   churn: churnScenario,
   rebalance: rebalanceScenario,
   memory: memoryScenario,
+  'redis-memory': redisMemoryScenario,
 } as const;
 export type ScenarioName = keyof typeof SCENARIOS;
