@@ -32,6 +32,8 @@ export interface DroverConfig {
   readonly logLevel: string;
   /** Writes queued per shard beyond which new ones are refused with UNAVAILABLE. */
   readonly maxQueuedOpsPerShard: number;
+  /** Queued containers the whole backlog may hold (each home shard holds its share); more get BACKLOG_FULL. */
+  readonly backlogMax: number;
 }
 
 export const PREFIX_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/;
@@ -76,5 +78,6 @@ export function loadConfig(env: Env = process.env, overrides: Partial<DroverConf
     releasedRetentionSeconds: overrides.releasedRetentionSeconds ?? integerVar(env, 'DROVER_RELEASED_RETENTION_S', 3_600, 0, 31_536_000),
     logLevel: overrides.logLevel ?? env.DROVER_LOG_LEVEL ?? 'info',
     maxQueuedOpsPerShard: overrides.maxQueuedOpsPerShard ?? integerVar(env, 'DROVER_MAX_QUEUED_OPS', 20_000, 1, 1_000_000),
+    backlogMax: overrides.backlogMax ?? integerVar(env, 'DROVER_BACKLOG_MAX', 1_000_000, 1, 100_000_000),
   };
 }

@@ -171,7 +171,7 @@ export async function placeInBatches(
   const started = performance.now();
   await runLanes(batches, options.inFlight, async (batch) => {
     const sent = performance.now();
-    const reply = await client.submitBatch(batch);
+    const reply = await client.submitBatch(batch.map((container) => ({ ...container, queue: false })));
     const ms = performance.now() - sent;
     if (!reply.ok) {
       run.failed += batch.length;
@@ -204,7 +204,7 @@ export async function placeSingly(
   const started = performance.now();
   await runLanes(containers, options.inFlight, async (container) => {
     const sent = performance.now();
-    const reply = await client.submit(container);
+    const reply = await client.submit({ ...container, queue: false });
     if (reply.ok) {
       run.placed += 1;
       options.latency.record(performance.now() - sent);

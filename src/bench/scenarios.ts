@@ -397,7 +397,7 @@ export async function churnScenario(ctx: BenchContext): Promise<ScenarioResult> 
         return reply.ok;
       }
       const id = `churn-${sequence}`;
-      const reply = await client.submit({ id, cpu: 1_000, memory: 1_024 });
+      const reply = await client.submit({ id, cpu: 1_000, memory: 1_024, queue: false });
       if (reply.ok) {
         live.push(id);
         current.placed += 1;
@@ -530,7 +530,7 @@ export async function rebalanceScenario(ctx: BenchContext): Promise<ScenarioResu
     };
     const lanes = Array.from({ length: 8 }, async () => {
       while (running) {
-        const batch = Array.from({ length: 200 }, () => ({ id: `rb-${(sequence += 1)}`, cpu: 10, memory: 10 }));
+        const batch = Array.from({ length: 200 }, () => ({ id: `rb-${(sequence += 1)}`, cpu: 10, memory: 10, queue: false }));
         const sent = performance.now();
         try {
           const reply = await cluster.client.submitBatch(batch);

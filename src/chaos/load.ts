@@ -95,15 +95,16 @@ export class ChaosLoad {
       if (attempt > 0) await backoff(attempt);
       let reply: PlaceReply;
       try {
-        reply = await client.submit({ id, cpu, memory }, requestKey);
+        reply = await client.submit({ id, cpu, memory, queue: false }, requestKey);
       } catch (error) {
         record.attempts.push({ at: Date.now(), outcome: { kind: 'transport', message: (error as Error).message } });
         continue;
       }
-      if (reply.ok) {
+      if (reply.ok && reply.status === 'placed') {
         record.attempts.push({ at: Date.now(), outcome: { kind: 'placed', workerId: reply.workerId } });
         return this.finish(record, { kind: 'placed', workerId: reply.workerId });
       }
+      if (reply.ok) throw new Error(`submit of ${id} was queued, though the chaos load submits with queue: false`);
       const code = reply.error.code;
       record.attempts.push({ at: Date.now(), outcome: { kind: 'error', code, ...(reply.workerId !== undefined ? { workerId: reply.workerId } : {}) } });
       if (code === 'UNAVAILABLE') continue;

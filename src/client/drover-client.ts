@@ -4,6 +4,9 @@
  */
 import { connect, errors, headers, type NatsConnection } from '@nats-io/transport-node';
 import type { ErrorCode } from '../protocol/errors.js';
+import type { ContainerView } from '../protocol/container-view.js';
+import type { PublishedContainerEvent } from '../events/container-events.js';
+import type { ContainerStatus } from '../../actors/container-machine.js';
 import type { WorkerView } from '../protocol/shard-messages.js';
 import { randomBytes } from 'node:crypto';
 import { DEADLINE_HEADER, REQUEST_KEY_HEADER, Subjects } from '../protocol/subjects.js';
@@ -80,22 +83,21 @@ export interface ResourceSpec {
   gpuCount?: number;
   pool?: string;
 }
-export type ContainerSpec = ResourceSpec;
+/** A submit: the resources, and optionally how it waits and what its worker's agent runs. */
+export interface ContainerSpec extends ResourceSpec {
+  priority?: number;
+  maxWaitMs?: number;
+  /** false: answer NO_CAPACITY at once instead of queueing (default true). */
+  queue?: boolean;
+  command?: string[];
+  env?: Record<string, string>;
+}
 export type WorkerSpecInput = ResourceSpec;
 
-export type PlaceReply = Reply<{ status: 'placed'; id: string; workerId: string }>;
+export type PlaceReply = Reply<{ status: 'placed'; id: string; workerId: string } | { status: 'queued'; id: string }>;
 
-export interface ContainerInfo {
-  id: string;
-  status: 'placed' | 'released';
-  workerId: string;
-  shard: number;
-  cpu: number;
-  memory: number;
-  gpuCount: number;
-  placedAt: number;
-  releasedAt: number | null;
-}
+export type ContainerInfo = ContainerView;
+export type ContainerEvent = PublishedContainerEvent;
 
 export interface ReplicaStatus {
   replicaId: string;
@@ -236,7 +238,7 @@ export class DroverClient {
   submitBatch(containers: ContainerSpec[], requestKey: string = DroverClient.newRequestKey()): Promise<Reply<{ results: PlaceReply[] }>> {
     return this.call(this.subjects.submitBatch, { containers }, requestKey);
   }
-  release(id: string, requestKey: string = DroverClient.newRequestKey()): Promise<Reply<{ id: string; status: 'released' }>> {
+  release(id: string, requestKey: string = DroverClient.newRequestKey()): Promise<Reply<{ id: string; status: ContainerStatus }>> {
     return this.call(this.subjects.release, { id }, requestKey);
   }
   getContainer(id: string): Promise<Reply<{ container: ContainerInfo }>> {

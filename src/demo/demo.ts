@@ -85,7 +85,7 @@ export async function runDemo(options: DemoOptions): Promise<number> {
     const lane = async () => {
       while (next < containers.length) {
         const container = containers[next++]!;
-        const reply: PlaceReply = await client!.submit(container);
+        const reply: PlaceReply = await client!.submit({ ...container, queue: false });
         if (reply.ok) {
           counts.placed += 1;
           placedIds.push(container.id);

@@ -6,6 +6,8 @@ export const ERROR_CODES = [
   'NO_CAPACITY',
   'UNAVAILABLE',
   'CONFLICT',
+  /** The backlog holds its maximum of queued requests (DROVER_BACKLOG_MAX). */
+  'BACKLOG_FULL',
   'INTERNAL',
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];

@@ -7,7 +7,8 @@
  */
 import { type PlacementRequest, type WorkerRecord, type WorkerStatus } from '../../actors/capacity.js';
 import { DroverError } from './errors.js';
-import { id, invalid, onlyFields, parseContainerRequest, parseWorkerRegistration, type WorkerRegistration } from './validate.js';
+import { MAX_SPEC_BYTES } from './limits.js';
+import { id, invalid, onlyFields, parseContainerRequest, parseWorkerRegistration, specJson, type WorkerRegistration } from './validate.js';
 
 /** Most ops in one router-to-owner message. */
 export const MAX_SHARD_OPS = 1000;
@@ -23,7 +24,21 @@ export type ShardOp =
       readonly requestKey: string;
       /** Unix ms after which the owner must not write the placement (the router has answered). */
       readonly deadline: number;
+      /** Command and environment JSON for the worker's agent, or ''. */
+      readonly spec: string;
     }
+  /** To the container's home shard: queue it in that shard's backlog (durable when answered). */
+  | {
+      readonly k: 'enqueue';
+      readonly id: string;
+      readonly request: PlacementRequest;
+      readonly requestKey: string;
+      readonly priority: number;
+      readonly maxWaitMs: number;
+      readonly spec: string;
+    }
+  /** To the container's home shard: cancel it while it is queued. */
+  | { readonly k: 'cancel'; readonly id: string }
   | { readonly k: 'release'; readonly id: string; readonly workerId: string }
   | { readonly k: 'register'; readonly worker: WorkerRegistration }
   | { readonly k: 'status'; readonly workerId: string; readonly action: StatusAction }
@@ -39,6 +54,9 @@ export type ShardErrorCode =
   | 'UNAVAILABLE'
   | 'EXPIRED'
   | 'ALREADY_PLACED'
+  /** The container is queued by another request, or ended without a placement. */
+  | 'NOT_PLACEABLE'
+  | 'BACKLOG_FULL'
   | 'NOT_FOUND'
   | 'CONFLICT'
   | 'INVALID_REQUEST';
@@ -48,6 +66,8 @@ export type ShardOpResult =
   | { readonly ok: true; readonly worker: WorkerView }
   | { readonly ok: true; readonly released: true; readonly workerId: string }
   | { readonly ok: true; readonly removed: true }
+  | { readonly ok: true; readonly queued: true }
+  | { readonly ok: true; readonly cancelled: true }
   | {
       readonly ok: false;
       readonly code: ShardErrorCode;
@@ -170,16 +190,25 @@ export function parseShardOp(value: unknown): ShardOp {
   if (!isObject(value)) throw invalid('shard op must be an object');
   switch (value.k) {
     case 'place': {
-      onlyFields(value, ['k', 'id', 'request', 'requestKey', 'deadline'], 'place op');
-      if (!isObject(value.request)) throw invalid('place op: "request" must be an object');
-      const { id: containerId, ...request } = parseContainerRequest({ ...value.request, id: value.id }, 'place op');
+      onlyFields(value, ['k', 'id', 'request', 'requestKey', 'deadline', 'spec'], 'place op');
+      const { containerId, request } = placementOf(value, 'place op');
       const requestKey = shardRequestKey(value, 'place op');
       const deadline = value.deadline;
       if (typeof deadline !== 'number' || !Number.isInteger(deadline) || deadline < MIN_DEADLINE_MS || deadline > MAX_DEADLINE_MS) {
         throw invalid('place op: "deadline" must be a time in Unix milliseconds');
       }
-      return { k: 'place', id: containerId, request, requestKey, deadline };
+      return { k: 'place', id: containerId, request, requestKey, deadline, spec: specOf(value, 'place op') };
     }
+    case 'enqueue': {
+      onlyFields(value, ['k', 'id', 'request', 'requestKey', 'priority', 'maxWaitMs', 'spec'], 'enqueue op');
+      const { containerId, request } = placementOf(value, 'enqueue op');
+      // Priority and maxWaitMs are checked by the public parser's rules.
+      const { priority, maxWaitMs } = parseContainerRequest({ id: containerId, cpu: 1, memory: 1, priority: value.priority, maxWaitMs: value.maxWaitMs }, 'enqueue op');
+      return { k: 'enqueue', id: containerId, request, requestKey: shardRequestKey(value, 'enqueue op'), priority, maxWaitMs, spec: specOf(value, 'enqueue op') };
+    }
+    case 'cancel':
+      onlyFields(value, ['k', 'id'], 'cancel op');
+      return { k: 'cancel', id: id(value, 'id', 'cancel op') };
     case 'release':
       onlyFields(value, ['k', 'id', 'workerId'], 'release op');
       return { k: 'release', id: id(value, 'id', 'release op'), workerId: id(value, 'workerId', 'release op') };
@@ -199,6 +228,31 @@ export function parseShardOp(value: unknown): ShardOp {
     default:
       throw invalid(`unknown shard op kind ${JSON.stringify(value.k)}`);
   }
+}
+
+/** A place or enqueue op's container: its id and what it asks for, checked as a client's submit is. */
+function placementOf(value: Record<string, unknown>, where: string): { containerId: string; request: PlacementRequest } {
+  if (!isObject(value.request)) throw invalid(`${where}: "request" must be an object`);
+  onlyFields(value.request, ['cpu', 'memory', 'gpu', 'gpuCount', 'pool'], `${where} request`);
+  const { cpu, memory, gpu, gpuCount, pool } = value.request;
+  const parsed = parseContainerRequest({ id: value.id, cpu, memory, gpu, gpuCount, pool }, where);
+  return { containerId: parsed.id, request: { cpu: parsed.cpu, memory: parsed.memory, gpu: parsed.gpu, gpuCount: parsed.gpuCount, pool: parsed.pool } };
+}
+
+/** The stored command/env JSON: '' or what the public parser accepts, re-serialised from the checked fields. */
+function specOf(value: Record<string, unknown>, where: string): string {
+  const spec = value.spec;
+  if (spec === undefined || spec === '') return '';
+  if (typeof spec !== 'string' || spec.length > 2 * MAX_SPEC_BYTES) throw invalid(`${where}: "spec" must be a JSON string`);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(spec);
+  } catch {
+    throw invalid(`${where}: "spec" must be a JSON string`);
+  }
+  if (!isObject(parsed)) throw invalid(`${where}: "spec" must hold an object`);
+  const checked = parseContainerRequest({ id: 'spec', cpu: 1, memory: 1, command: parsed.command, env: parsed.env }, where);
+  return specJson(checked);
 }
 
 function shardRequestKey(value: Record<string, unknown>, where: string): string {

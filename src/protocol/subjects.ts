@@ -34,6 +34,10 @@ export class Subjects {
   get workersDisable(): string { return `${this.prefix}.workers.disable`; }
   get workersEnable(): string { return `${this.prefix}.workers.enable`; }
   get workersRemove(): string { return `${this.prefix}.workers.remove`; }
+  /** Depth of the backlog by pool and by shape, and its oldest request (collected from every replica). */
+  get backlog(): string { return `${this.prefix}.backlog`; }
+  /** A container's status changes, one subject per container (see src/events/container-events.ts). */
+  containerEvents(containerId: string): string { return `${this.prefix}.events.containers.${containerId}`; }
   /** Every replica answers (no queue group): collect replies for a cluster view. */
   get status(): string { return `${this.prefix}.status`; }
 
@@ -44,6 +48,8 @@ export class Subjects {
   get capacityAll(): string { return `${this.prefix}.capacity.*`; }
   /** Internal: routers ask owners to republish every summary (a router that just started). */
   get capacityRefresh(): string { return `${this.prefix}.control.capacity-refresh`; }
+  /** Internal: every replica answers with the backlog partitions it holds. */
+  get backlogPartitions(): string { return `${this.prefix}.control.backlog`; }
   /** Internal: replica membership heartbeats. */
   get membership(): string { return `${this.prefix}.control.membership`; }
   /** Internal: one replica's own control subject (peer probes; see src/membership/peer-watch.ts). */

@@ -7,8 +7,17 @@
 import type { PlacementRequest } from '../../actors/capacity.js';
 import { DroverError } from './errors.js';
 import {
+  DEFAULT_MAX_WAIT_MS,
+  ENV_NAME_PATTERN,
   ID_PATTERN,
+  MAX_ARG_LENGTH,
   MAX_BATCH_SUBMIT,
+  MAX_COMMAND_ARGS,
+  MAX_ENV_ENTRIES,
+  MAX_MAX_WAIT_MS,
+  MAX_PRIORITY,
+  MAX_SPEC_BYTES,
+  MIN_PRIORITY,
   MAX_CONTAINER_CPU,
   MAX_CONTAINER_MEMORY,
   MAX_GPU_COUNT,
@@ -30,6 +39,22 @@ export interface WorkerRegistration {
 
 export interface ContainerRequest extends PlacementRequest {
   readonly id: string;
+}
+
+/** What a worker agent runs for the container; stored with it as JSON. */
+export interface ContainerSpec {
+  readonly command: readonly string[] | null;
+  readonly env: Readonly<Record<string, string>> | null;
+}
+
+/** A submitted container: what to place, and how long and in what order it may wait for room. */
+export interface SubmitRequest extends ContainerRequest, ContainerSpec {
+  /** Higher is placed first among queued requests. */
+  readonly priority: number;
+  /** How long it may wait in the backlog before it fails with EXPIRED. */
+  readonly maxWaitMs: number;
+  /** false: answer NO_CAPACITY at once instead of queueing. */
+  readonly queue: boolean;
 }
 
 export interface IdRequest {
@@ -120,13 +145,16 @@ export function parseWorkerRegistration(body: Json): WorkerRegistration {
   };
 }
 
-const CONTAINER_FIELDS = ['id', 'cpu', 'memory', 'gpu', 'gpuCount', 'pool'] as const;
+const CONTAINER_FIELDS = ['id', 'cpu', 'memory', 'gpu', 'gpuCount', 'pool', 'priority', 'maxWaitMs', 'queue', 'command', 'env'] as const;
 
-export function parseContainerRequest(body: Json, where = 'container'): ContainerRequest {
+export function parseContainerRequest(body: Json, where = 'container'): SubmitRequest {
   onlyFields(body, CONTAINER_FIELDS, where);
   const gpu = name(body, 'gpu', where);
   // A GPU type alone means one GPU of that type; a count alone means GPUs of any type.
   const gpuCount = integer(body, 'gpuCount', where, gpu === null ? 0 : 1, MAX_GPU_COUNT, gpu === null ? 0 : 1);
+  const queue = body.queue;
+  if (queue !== undefined && queue !== null && typeof queue !== 'boolean') throw invalid(`${where}: "queue" must be true or false`);
+  const spec = parseSpec(body, where);
   return {
     id: id(body, 'id', where),
     cpu: integer(body, 'cpu', where, 1, MAX_CONTAINER_CPU),
@@ -134,10 +162,54 @@ export function parseContainerRequest(body: Json, where = 'container'): Containe
     gpu,
     gpuCount,
     pool: name(body, 'pool', where),
+    priority: integer(body, 'priority', where, MIN_PRIORITY, MAX_PRIORITY, 0),
+    maxWaitMs: integer(body, 'maxWaitMs', where, 1, MAX_MAX_WAIT_MS, DEFAULT_MAX_WAIT_MS),
+    queue: queue !== false,
+    ...spec,
   };
 }
 
-export function parseContainerBatch(body: Json): ContainerRequest[] {
+/** A string a process can take as an argument or environment value: bounded, no NUL. */
+function processString(value: unknown, what: string): string {
+  if (typeof value !== 'string') throw invalid(`${what} must be a string`);
+  if (value.length > MAX_ARG_LENGTH) throw invalid(`${what} is ${value.length} characters; the limit is ${MAX_ARG_LENGTH}`);
+  if (value.includes('\0')) throw invalid(`${what} must not contain a NUL character`);
+  return value;
+}
+
+function parseSpec(body: Json, where: string): ContainerSpec {
+  let command: string[] | null = null;
+  if (body.command !== undefined && body.command !== null) {
+    const raw = body.command;
+    if (!Array.isArray(raw) || raw.length === 0 || raw.length > MAX_COMMAND_ARGS) {
+      throw invalid(`${where}: "command" must be an array of 1 to ${MAX_COMMAND_ARGS} strings (the program, then its arguments)`);
+    }
+    command = raw.map((arg, index) => processString(arg, `${where}: command[${index}]`));
+    if (command[0] === '') throw invalid(`${where}: command[0] (the program) must not be empty`);
+  }
+  let env: Record<string, string> | null = null;
+  if (body.env !== undefined && body.env !== null) {
+    const raw = body.env;
+    if (typeof raw !== 'object' || Array.isArray(raw)) throw invalid(`${where}: "env" must be an object of names to strings`);
+    const entries = Object.entries(raw as Json);
+    if (entries.length > MAX_ENV_ENTRIES) throw invalid(`${where}: "env" has ${entries.length} entries; the limit is ${MAX_ENV_ENTRIES}`);
+    env = {};
+    for (const [key, value] of entries) {
+      if (!ENV_NAME_PATTERN.test(key)) throw invalid(`${where}: env name "${key.slice(0, 40)}" must match ${ENV_NAME_PATTERN.source}`);
+      env[key] = processString(value, `${where}: env.${key}`);
+    }
+  }
+  const bytes = Buffer.byteLength(JSON.stringify({ command, env }));
+  if (bytes > MAX_SPEC_BYTES) throw invalid(`${where}: "command" and "env" take ${bytes} bytes together; the limit is ${MAX_SPEC_BYTES}`);
+  return { command, env };
+}
+
+/** The JSON stored with a container for its agent, or '' when it has neither command nor env. */
+export function specJson(spec: ContainerSpec): string {
+  return spec.command === null && spec.env === null ? '' : JSON.stringify({ command: spec.command, env: spec.env });
+}
+
+export function parseContainerBatch(body: Json): SubmitRequest[] {
   onlyFields(body, ['containers']);
   const list = body.containers;
   if (!Array.isArray(list)) throw invalid('"containers" must be an array of container requests');

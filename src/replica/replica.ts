@@ -35,6 +35,10 @@ import { DroverStore } from '../store/store.js';
 import { Incident } from '../util/incident.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import { LinkMonitor } from './link-monitor.js';
+import { BacklogPartition, type QueuedEntry } from '../backlog/backlog-partition.js';
+import { BacklogScheduler, type AttemptOutcome } from '../backlog/backlog-scheduler.js';
+import { NatsContainerEvents } from '../events/container-events.js';
+import { ShardEndpoint } from './shard-endpoint.js';
 
 /** Capacity changes are coalesced for this long before being published. */
 const CAPACITY_COALESCE_MS = 10;
@@ -45,6 +49,8 @@ const LINK_BACK_AFTER = 2;
 
 interface ServedShard {
   readonly owner: ShardOwner;
+  readonly backlog: BacklogPartition;
+  readonly endpoint: ShardEndpoint;
   readonly subscription: Subscription;
   capacity: ShardCapacity | null;
 }
@@ -58,6 +64,7 @@ export interface ReplicaStats {
   readonly router: Router['stats'];
   readonly owners: { batches: number; committedOps: number; fenceRefusals: number; versionConflicts: number; resyncs: number };
   readonly leases: ShardLeases['stats'];
+  readonly backlog: BacklogScheduler['stats'] & { queued: number };
 }
 
 export class Replica {
@@ -68,6 +75,8 @@ export class Replica {
   readonly membership: Membership;
   readonly links: Record<LinkName, LinkMonitor>;
   readonly peers: PeerWatch;
+  readonly backlog: BacklogScheduler;
+  readonly events: NatsContainerEvents;
   /**
    * Settles with a message when this replica must stop on its own (another process took its
    * replica id while it was paused); the command exits 1 with it.
@@ -109,19 +118,28 @@ export class Replica {
       shards: config.shards,
       historyCap: config.historyCap,
       releasedRetentionSeconds: config.releasedRetentionSeconds,
+      maxQueuedPerShard: Math.ceil(config.backlogMax / config.shards),
     });
+    this.events = new NatsContainerEvents(nc, this.subjects);
     this.router = new Router({
       nc,
       store: this.store,
       config,
       subjects: this.subjects,
       log,
-      localOwner: (shard) => this.served.get(shard)?.owner ?? null,
+      localOwner: (shard) => this.served.get(shard)?.endpoint ?? null,
       localCapacity: (shard) => this.capacityOf(shard),
       onShardReleased: (shard) => {
         if (this.leases.isDesired(shard) && !this.served.has(shard)) this.leases.acquireSoon();
       },
     });
+    this.backlog = new BacklogScheduler({
+      view: this.router.view,
+      replicaId: config.replicaId,
+      attempt: (entry) => this.attemptQueued(entry),
+      log,
+    });
+    this.router.view.onUpdate((shard) => this.backlog.capacityChanged(shard));
     this.membership = new Membership({
       store: this.store,
       nc,
@@ -232,12 +250,18 @@ export class Replica {
     await this.store.ensureShardCount(this.config.shards);
     this.subscriptions.push(
       this.nc.subscribe(this.subjects.capacityRefresh, { callback: () => this.publishAllCapacity() }),
+      this.nc.subscribe(this.subjects.backlogPartitions, {
+        callback: (error, msg) => {
+          if (!error) msg.respond(JSON.stringify(this.backlog.describe()));
+        },
+      }),
       this.nc.subscribe(this.subjects.status, {
         callback: (error, msg) => {
           if (!error) msg.respond(JSON.stringify(this.status()));
         },
       }),
     );
+    this.backlog.start();
     await this.membership.start();
     this.leases.setDesired(this.desired());
     await this.leases.tick();
@@ -338,7 +362,32 @@ export class Replica {
       workers += owner.workerCount;
       for (const key of Object.keys(owners) as Array<keyof typeof owners>) owners[key] += owner.stats[key];
     }
-    return { replicaId: this.config.replicaId, shards: this.servedShards(), workers, router: this.router.stats, owners, leases: this.leases.stats };
+    let queued = 0;
+    for (const { backlog } of this.served.values()) queued += backlog.entries.size;
+    return {
+      replicaId: this.config.replicaId,
+      shards: this.servedShards(),
+      workers,
+      router: this.router.stats,
+      owners,
+      leases: this.leases.stats,
+      backlog: { ...this.backlog.stats, queued },
+    };
+  }
+
+  /** One placement attempt of a queued container, through this replica's router like a submit. */
+  private async attemptQueued(entry: QueuedEntry): Promise<AttemptOutcome> {
+    const reply = await this.router.place({ id: entry.id, ...entry.request }, null, entry.requestKey);
+    if (reply.ok) return { outcome: 'placed', workerId: reply.workerId };
+    switch (reply.error.code) {
+      case 'NO_CAPACITY':
+        return { outcome: 'no-room' };
+      case 'ALREADY_PLACED':
+      case 'CONFLICT':
+        return { outcome: 'not-ours', message: reply.error.message };
+      default:
+        return { outcome: 'unavailable' };
+    }
   }
 
   /**
@@ -365,6 +414,7 @@ export class Replica {
     await Promise.all(this.servedShards().map((shard) => this.handOver(shard)));
     if (this.heartbeatTimer !== null) clearInterval(this.heartbeatTimer);
     if (this.capacityTimer !== null) clearTimeout(this.capacityTimer);
+    this.backlog.stop();
     await this.closeConnections();
     this.log.info('stopped');
   }
@@ -377,7 +427,7 @@ export class Replica {
     if (served === undefined) return Promise.resolve();
     const handOver = (async () => {
       await served.subscription.drain().catch(() => undefined);
-      await served.owner.drain();
+      await Promise.all([served.owner.drain(), served.backlog.drain()]);
       // The lease may have been lost (and the shard even re-taken) while draining: only this
       // ownership is ours to retire and release.
       if (this.served.get(shard) !== served) return;
@@ -412,14 +462,37 @@ export class Replica {
         this.dropShard(fencedShard, 'fenced by a newer epoch');
       },
       onCapacityChange: (changed, grew) => this.markCapacityDirty(changed, grew),
+      events: this.events,
     });
+    let backlog: BacklogPartition;
+    try {
+      backlog = await BacklogPartition.open({
+        store: this.store,
+        shard,
+        epoch,
+        log: this.log,
+        redisWrites: this.redisWrites,
+        leaseHeld: () => this.leases.holds(shard),
+        onFenced: (fencedShard) => {
+          this.leases.forget(fencedShard);
+          this.dropShard(fencedShard, 'fenced by a newer epoch');
+        },
+        events: this.events,
+        maxQueuedOps: this.config.maxQueuedOpsPerShard,
+      });
+    } catch (error) {
+      owner.close();
+      throw error;
+    }
+    const endpoint = new ShardEndpoint(owner, backlog, this.backlog, this.config.shards);
     const subscription = this.nc.subscribe(this.subjects.shard(shard), {
       queue: this.subjects.shardQueue,
       callback: (error, msg) => {
         if (!error) this.serveShard(shard, msg);
       },
     });
-    this.served.set(shard, { owner, subscription, capacity: null });
+    this.served.set(shard, { owner, backlog, endpoint, subscription, capacity: null });
+    this.backlog.add(backlog);
     this.log.debug({ shard, epoch, workers: owner.workerCount }, 'shard opened');
     this.publishCapacity(shard);
     // Membership may have moved on while the shard was loading: give it to its new owner.
@@ -434,6 +507,7 @@ export class Replica {
     this.log.debug({ shard, reason }, 'shard dropped');
     served.subscription.unsubscribe();
     served.owner.close();
+    served.backlog.close();
     this.retire(shard, served);
   }
 
@@ -442,6 +516,8 @@ export class Replica {
       this.retiredOwnerStats[key] += served.owner.stats[key];
     }
     this.served.delete(shard);
+    served.backlog.close();
+    this.backlog.remove(shard);
     this.dirtyShards.delete(shard);
     // Tell routers the shard has no owner here, so they stop choosing it until the next owner
     // speaks. The summary of its last capacity goes with it: nothing changes a shard while nobody
@@ -471,7 +547,7 @@ export class Replica {
       if (op.k === 'invalid') return { ok: false, code: 'INVALID_REQUEST', message: op.message };
       if (served === undefined) return { ok: false, code: 'UNAVAILABLE', message: `this replica does not serve shard ${shard}` };
       try {
-        return served.owner.execute(op);
+        return served.endpoint.execute(op);
       } catch (error) {
         this.log.error({ err: error, shard, op: op.k }, 'shard op failed');
         return { ok: false, code: 'UNAVAILABLE', message: `shard ${shard} failed the op: ${(error as Error).message}` };

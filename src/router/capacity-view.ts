@@ -95,6 +95,9 @@ export class CapacityView {
   private readonly shards: Array<ShardEntry | undefined>;
   /** Shards per owner, rebuilt when an owner changes (for the "this replica's shards first" pass). */
   private byOwner: Map<string, number[]> | null = null;
+  /** Counts the summaries taken: whoever concluded "no room" can tell whether anything changed since. */
+  version = 0;
+  private readonly listeners: Array<(shard: number) => void> = [];
 
   constructor(
     readonly shardCount: number,
@@ -130,7 +133,14 @@ export class CapacityView {
       groups: capacity.groups,
       adjusted: null,
     };
+    this.version += 1;
+    for (const listener of this.listeners) listener(capacity.shard);
     return true;
+  }
+
+  /** Called after every summary taken (the backlog wakes the queued containers it may fit). */
+  onUpdate(listener: (shard: number) => void): void {
+    this.listeners.push(listener);
   }
 
   private shardsOwnedBy(owner: string): readonly number[] {

@@ -18,14 +18,19 @@ import {
   parseIdRequest,
   parseListRequest,
   parseWorkerRegistration,
+  specJson,
   type ContainerRequest,
+  type SubmitRequest,
 } from '../protocol/validate.js';
+import { containerView } from '../protocol/container-view.js';
+import { TERMINAL_STATUSES } from '../../actors/container-machine.js';
+import type { PlacementRequest } from '../../actors/capacity.js';
 import { shardOf } from '../shard/shard-map.js';
 import { CorruptRecordError } from '../store/records.js';
 import type { DroverStore } from '../store/store.js';
-import type { ShardOwner } from '../shard/shard-owner.js';
 import { Incident } from '../util/incident.js';
 import type { Logger } from '../util/log.js';
+import { mergeBacklogReports, parseBacklogReport, type BacklogReport } from '../backlog/backlog-report.js';
 import { CapacityView } from './capacity-view.js';
 import { ShardClient } from './shard-client.js';
 
@@ -62,11 +67,22 @@ export interface RouterStats {
   localOps: number;
   /** Requests dropped because their client's deadline had passed before the router began. */
   expired: number;
+  /** Submits answered "queued". */
+  queued: number;
 }
 
 type PlaceReply =
   | { ok: true; status: 'placed'; id: string; workerId: string }
   | ErrorReply;
+type SubmitReply = PlaceReply | { ok: true; status: 'queued'; id: string };
+
+/** The shard endpoint a replica serves in this process (its owner and its backlog partition). */
+export interface LocalShard {
+  readonly state: 'serving' | 'draining' | 'closed';
+  execute(op: ShardOp): ShardOpResult | Promise<ShardOpResult>;
+}
+/** How long `drover.backlog` waits for every replica's partitions. */
+const BACKLOG_REPORT_WAIT_MS = 1_000;
 
 export interface RouterOptions {
   readonly nc: NatsConnection;
@@ -81,7 +97,7 @@ export interface RouterOptions {
    * is handed to its owner directly instead of making a round trip through NATS to ourselves;
    * the owner is the lease holder either way, and its writes are fenced in Redis either way.
    */
-  readonly localOwner?: (shard: number) => ShardOwner | null;
+  readonly localOwner?: (shard: number) => LocalShard | null;
   /** The current capacity summary of a shard held in this process (what a remote reply carries). */
   readonly localCapacity?: (shard: number) => ShardCapacity | null;
 }
@@ -89,7 +105,7 @@ export interface RouterOptions {
 export class Router {
   readonly view: CapacityView;
   readonly shardClient: ShardClient;
-  readonly stats: RouterStats = { placed: 0, reroutes: 0, noCapacity: 0, unavailable: 0, alreadyPlaced: 0, released: 0, invalid: 0, localOps: 0, expired: 0 };
+  readonly stats: RouterStats = { placed: 0, reroutes: 0, noCapacity: 0, unavailable: 0, alreadyPlaced: 0, released: 0, invalid: 0, localOps: 0, expired: 0, queued: 0 };
   private readonly subscriptions: Subscription[] = [];
   private capacitySubscription: Subscription | null = null;
   private inFlight = 0;
@@ -145,6 +161,7 @@ export class Router {
       [subjects.submitBatch, (msg, deadline) => this.onSubmitBatch(msg, deadline)],
       [subjects.release, (msg) => this.onRelease(msg)],
       [subjects.containersGet, (msg) => this.onContainerGet(msg)],
+      [subjects.backlog, () => this.onBacklog()],
       [subjects.workersRegister, (msg) => this.onRegister(msg)],
       [subjects.workersGet, (msg) => this.onWorkerGet(msg)],
       [subjects.workersList, (msg) => this.onWorkerList(msg)],
@@ -219,9 +236,43 @@ export class Router {
       });
   }
 
-  private async onSubmit(msg: Msg, deadline: number | null): Promise<PlaceReply> {
+  private async onSubmit(msg: Msg, deadline: number | null): Promise<SubmitReply> {
     const request = parseContainerRequest(decodeObject(msg.data));
-    return this.place(request, deadline, requestKey(msg) ?? this.newRequestKey());
+    return this.submit(request, deadline, requestKey(msg) ?? this.newRequestKey());
+  }
+
+  /**
+   * Place now if anything fits; otherwise (NO_CAPACITY, or shards that cannot answer now) queue it
+   * in its home shard's backlog, unless the request said `queue: false`.
+   */
+  async submit(request: SubmitRequest, clientDeadline: number | null, key: string): Promise<SubmitReply> {
+    const spec = specJson(request);
+    const placed = await this.place(request, clientDeadline, key, spec);
+    if (placed.ok || !request.queue) return placed;
+    if (placed.error.code !== 'NO_CAPACITY' && placed.error.code !== 'UNAVAILABLE') return placed;
+    const result = await this.sendBound(this.shardOf(request.id), {
+      k: 'enqueue',
+      id: request.id,
+      request: placementOf(request),
+      requestKey: key,
+      priority: request.priority,
+      maxWaitMs: request.maxWaitMs,
+      spec,
+    });
+    if (result.ok) {
+      this.stats.queued += 1;
+      return { ok: true, status: 'queued', id: request.id };
+    }
+    switch (result.code) {
+      case 'ALREADY_PLACED':
+        return this.alreadyPlaced(request.id, key, result.workerId ?? '', result.requestKey ?? '');
+      case 'NOT_PLACEABLE':
+        return errorReply('CONFLICT', result.message);
+      case 'BACKLOG_FULL':
+        return errorReply('BACKLOG_FULL', result.message);
+      default:
+        return replyFromError(this.boundError(result));
+    }
   }
 
   private async onSubmitBatch(msg: Msg, deadline: number | null): Promise<unknown> {
@@ -231,7 +282,7 @@ export class Router {
     // One container's failure is its own answer; the others are answered as they ended.
     const results = await Promise.all(
       requests.map((request) =>
-        this.place(request, deadline, key).catch((error: unknown) => {
+        this.submit(request, deadline, key).catch((error: unknown) => {
           this.options.log.error({ err: error, container: request.id }, 'placement failed');
           return replyFromError(error);
         }),
@@ -252,7 +303,8 @@ export class Router {
    * shard either answered that nothing fits or has a fresh summary proving it; otherwise the
    * answer is UNAVAILABLE (retry), never a "no" that may be false.
    */
-  async place(request: ContainerRequest, clientDeadline: number | null = null, key: string = this.newRequestKey()): Promise<PlaceReply> {
+  async place(request: ContainerRequest, clientDeadline: number | null = null, key: string = this.newRequestKey(), spec = ''): Promise<PlaceReply> {
+    const placement = placementOf(request);
     const tried = new Set<number>();
     /** Shards whose owner answered that nothing fits: the only shards asking proved empty. */
     const refuted = new Set<number>();
@@ -274,7 +326,7 @@ export class Router {
           lastUnavailable = 'the client deadline passed';
           break;
         }
-        const op: ShardOp = { k: 'place', id: request.id, request, requestKey: key, deadline };
+        const op: ShardOp = { k: 'place', id: request.id, request: placement, requestKey: key, deadline, spec };
         const result = await this.send(shard, op);
         if (result.ok) {
           this.stats.placed += 1;
@@ -283,6 +335,9 @@ export class Router {
         switch (result.code) {
           case 'ALREADY_PLACED':
             return this.alreadyPlaced(request.id, key, result.workerId ?? '', result.requestKey ?? '');
+          case 'NOT_PLACEABLE':
+            // Queued by another request, or ended (cancelled, expired) before a placement.
+            return errorReply('CONFLICT', result.message);
           case 'NO_FIT':
             this.stats.reroutes += 1;
             refuted.add(shard);
@@ -317,7 +372,13 @@ export class Router {
         this.stats.unavailable += 1;
         return errorReply('UNAVAILABLE', `could not place ${request.id} now, and Redis cannot say whether an attempt did; retry with the same id and request key`);
       }
-      if (placed !== null) return this.alreadyPlaced(request.id, key, placed.workerId, placed.requestKey);
+      if (placed !== null && placed.status === 'queued' && placed.requestKey !== key) {
+        return errorReply('CONFLICT', `container ${request.id} is queued by another request`);
+      }
+      if (placed !== null && placed.status !== 'queued') {
+        if (placed.workerId === null) return errorReply('CONFLICT', `container ${request.id} ended (${placed.status}) without being placed`);
+        return this.alreadyPlaced(request.id, key, placed.workerId, placed.requestKey);
+      }
       if (lastUnavailable !== null) break;
       unproven = this.view.unproven(request, refuted).length;
       if (unproven === 0) {
@@ -361,28 +422,68 @@ export class Router {
     return `all ${available} available ${which} are too full for it`;
   }
 
+  /**
+   * Release a container: a queued one is cancelled in its backlog (it never runs); a placed one is
+   * released on its worker. Releasing an ended one answers its final status (idempotent).
+   */
   private async onRelease(msg: Msg): Promise<unknown> {
     const { id } = parseIdRequest(decodeObject(msg.data));
-    const container = await this.read(() => this.options.store.readContainer(id));
-    if (container === null) throw new DroverError('NOT_FOUND', `container ${id} is not known`);
-    if (container.status === 'released') return { ok: true, id, status: 'released' };
     // A release is idempotent by container id: its request key is checked but not needed. A retry
     // after the container's tombstone expired cannot happen either, as a client retries only
     // until its deadline, far shorter than the tombstone's retention.
     requestKey(msg);
-    const result = await this.sendBound(container.shard, { k: 'release', id, workerId: container.workerId });
-    if (!result.ok) throw this.boundError(result);
-    this.stats.released += 1;
-    return { ok: true, id, status: 'released' };
+    // Twice at most: a cancel that finds the container no longer queued (an attempt placed it
+    // meanwhile) reads it again and releases it where it was placed.
+    for (let look = 0; look < 2; look += 1) {
+      const container = await this.read(() => this.options.store.readContainer(id));
+      if (container === null) throw new DroverError('NOT_FOUND', `container ${id} is not known`);
+      if (TERMINAL_STATUSES.has(container.status)) return { ok: true, id, status: container.status };
+      if (container.status === 'queued') {
+        const result = await this.sendBound(container.shard, { k: 'cancel', id });
+        if (result.ok) {
+          this.stats.released += 1;
+          return { ok: true, id, status: 'released' };
+        }
+        if (result.code === 'NOT_FOUND') continue;
+        throw this.boundError(result);
+      }
+      const result = await this.sendBound(container.shard, { k: 'release', id, workerId: container.workerId ?? '' });
+      if (!result.ok) throw this.boundError(result);
+      this.stats.released += 1;
+      return { ok: true, id, status: 'released' };
+    }
+    throw new DroverError('UNAVAILABLE', `container ${id} changed while it was being released; retry`);
+  }
+
+  /**
+   * The backlog of the whole cluster: every replica answers for the partitions it holds; the
+   * answer says which shards did not answer within BACKLOG_REPORT_WAIT_MS.
+   */
+  private async onBacklog(): Promise<unknown> {
+    const { nc, subjects, config } = this.options;
+    const reports: BacklogReport[] = [];
+    const covered = new Set<number>();
+    try {
+      const replies = await nc.requestMany(subjects.backlogPartitions, '', { strategy: 'timer', maxWait: BACKLOG_REPORT_WAIT_MS });
+      for await (const reply of replies) {
+        const report = parseBacklogReport(reply.json());
+        if (report === null) continue;
+        reports.push(report);
+        for (const shard of report.shards) covered.add(shard);
+        if (covered.size >= config.shards) break;
+      }
+    } catch {
+      // no responders: reported below as missing shards
+    }
+    return { ok: true, ...mergeBacklogReports(reports, config.shards) };
   }
 
   private async onContainerGet(msg: Msg): Promise<unknown> {
     const { id } = parseIdRequest(decodeObject(msg.data));
     const container = await this.read(() => this.options.store.readContainer(id));
     if (container === null) throw new DroverError('NOT_FOUND', `container ${id} is not known`);
-    // The request keys are how retries recognise themselves, not something to hand to anyone who asks.
-    const { requestKey: _requestKey, ...view } = container;
-    return { ok: true, container: view };
+    // Built field by field: the request key (how retries recognise themselves) is not shown.
+    return { ok: true, container: containerView(container) };
   }
 
   private async onRegister(msg: Msg): Promise<unknown> {
@@ -497,6 +598,11 @@ export class Router {
         return new DroverError('INTERNAL', `unexpected shard answer ${result.code}: ${result.message}`);
     }
   }
+}
+
+/** Only what a placement needs: the rest of a submit (priority, command, ...) does not travel to owners. */
+function placementOf(request: PlacementRequest): PlacementRequest {
+  return { cpu: request.cpu, memory: request.memory, gpu: request.gpu, gpuCount: request.gpuCount, pool: request.pool };
 }
 
 function respond(msg: Msg, body: unknown): void {

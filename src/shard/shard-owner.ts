@@ -27,6 +27,7 @@ import {
   type WorkerView,
 } from '../protocol/shard-messages.js';
 import type { WorkerRegistration } from '../protocol/validate.js';
+import type { ContainerEventPublisher } from '../events/container-events.js';
 import { MAX_BATCH_OPS, type BatchOp, type DroverStore, type OpOutcome } from '../store/store.js';
 import type { Incident } from '../util/incident.js';
 import type { Logger } from '../util/log.js';
@@ -65,7 +66,12 @@ export interface ShardOwnerOptions {
    * otherwise it may coalesce.
    */
   readonly onCapacityChange: (shard: number, grew: boolean) => void;
+  /** Placed and released containers are announced here, after Redis has them. */
+  readonly events: ContainerEventPublisher;
 }
+
+/** The ops a shard owner serves: its workers' (the backlog's go to the shard's backlog partition). */
+export type WorkerShardOp = Exclude<ShardOp, { k: 'enqueue' } | { k: 'cancel' }>;
 
 interface QueuedPlacement {
   readonly kind: 'place';
@@ -75,6 +81,8 @@ interface QueuedPlacement {
   readonly request: PlacementRequest;
   readonly deadline: number;
   readonly requestKey: string;
+  /** Command and environment JSON for the worker's agent, or ''. */
+  readonly spec: string;
   /** Already decided once more after Redis refused its first worker (at most one such retry). */
   readonly redecided: boolean;
   readonly resolve: (result: ShardOpResult) => void;
@@ -170,7 +178,7 @@ export class ShardOwner {
   }
 
   /** Run one op for this shard. Never rejects: every failure is a result the router can act on. */
-  execute(op: ShardOp): Promise<ShardOpResult> | ShardOpResult {
+  execute(op: WorkerShardOp): Promise<ShardOpResult> | ShardOpResult {
     if (this.ownerState !== 'serving') return unavailable(`shard ${this.shard} is ${this.ownerState} on this replica`);
     // Anyone on the bus can publish on a shard subject: an op naming a worker of another shard
     // would otherwise create or change a second record of that machine here.
@@ -187,7 +195,7 @@ export class ShardOwner {
     }
     switch (op.k) {
       case 'place':
-        return this.place(op.id, op.request, op.requestKey, op.deadline);
+        return this.place(op.id, op.request, op.requestKey, op.deadline, op.spec);
       case 'release':
         return this.release(op.id, op.workerId);
       case 'status':
@@ -251,7 +259,7 @@ export class ShardOwner {
     this.index.refresh(actor);
   }
 
-  private place(containerId: string, request: PlacementRequest, requestKey: string, deadline: number, redecided = false): ShardOpResult | Promise<ShardOpResult> {
+  private place(containerId: string, request: PlacementRequest, requestKey: string, deadline: number, spec: string, redecided = false): ShardOpResult | Promise<ShardOpResult> {
     const actor = this.index.choose(request, this.options.strategy);
     if (actor === null) return { ok: false, code: 'NO_FIT', message: `no worker in shard ${this.shard} fits` };
     const before = actor.getSnapshot().context.reservations;
@@ -260,7 +268,7 @@ export class ShardOwner {
     if (actor.getSnapshot().context.reservations !== before + 1) {
       throw new Error(`worker ${actor.getSnapshot().context.spec.id} refused a reservation it was chosen for`);
     }
-    return this.enqueue((resolve) => ({ kind: 'place', actor, containerId, request, deadline, requestKey, redecided, resolve }));
+    return this.enqueue((resolve) => ({ kind: 'place', actor, containerId, request, deadline, requestKey, spec, redecided, resolve }));
   }
 
   private release(containerId: string, workerId: string): ShardOpResult | Promise<ShardOpResult> {
@@ -471,7 +479,7 @@ export class ShardOwner {
     }
     let result: ShardOpResult | Promise<ShardOpResult>;
     try {
-      result = this.place(queued.containerId, queued.request, queued.requestKey, queued.deadline, true);
+      result = this.place(queued.containerId, queued.request, queued.requestKey, queued.deadline, queued.spec, true);
     } catch (error) {
       this.options.log.error({ err: error, shard: this.shard, container: queued.containerId }, 'placement could not be decided again');
       result = { ok: false, code: 'RETRY', message: `shard ${this.shard} could not decide the placement again` };
@@ -484,7 +492,7 @@ export class ShardOwner {
     const base = { workerId: context.spec.id, expectedVersion: context.resourceVersion };
     if (queued.kind === 'place') {
       const { cpu, memory, gpuCount } = queued.request;
-      return { kind: 'place', ...base, containerId: queued.containerId, cpu, memory, gpuCount, deadline: queued.deadline, requestKey: queued.requestKey };
+      return { kind: 'place', ...base, containerId: queued.containerId, cpu, memory, gpuCount, deadline: queued.deadline, requestKey: queued.requestKey, spec: queued.spec };
     }
     if (queued.kind === 'release') return { kind: 'release', ...base, containerId: queued.containerId };
     if (queued.kind === 'remove') return { kind: 'remove', ...base };
@@ -503,7 +511,17 @@ export class ShardOwner {
       const { cpu, memory, gpuCount } = queued.request;
       if (outcome.code === 'PLACED') {
         add(tally.placed, cpu, memory, gpuCount);
+        this.options.events.publish({ id: queued.containerId, status: 'placed', workerId });
         queued.resolve({ ok: true, workerId });
+        return false;
+      }
+      if (outcome.code === 'NOT_PLACEABLE') {
+        add(tally.aborted, cpu, memory, gpuCount);
+        const [status = '', holderKey = ''] = outcome.extra.split(' ');
+        const message = status === 'queued'
+          ? `container ${queued.containerId} is queued by another request`
+          : `container ${queued.containerId} ended (${status}) without being placed`;
+        queued.resolve({ ok: false, code: 'NOT_PLACEABLE', message, requestKey: holderKey });
         return false;
       }
       add(tally.aborted, cpu, memory, gpuCount);
@@ -530,6 +548,7 @@ export class ShardOwner {
       if (outcome.code === 'RELEASED') {
         const [cpu, memory, gpuCount] = outcome.extra.split(' ').map(Number) as [number, number, number];
         add(tally.released, cpu, memory, gpuCount);
+        this.options.events.publish({ id: queued.containerId, status: 'released', workerId, reason: 'RELEASED' });
         queued.resolve({ ok: true, released: true, workerId });
         return false;
       }

@@ -34,6 +34,10 @@ export class KeySpace {
   history(shard: number): string {
     return `${this.tag(shard)}:history`;
   }
+  /** Sorted set of the ids of the containers queued in this home shard's backlog, scored by queue time. */
+  backlog(shard: number): string {
+    return `${this.tag(shard)}:backlog`;
+  }
   /** Hash: a container's status, worker, shard and resources. */
   container(containerId: string): string {
     return `${this.prefix}:container:${containerId}`;

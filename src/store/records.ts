@@ -3,21 +3,34 @@
  * does not parse is reported as corrupt instead of flowing on as NaN.
  */
 import { isWorkerStatus, type WorkerRecord } from '../../actors/capacity.js';
-
-export type ContainerStatus = 'placed' | 'released';
+import { isContainerStatus, type ContainerReason, type ContainerStatus } from '../../actors/container-machine.js';
 
 export interface ContainerRecord {
   readonly id: string;
   readonly status: ContainerStatus;
-  readonly workerId: string;
+  /** The worker it is (or was) placed on; null while queued or when it ended without a placement. */
+  readonly workerId: string | null;
+  /** The worker's shard once placed; before that (and if never placed), its home shard's backlog. */
   readonly shard: number;
   readonly cpu: number;
   readonly memory: number;
   readonly gpuCount: number;
-  readonly placedAt: number;
-  readonly releasedAt: number | null;
-  /** The request key of the submit that placed it (the client's, or one its router made up). */
+  /** Unix ms (Redis clock) of each step; null for steps it has not taken. */
+  readonly queuedAt: number | null;
+  readonly placedAt: number | null;
+  readonly endedAt: number | null;
+  /** Why it ended (released, failed or lost). */
+  readonly reason: ContainerReason | null;
+  /** While queued: its priority and when it expires. */
+  readonly priority: number | null;
+  readonly expiresAt: number | null;
+  /** The request key of the submit that queued or placed it (the client's, or one its router made up). */
   readonly requestKey: string;
+  /** Command and environment JSON for its worker's agent ('' when none). */
+  readonly spec: string;
+  /** While queued: what it asks for beyond cpu, memory and GPU count. */
+  readonly gpu: string | null;
+  readonly pool: string | null;
 }
 
 export class CorruptRecordError extends Error {
@@ -69,33 +82,54 @@ export function workerFromHash(hash: Record<string, string>): WorkerRecord {
   };
 }
 
+function optionalInteger(what: string, hash: Record<string, string>, field: string): number | null {
+  const raw = hash[field];
+  if (raw === undefined || raw === '' || raw === '0' || raw === '-') return null;
+  return integer(what, hash, field);
+}
+
+const REASONS: ReadonlySet<string> = new Set(['EXPIRED', 'CANCELLED', 'RELEASED', 'WORKER_LOST']);
+
 export function containerFromHash(id: string, hash: Record<string, string>, what = `container ${id}`): ContainerRecord {
   const status = hash.status;
-  if (status !== 'placed' && status !== 'released') throw new CorruptRecordError(what, 'status', status);
+  if (!isContainerStatus(status)) throw new CorruptRecordError(what, 'status', status);
+  const workerId = hash.workerId === undefined || hash.workerId === '-' || status === 'queued' ? null : hash.workerId;
+  const shard = workerId === null ? hash.home ?? hash.shard : hash.shard;
+  const reason = hash.reason === undefined || hash.reason === '-' ? null : hash.reason;
+  if (reason !== null && !REASONS.has(reason)) throw new CorruptRecordError(what, 'reason', reason);
   return {
     id,
     status,
-    workerId: text(what, hash, 'workerId'),
-    shard: integer(what, hash, 'shard'),
+    workerId,
+    shard: integer(what, { shard: shard ?? '' }, 'shard'),
     cpu: integer(what, hash, 'cpu'),
     memory: integer(what, hash, 'memory'),
     gpuCount: integer(what, hash, 'gpuCount'),
-    placedAt: integer(what, hash, 'placedAt'),
-    releasedAt: hash.releasedAt === undefined ? null : integer(what, hash, 'releasedAt'),
+    queuedAt: optionalInteger(what, hash, 'queuedAt'),
+    placedAt: status === 'queued' ? null : optionalInteger(what, hash, 'placedAt'),
+    endedAt: optionalInteger(what, hash, 'endedAt'),
+    reason: reason as ContainerReason | null,
+    priority: hash.priority === undefined ? null : integer(what, hash, 'priority'),
+    expiresAt: status === 'queued' ? optionalInteger(what, hash, 'expiresAt') : null,
     requestKey: hash.requestKey ?? '',
+    spec: hash.spec ?? '',
+    gpu: hash.gpu === undefined || hash.gpu === '' ? null : hash.gpu,
+    pool: hash.pool === undefined || hash.pool === '' ? null : hash.pool,
   };
 }
 
 /**
- * A released container's tombstone (see commit_batch.lua):
- * "released <workerId> <shard> <cpu> <memory> <gpuCount> <placedAt> <releasedAt> <requestKey|->".
+ * An ended container's tombstone (see commit_batch.lua and backlog_commit.lua):
+ * "<status> <workerId|-> <shard> <cpu> <memory> <gpuCount> <placedAt> <endedAt> <requestKey|-> [<reason> <queuedAt>]".
  */
 export function containerFromTombstone(id: string, tombstone: string): ContainerRecord {
   const what = `container ${id} (tombstone)`;
   const fields = tombstone.split(' ');
-  if (fields.length !== 9 || fields[0] !== 'released') throw new CorruptRecordError(what, 'value', tombstone);
-  const names = ['status', 'workerId', 'shard', 'cpu', 'memory', 'gpuCount', 'placedAt', 'releasedAt', 'requestKey'];
-  const hash = Object.fromEntries(names.map((name, i) => [name, fields[i]!]));
+  if ((fields.length !== 9 && fields.length !== 11) || !isContainerStatus(fields[0])) throw new CorruptRecordError(what, 'value', tombstone);
+  const names = ['status', 'workerId', 'shard', 'cpu', 'memory', 'gpuCount', 'placedAt', 'endedAt', 'requestKey', 'reason', 'queuedAt'];
+  const hash: Record<string, string> = Object.fromEntries(fields.map((field, i) => [names[i]!, field]));
   if (hash.requestKey === '-') hash.requestKey = '';
+  // Tombstones written before reasons were recorded are releases by a client.
+  if (hash.reason === undefined) hash.reason = 'RELEASED';
   return containerFromHash(id, hash, what);
 }

@@ -20,7 +20,41 @@ export interface StoreOptions {
   readonly historyCap: number;
   /** Seconds a released container's tombstone is kept; 0 keeps it forever. */
   readonly releasedRetentionSeconds: number;
+  /** The most containers one shard's backlog may hold (backlog_commit.lua refuses more). */
+  readonly maxQueuedPerShard?: number;
 }
+
+/** A backlog write of one home shard (see backlog_commit.lua). */
+export type BacklogOp =
+  | {
+      readonly kind: 'queue';
+      readonly containerId: string;
+      readonly requestKey: string;
+      readonly priority: number;
+      readonly expiresAt: number;
+      readonly cpu: number;
+      readonly memory: number;
+      readonly gpu: string | null;
+      readonly gpuCount: number;
+      readonly pool: string | null;
+      readonly spec: string;
+    }
+  /** Forget a container the backlog no longer holds (its record says placed or ended). */
+  | { readonly kind: 'drop'; readonly containerId: string }
+  /** End a queued container without a placement. */
+  | { readonly kind: 'end'; readonly containerId: string; readonly status: 'released' | 'failed'; readonly reason: 'CANCELLED' | 'EXPIRED' };
+
+export const BACKLOG_CODES = ['QUEUED', 'QUEUED_BY', 'PLACED', 'ENDED', 'FULL', 'DROPPED', 'STILL_QUEUED', 'ENDED_NOW', 'NOT_QUEUED'] as const;
+export type BacklogCode = (typeof BACKLOG_CODES)[number];
+export interface BacklogOutcome {
+  readonly code: BacklogCode;
+  /** Code-specific; see backlog_commit.lua. */
+  readonly extra: string;
+}
+export type BacklogResult =
+  | { readonly fenced: true; readonly currentEpoch: number }
+  | { readonly fenced: false; readonly outcomes: readonly BacklogOutcome[] };
+const backlogCodes = new Set<string>(BACKLOG_CODES);
 
 export interface PlaceOp {
   readonly kind: 'place';
@@ -34,6 +68,8 @@ export interface PlaceOp {
   readonly deadline: number;
   /** The client's request key (or the router's, when the client sent none); stored so a retry recognises its own placement. */
   readonly requestKey: string;
+  /** Command and environment JSON for the worker's agent; none or '' (a queued container keeps its own). */
+  readonly spec?: string;
 }
 export interface ReleaseOp {
   readonly kind: 'release';
@@ -58,6 +94,7 @@ export type BatchOp = PlaceOp | ReleaseOp | StatusOp | RemoveOp;
 export const OUTCOME_CODES = [
   'PLACED',
   'ALREADY_PLACED',
+  'NOT_PLACEABLE',
   'RV_CONFLICT',
   'NO_CAPACITY',
   'NOT_SCHEDULABLE',
@@ -170,19 +207,19 @@ export class DroverStore {
       switch (op.kind) {
         case 'status':
           keys.push(workerKey, workerKey, workerKey);
-          args.push('S', '', op.workerId, op.expectedVersion, op.status, '', '', 0, '');
+          args.push('S', '', op.workerId, op.expectedVersion, op.status, '', '', 0, '', '');
           break;
         case 'remove':
           keys.push(workerKey, k.workerContainers(shard, op.workerId), k.shardWorkers(shard));
-          args.push('X', '', op.workerId, op.expectedVersion, '', '', '', 0, '');
+          args.push('X', '', op.workerId, op.expectedVersion, '', '', '', 0, '', '');
           break;
         case 'place':
           keys.push(workerKey, k.workerContainers(shard, op.workerId), k.container(op.containerId));
-          args.push('P', op.containerId, op.workerId, op.expectedVersion, op.cpu, op.memory, op.gpuCount, op.deadline, op.requestKey);
+          args.push('P', op.containerId, op.workerId, op.expectedVersion, op.cpu, op.memory, op.gpuCount, op.deadline, op.requestKey, op.spec ?? '');
           break;
         case 'release':
           keys.push(workerKey, k.workerContainers(shard, op.workerId), k.container(op.containerId));
-          args.push('R', op.containerId, op.workerId, op.expectedVersion, '', '', '', 0, '');
+          args.push('R', op.containerId, op.workerId, op.expectedVersion, '', '', '', 0, '', '');
           break;
       }
     }
@@ -198,6 +235,66 @@ export class DroverStore {
       outcomes.push({ code: code as OutcomeCode, version: Number(reply[2 + 3 * i]), extra: String(reply[3 + 3 * i]) });
     }
     return { fenced: false, outcomes };
+  }
+
+  /** Apply up to MAX_BATCH_OPS backlog writes of home shard `shard` atomically, fenced by `epoch`. */
+  async commitBacklog(shard: number, epoch: number, ops: readonly BacklogOp[]): Promise<BacklogResult> {
+    if (ops.length === 0 || ops.length > MAX_BATCH_OPS) throw new Error(`backlog batch of ${ops.length} ops (1..${MAX_BATCH_OPS})`);
+    const k = this.keys;
+    const keys: string[] = [k.epoch(shard), k.backlog(shard)];
+    const args: (string | number)[] = [epoch, shard, this.options.maxQueuedPerShard ?? 1_000_000, this.options.releasedRetentionSeconds, ops.length];
+    for (const op of ops) {
+      keys.push(k.container(op.containerId));
+      switch (op.kind) {
+        case 'queue':
+          args.push('Q', op.containerId, op.requestKey, op.priority, op.expiresAt, op.cpu, op.memory, op.gpu ?? '', op.gpuCount, op.pool ?? '', op.spec);
+          break;
+        case 'drop':
+          args.push('D', op.containerId, '', '', '', '', '', '', '', '', '');
+          break;
+        case 'end':
+          args.push('E', op.containerId, '', op.status, op.reason, '', '', '', '', '', '');
+          break;
+      }
+    }
+    const reply = (await runScript(this.redis, 'backlog_commit', keys, args)) as unknown[];
+    if (reply[0] === 'FENCED') return { fenced: true, currentEpoch: Number(reply[1]) };
+    if (reply[0] !== 'OK' || reply.length !== 1 + 2 * ops.length) {
+      throw new Error(`backlog_commit returned a malformed reply of ${reply.length} items for ${ops.length} ops`);
+    }
+    const outcomes: BacklogOutcome[] = [];
+    for (let i = 0; i < ops.length; i += 1) {
+      const code = String(reply[1 + 2 * i]);
+      if (!backlogCodes.has(code)) throw new Error(`backlog_commit returned unknown code ${code}`);
+      outcomes.push({ code: code as BacklogCode, extra: String(reply[2 + 2 * i]) });
+    }
+    return { fenced: false, outcomes };
+  }
+
+  /**
+   * The ids in a shard's backlog set with their records, read after the epoch bump (so no earlier
+   * owner's write is missed). An id whose record no longer says queued comes back with that record
+   * (or null): the caller drops it from the set.
+   */
+  async loadBacklog(shard: number): Promise<Array<{ id: string; record: ContainerRecord | null }>> {
+    const ids = await this.redis.zrange(this.keys.backlog(shard), '0', '-1');
+    const records: Array<{ id: string; record: ContainerRecord | null }> = [];
+    for (let start = 0; start < ids.length; start += MAX_BATCH_OPS) {
+      const slice = ids.slice(start, start + MAX_BATCH_OPS);
+      const read = await this.readContainers(slice);
+      slice.forEach((id, index) => records.push({ id, record: read[index] ?? null }));
+    }
+    return records;
+  }
+
+  /** How many containers each shard's backlog set holds (one pipelined round trip). */
+  async backlogSizes(): Promise<number[]> {
+    const pipeline = this.redis.pipeline();
+    for (let shard = 0; shard < this.options.shards; shard += 1) pipeline.zcard(this.keys.backlog(shard));
+    return ((await pipeline.exec()) ?? []).map(([error, size]) => {
+      if (error) throw error;
+      return Number(size);
+    });
   }
 
   /**

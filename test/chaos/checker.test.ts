@@ -40,9 +40,10 @@ afterAll(async () => {
 /** Submit through the real cluster and record it as the chaos load does. */
 async function submit(id: string, cpu: number): Promise<void> {
   const record = log.begin('fenced-client', 'submit', id, cpu, cpu);
-  const reply = await client.submit({ id, cpu, memory: cpu });
-  record.attempts.push({ at: Date.now(), outcome: reply.ok ? { kind: 'placed', workerId: reply.workerId } : { kind: 'error', code: reply.error.code } });
-  record.final = reply.ok ? { kind: 'placed', workerId: reply.workerId } : { kind: 'error', code: reply.error.code };
+  const reply = await client.submit({ id, cpu, memory: cpu, queue: false });
+  const outcome = reply.ok && reply.status === 'placed' ? { kind: 'placed' as const, workerId: reply.workerId } : { kind: 'error' as const, code: reply.ok ? 'INTERNAL' as const : reply.error.code };
+  record.attempts.push({ at: Date.now(), outcome });
+  record.final = outcome;
   record.endedAt = Date.now();
 }
 

@@ -4,7 +4,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DroverClient } from '../../src/client/drover-client.js';
-import type { ShardOp, ShardOpResult } from '../../src/protocol/shard-messages.js';
+import type { ShardOpResult } from '../../src/protocol/shard-messages.js';
+import type { WorkerShardOp } from '../../src/shard/shard-owner.js';
 import type { Replica } from '../../src/replica/replica.js';
 import { connectClient, startReplica } from '../support/cluster.js';
 
@@ -23,7 +24,7 @@ afterAll(async () => {
   await replica.stop();
 });
 
-async function burst(ops: ShardOp[]): Promise<ShardOpResult[]> {
+async function burst(ops: WorkerShardOp[]): Promise<ShardOpResult[]> {
   const owner = replica.owner(0)!;
   // All in one turn of the event loop: the owner queues them behind the batch in flight.
   return Promise.all(ops.map((op) => owner.execute(op)));
@@ -31,7 +32,7 @@ async function burst(ops: ShardOp[]): Promise<ShardOpResult[]> {
 
 describe('back-pressure', () => {
   it('refuses releases past the queue bound, and the refused ones succeed when retried', async () => {
-    const ops: ShardOp[] = Array.from({ length: 30 }, (_, i) => ({ k: 'release', id: `bp-c${i}`, workerId: 'bp-1' }));
+    const ops: WorkerShardOp[] = Array.from({ length: 30 }, (_, i) => ({ k: 'release', id: `bp-c${i}`, workerId: 'bp-1' }));
     const results = await burst(ops);
     const refused = results.filter((r) => !r.ok);
     expect(refused.length).toBeGreaterThan(0);
@@ -45,7 +46,7 @@ describe('back-pressure', () => {
   });
 
   it('refuses status changes past the queue bound too', async () => {
-    const ops: ShardOp[] = Array.from({ length: 12 }, (_, i) => ({ k: 'status', workerId: 'bp-1', action: i % 2 === 0 ? 'drain' : 'enable' }));
+    const ops: WorkerShardOp[] = Array.from({ length: 12 }, (_, i) => ({ k: 'status', workerId: 'bp-1', action: i % 2 === 0 ? 'drain' : 'enable' }));
     const results = await burst(ops);
     expect(results.some((r) => !r.ok && r.code === 'UNAVAILABLE' && /writes queued/.test(r.message))).toBe(true);
   });

@@ -39,7 +39,7 @@ describe('a worker changed behind its owner', () => {
     const bumped = await redis.hincrby(workerKey('lone'), 'resourceVersion', 1);
     const conflictsBefore = replica.stats().owners.versionConflicts;
 
-    const reply = await client.submit({ id: 'after-bump', cpu: 500, memory: 500, pool: 'solo' });
+    const reply = await client.submit({ queue: false, id: 'after-bump', cpu: 500, memory: 500, pool: 'solo' });
 
     expect(reply).toMatchObject({ ok: true, status: 'placed', workerId: 'lone' });
     expect(replica.stats().owners.versionConflicts).toBe(conflictsBefore + 1);
@@ -53,12 +53,12 @@ describe('a worker changed behind its owner', () => {
     await redis.hincrby(workerKey('shrunk'), 'resourceVersion', 1);
     const before = await redis.hgetall(workerKey('shrunk'));
 
-    const reply = await client.submit({ id: 'too-big-now', cpu: 500, memory: 500, pool: 'tight' });
+    const reply = await client.submit({ queue: false, id: 'too-big-now', cpu: 500, memory: 500, pool: 'tight' });
 
     expect(reply).toMatchObject({ ok: false, error: { code: 'NO_CAPACITY' } });
     expect(await redis.hgetall(workerKey('shrunk'))).toEqual(before);
     expect(await client.getContainer('too-big-now')).toMatchObject({ ok: false, error: { code: 'NOT_FOUND' } });
     // The actor now holds Redis's view: a container that fits the real remainder is placed.
-    expect(await client.submit({ id: 'fits-now', cpu: 100, memory: 100, pool: 'tight' })).toMatchObject({ ok: true, workerId: 'shrunk' });
+    expect(await client.submit({ queue: false, id: 'fits-now', cpu: 100, memory: 100, pool: 'tight' })).toMatchObject({ ok: true, workerId: 'shrunk' });
   });
 });

@@ -47,20 +47,20 @@ describe('public contract', () => {
     await client.registerWorker({ id: 'cpu-1', cpu: 4_000, memory: 8_192 });
     await settle();
 
-    const placed = await client.submit({ id: 'job-1', cpu: 1_000, memory: 2_048, gpu: 'a100', gpuCount: 2 });
+    const placed = await client.submit({ queue: false, id: 'job-1', cpu: 1_000, memory: 2_048, gpu: 'a100', gpuCount: 2 });
     expect(placed).toEqual({ ok: true, status: 'placed', id: 'job-1', workerId: 'gpu-1' });
-    const moreGpu = await client.submit({ id: 'job-2', cpu: 100, memory: 100, gpu: 'a100' });
+    const moreGpu = await client.submit({ queue: false, id: 'job-2', cpu: 100, memory: 100, gpu: 'a100' });
     expect(moreGpu.ok === false && moreGpu.error.code).toBe('NO_CAPACITY');
-    const pooled = await client.submit({ id: 'job-3', cpu: 100, memory: 100, pool: 'train' });
-    expect(pooled.ok && pooled.workerId).toBe('gpu-1');
-    const cpuOnly = await client.submit({ id: 'job-4', cpu: 100, memory: 100 });
-    expect(cpuOnly.ok && cpuOnly.workerId).toBe('cpu-1');
+    const pooled = await client.submit({ queue: false, id: 'job-3', cpu: 100, memory: 100, pool: 'train' });
+    expect(pooled.ok && pooled.status === 'placed' && pooled.workerId).toBe('gpu-1');
+    const cpuOnly = await client.submit({ queue: false, id: 'job-4', cpu: 100, memory: 100 });
+    expect(cpuOnly.ok && cpuOnly.status === 'placed' && cpuOnly.workerId).toBe('cpu-1');
 
     const job = await client.getContainer('job-1');
     expect(job).toMatchObject({ ok: true, container: { id: 'job-1', status: 'placed', workerId: 'gpu-1', releasedAt: null } });
     // Exactly the contract's fields: nothing internal leaks into the reply.
     expect(Object.keys((job as { container: object }).container).sort()).toEqual(
-      ['cpu', 'gpuCount', 'id', 'memory', 'placedAt', 'releasedAt', 'shard', 'status', 'workerId'],
+      ['ageMs', 'cpu', 'endedAt', 'expiresAt', 'gpuCount', 'id', 'memory', 'placedAt', 'priority', 'queuedAt', 'reason', 'releasedAt', 'shard', 'status', 'workerId'],
     );
     const worker = await client.getWorker('gpu-1');
     expect(worker.ok && [worker.worker.freeCpu, worker.worker.freeGpuCount, worker.worker.resourceVersion]).toEqual([6_900, 0, 3]);
@@ -70,14 +70,14 @@ describe('public contract', () => {
     const after = await client.getWorker('gpu-1');
     expect(after.ok && [after.worker.freeCpu, after.worker.freeGpuCount, after.worker.resourceVersion]).toEqual([7_900, 2, 4]);
     expect(await client.getContainer('job-1')).toMatchObject({ ok: true, container: { status: 'released', workerId: 'gpu-1' } });
-    const again = await client.submit({ id: 'job-1', cpu: 1, memory: 1 });
+    const again = await client.submit({ queue: false, id: 'job-1', cpu: 1, memory: 1 });
     expect(again).toMatchObject({ ok: false, error: { code: 'ALREADY_PLACED' }, workerId: 'gpu-1' });
 
     const drained = await client.drainWorker('cpu-1');
     expect(drained.ok && drained.worker.status).toBe('draining');
     await settle();
-    const refused = await client.submit({ id: 'job-5', cpu: 100, memory: 100, pool: undefined });
-    expect(refused.ok && refused.workerId).toBe('gpu-1'); // not the draining worker
+    const refused = await client.submit({ queue: false, id: 'job-5', cpu: 100, memory: 100, pool: undefined });
+    expect(refused.ok && refused.status === 'placed' && refused.workerId).toBe('gpu-1'); // not the draining worker
     const enabled = await client.enableWorker('cpu-1');
     expect(enabled.ok && enabled.worker.status).toBe('available');
     const disabled = await client.disableWorker('cpu-1');
@@ -114,6 +114,7 @@ describe('accounting and concurrency', () => {
         if (reply.ok) {
           placed += 1;
           live.push(submits[i]!.id);
+          if (reply.status !== 'placed') throw new Error('queued with queue: false');
           holding.set(submits[i]!.id, { workerId: reply.workerId, cpu: submits[i]!.cpu, memory: submits[i]!.memory });
         } else expect(reply.error.code).toBe('NO_CAPACITY');
       });
@@ -151,14 +152,14 @@ describe('accounting and concurrency', () => {
     await settle();
     // Each worker fits exactly 10 of these; 40 can be placed, 460 must be refused.
     const replies = await Promise.all(
-      Array.from({ length: 500 }, (_, i) => client.submit({ id: `burst-${i}`, cpu: 100, memory: 100, pool: 'tiny' })),
+      Array.from({ length: 500 }, (_, i) => client.submit({ queue: false, id: `burst-${i}`, cpu: 100, memory: 100, pool: 'tiny' })),
     );
     const placed = replies.filter((r) => r.ok);
     const refused = replies.filter((r) => !r.ok);
     expect(placed.length).toBe(40);
     for (const r of refused) expect(r.ok === false && r.error.code).toBe('NO_CAPACITY');
     const perWorker = new Map<string, number>();
-    for (const r of placed) if (r.ok) perWorker.set(r.workerId, (perWorker.get(r.workerId) ?? 0) + 1);
+    for (const r of placed) if (r.ok && r.status === 'placed') perWorker.set(r.workerId, (perWorker.get(r.workerId) ?? 0) + 1);
     expect([...perWorker.values()]).toEqual([10, 10, 10, 10]);
     for (const w of small) {
       const reply = await client.getWorker(w.id);
@@ -170,7 +171,7 @@ describe('accounting and concurrency', () => {
   it('places one container id exactly once when it is submitted 50 times at once', async () => {
     await client.registerWorker({ id: 'dup-w', cpu: 100_000, memory: 100_000, pool: 'dup' });
     await settle();
-    const replies = await Promise.all(Array.from({ length: 50 }, () => client.submit({ id: 'dup-c', cpu: 100, memory: 100, pool: 'dup' })));
+    const replies = await Promise.all(Array.from({ length: 50 }, () => client.submit({ queue: false, id: 'dup-c', cpu: 100, memory: 100, pool: 'dup' })));
     const placed = replies.filter((r) => r.ok);
     expect(placed.length).toBe(1);
     const duplicates = replies.filter((r) => !r.ok);
@@ -193,13 +194,13 @@ describe('accounting and concurrency', () => {
     await expect(late).rejects.toThrow(/timeout/i);
     expect(await redis.exists(replica.store.keys.container('late-c'))).toBe(0);
     // The same request with time left is served.
-    expect(await client.submit({ id: 'late-c', cpu: 100, memory: 100, pool: 'late' })).toMatchObject({ ok: true, workerId: 'late-w' });
+    expect(await client.submit({ queue: false, id: 'late-c', cpu: 100, memory: 100, pool: 'late' })).toMatchObject({ ok: true, workerId: 'late-w' });
   });
 
   it('a batch submit places each container and answers per container', async () => {
     await client.registerWorker({ id: 'batch-w', cpu: 10_000, memory: 10_000, pool: 'batch' });
     await settle();
-    const reply = await client.submitBatch(Array.from({ length: 120 }, (_, i) => ({ id: `batch-${i}`, cpu: 100, memory: 100, pool: 'batch' })));
+    const reply = await client.submitBatch(Array.from({ length: 120 }, (_, i) => ({ id: `batch-${i}`, cpu: 100, memory: 100, pool: 'batch', queue: false })));
     expect(reply.ok).toBe(true);
     const results = reply.ok ? reply.results : [];
     expect(results.filter((r) => r.ok).length).toBe(100);

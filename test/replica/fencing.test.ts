@@ -30,7 +30,7 @@ afterEach(async () => {
   await redis.quit();
 });
 
-const place = (id: string) => ({ k: 'place' as const, id, request: { cpu: 100, memory: 100, gpu: null, gpuCount: 0, pool: null }, requestKey: id, deadline: 0 });
+const place = (id: string) => ({ k: 'place' as const, id, request: { cpu: 100, memory: 100, gpu: null, gpuCount: 0, pool: null }, requestKey: id, deadline: 0, spec: '' });
 
 describe('fencing', () => {
   it("refuses a paused owner's write after another replica took the shard", async () => {

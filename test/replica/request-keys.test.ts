@@ -30,11 +30,11 @@ afterAll(async () => {
 
 describe('request keys', () => {
   it('answers a retried submit with the same "placed", and a different key with ALREADY_PLACED', async () => {
-    const first = await client.submit({ id: 'rk-c1', cpu: 100, memory: 100 }, 'key-1');
+    const first = await client.submit({ queue: false, id: 'rk-c1', cpu: 100, memory: 100 }, 'key-1');
     expect(first).toMatchObject({ ok: true, status: 'placed' });
     // The retry of a submit whose reply was lost: same id, same key.
-    expect(await client.submit({ id: 'rk-c1', cpu: 100, memory: 100 }, 'key-1')).toEqual(first);
-    const other = await client.submit({ id: 'rk-c1', cpu: 100, memory: 100 }, 'key-2');
+    expect(await client.submit({ queue: false, id: 'rk-c1', cpu: 100, memory: 100 }, 'key-1')).toEqual(first);
+    const other = await client.submit({ queue: false, id: 'rk-c1', cpu: 100, memory: 100 }, 'key-2');
     expect(other).toMatchObject({ ok: false, error: { code: 'ALREADY_PLACED' }, workerId: (first as { workerId: string }).workerId });
     // Without any key the router makes one up per request: a second submit is a duplicate.
     const raw = await client.nc.request(`${replica.config.prefix}.submit`, JSON.stringify({ id: 'rk-c1', cpu: 100, memory: 100 }));
@@ -47,32 +47,32 @@ describe('request keys', () => {
     const shard = [...replica.servedShards()].find((s) => replica.owner(s)!.workerCount > 0)!;
     const owner = replica.owner(shard)!;
     const lost = await owner.execute({
-      k: 'place', id: 'rk-lost', requestKey: 'key-lost', deadline: 0,
+      k: 'place', id: 'rk-lost', requestKey: 'key-lost', deadline: 0, spec: '',
       request: { cpu: 100, memory: 100, gpu: null, gpuCount: 0, pool: null },
     });
     expect(lost).toMatchObject({ ok: true });
-    expect(await client.submit({ id: 'rk-lost', cpu: 100, memory: 100 }, 'key-lost')).toMatchObject({ ok: true, status: 'placed', workerId: (lost as { workerId: string }).workerId });
+    expect(await client.submit({ queue: false, id: 'rk-lost', cpu: 100, memory: 100 }, 'key-lost')).toMatchObject({ ok: true, status: 'placed', workerId: (lost as { workerId: string }).workerId });
   });
 
   it('gives one key to a whole batch: a retried batch gets every container back as placed', async () => {
     const batch = Array.from({ length: 5 }, (_, i) => ({ id: `rk-b${i}`, cpu: 100, memory: 100 }));
-    const first = await client.submitBatch(batch, 'batch-key');
+    const first = await client.submitBatch(batch.map((c) => ({ ...c, queue: false })), 'batch-key');
     expect(first.ok && first.results.every((r) => r.ok)).toBe(true);
-    expect(await client.submitBatch(batch, 'batch-key')).toEqual(first);
+    expect(await client.submitBatch(batch.map((c) => ({ ...c, queue: false })), 'batch-key')).toEqual(first);
   });
 
   it('keeps answering "placed" to the same key after the container was released, and "released" to a retried release', async () => {
-    const placed = await client.submit({ id: 'rk-r1', cpu: 100, memory: 100 }, 'key-r1');
+    const placed = await client.submit({ queue: false, id: 'rk-r1', cpu: 100, memory: 100 }, 'key-r1');
     expect(placed.ok).toBe(true);
     expect(await client.release('rk-r1', 'release-r1')).toEqual({ ok: true, id: 'rk-r1', status: 'released' });
     expect(await client.release('rk-r1', 'release-r1')).toEqual({ ok: true, id: 'rk-r1', status: 'released' });
-    expect(await client.submit({ id: 'rk-r1', cpu: 100, memory: 100 }, 'key-r1')).toEqual(placed);
-    expect(await client.submit({ id: 'rk-r1', cpu: 100, memory: 100 }, 'another')).toMatchObject({ ok: false, error: { code: 'ALREADY_PLACED' } });
+    expect(await client.submit({ queue: false, id: 'rk-r1', cpu: 100, memory: 100 }, 'key-r1')).toEqual(placed);
+    expect(await client.submit({ queue: false, id: 'rk-r1', cpu: 100, memory: 100 }, 'another')).toMatchObject({ ok: false, error: { code: 'ALREADY_PLACED' } });
     // The tombstone is what Redis keeps: a short string, not the full record.
     expect(await redis.type(replica.store.keys.container('rk-r1'))).toBe('string');
     expect(await client.getContainer('rk-r1')).toMatchObject({ ok: true, container: { id: 'rk-r1', status: 'released', cpu: 100, memory: 100 } });
     const view = await client.getContainer('rk-r1');
-    expect(view.ok && Object.keys(view.container).sort()).toEqual(['cpu', 'gpuCount', 'id', 'memory', 'placedAt', 'releasedAt', 'shard', 'status', 'workerId']);
+    expect(view.ok && Object.keys(view.container).sort()).toEqual(['ageMs', 'cpu', 'endedAt', 'expiresAt', 'gpuCount', 'id', 'memory', 'placedAt', 'priority', 'queuedAt', 'reason', 'releasedAt', 'shard', 'status', 'workerId']);
   });
 
   it('takes the key from the Drover-Request-Key header', async () => {
@@ -90,7 +90,7 @@ describe('worker removal', () => {
   it('removes a drained, empty worker; refuses an available one and one that holds containers', async () => {
     expect((await client.registerWorker({ id: 'rm-1', cpu: 1_000, memory: 1_000, pool: 'rm' })).ok).toBe(true);
     expect(await client.removeWorker('rm-1')).toMatchObject({ ok: false, error: { code: 'CONFLICT', message: expect.stringMatching(/drain or disable/) } });
-    expect((await client.submit({ id: 'rm-c1', cpu: 100, memory: 100, pool: 'rm' })).ok).toBe(true);
+    expect((await client.submit({ queue: false, id: 'rm-c1', cpu: 100, memory: 100, pool: 'rm' })).ok).toBe(true);
     expect((await client.drainWorker('rm-1')).ok).toBe(true);
     expect(await client.removeWorker('rm-1')).toMatchObject({ ok: false, error: { code: 'CONFLICT', message: expect.stringMatching(/holds containers/) } });
     expect((await client.release('rm-c1')).ok).toBe(true);

@@ -48,7 +48,7 @@ describe('NO_CAPACITY is true', () => {
     for (const id of ids.slice(0, 6)) await register(id, 64_000, 2_048, { pool: 'repro-a' });
     for (const id of ids.slice(6, 12)) await register(id, 1_000, 262_144, { pool: 'repro-a' });
     await register(ids[12]!, 8_000, 32_000, { pool: 'repro-a' });
-    const reply = await client.submit({ id: 'repro-a-1', cpu: 4_000, memory: 16_000, pool: 'repro-a' });
+    const reply = await client.submit({ queue: false, id: 'repro-a-1', cpu: 4_000, memory: 16_000, pool: 'repro-a' });
     expect(reply).toMatchObject({ ok: true, workerId: ids[12] });
   });
 
@@ -58,9 +58,9 @@ describe('NO_CAPACITY is true', () => {
     await register(ids[8]!, 4_000, 16_000, { gpu: 'a100', gpuCount: 2, pool: 'repro-b' });
     // Fill every GPU of the big workers (8 containers of 8 GPUs: nothing else fits 8).
     for (let i = 0; i < 8; i += 1) {
-      expect(code(await client.submit({ id: `repro-b-full-${i}`, cpu: 100, memory: 100, gpu: 'a100', gpuCount: 8, pool: 'repro-b' }))).toBe('placed');
+      expect(code(await client.submit({ queue: false, id: `repro-b-full-${i}`, cpu: 100, memory: 100, gpu: 'a100', gpuCount: 8, pool: 'repro-b' }))).toBe('placed');
     }
-    const reply = await client.submit({ id: 'repro-b-1', cpu: 1_000, memory: 1_000, gpu: 'a100', gpuCount: 1, pool: 'repro-b' });
+    const reply = await client.submit({ queue: false, id: 'repro-b-1', cpu: 1_000, memory: 1_000, gpu: 'a100', gpuCount: 1, pool: 'repro-b' });
     expect(reply).toMatchObject({ ok: true, workerId: ids[8] });
   });
 
@@ -106,7 +106,7 @@ describe('NO_CAPACITY is true', () => {
         const fits = [...model.values()].some((w) =>
           placementRefusal({ spec: w.spec, status: w.status, freeCpu: w.free[0], freeMemory: w.free[1], freeGpuCount: w.free[2] }, request) === null);
         const id = `${pool}-c${r}`;
-        const reply = await client.submit({ id, cpu: request.cpu, memory: request.memory, pool, ...(request.gpu === null ? {} : { gpu: request.gpu }), ...(gpuCount > 0 ? { gpuCount } : {}) });
+        const reply = await client.submit({ queue: false, id, cpu: request.cpu, memory: request.memory, pool, ...(request.gpu === null ? {} : { gpu: request.gpu }), ...(gpuCount > 0 ? { gpuCount } : {}) });
         requests += 1;
         const context = `${id} ${JSON.stringify(request)} -> ${JSON.stringify(reply)}`;
         if (fits) {
@@ -128,17 +128,17 @@ describe('NO_CAPACITY is true', () => {
   it('answers UNAVAILABLE, not NO_CAPACITY, when the only shard with room has no owner', async () => {
     const [id] = idsInShard('orphan', 6, 1);
     await register(id!, 2_000, 2_000, { pool: 'orphaned' });
-    expect(code(await client.submit({ id: 'orphan-0', cpu: 100, memory: 100, pool: 'orphaned' }))).toBe('placed');
+    expect(code(await client.submit({ queue: false, id: 'orphan-0', cpu: 100, memory: 100, pool: 'orphaned' }))).toBe('placed');
     const holder = replicas.find((r) => r.servedShards().includes(6))!;
     // The holder stops renewing and drops the shard (as on a lost lease); nobody else may take it
     // yet (the holder is still a member and the lease has not expired).
     await holder.leases.stop();
     (holder as unknown as { dropShard(shard: number, reason: string): void }).dropShard(6, 'test');
     await delay(50);
-    const reply = await client.submit({ id: 'orphan-1', cpu: 100, memory: 100, pool: 'orphaned' });
+    const reply = await client.submit({ queue: false, id: 'orphan-1', cpu: 100, memory: 100, pool: 'orphaned' });
     expect(code(reply)).toBe('UNAVAILABLE');
     // A container that provably fits nowhere, not even in the orphaned shard's last summary, is still a true "no".
-    expect(code(await client.submit({ id: 'orphan-2', cpu: 5_000, memory: 100, pool: 'orphaned' }))).toBe('NO_CAPACITY');
+    expect(code(await client.submit({ queue: false, id: 'orphan-2', cpu: 5_000, memory: 100, pool: 'orphaned' }))).toBe('NO_CAPACITY');
     // Back to normal: the holder takes its own lease again (same lease value) and serves the shard.
     holder.leases.forget(6);
     holder.leases.start();
@@ -150,15 +150,15 @@ describe('NO_CAPACITY says why', () => {
   it('tells a missing kind of worker from unavailable ones and from full ones', async () => {
     await register('why-1', 1_000, 1_000, { pool: 'why' });
     await register('why-gpu', 1_000, 1_000, { pool: 'why-gpu', gpu: 'a100', gpuCount: 1 });
-    const none = await client.submit({ id: 'why-c1', cpu: 100, memory: 100, pool: 'no-such-pool' });
+    const none = await client.submit({ queue: false, id: 'why-c1', cpu: 100, memory: 100, pool: 'no-such-pool' });
     expect(none.ok === false && none.error.message).toMatch(/no worker of pool no-such-pool is registered/);
-    const noType = await client.submit({ id: 'why-c2', cpu: 100, memory: 100, pool: 'why-gpu', gpu: 'h100' });
+    const noType = await client.submit({ queue: false, id: 'why-c2', cpu: 100, memory: 100, pool: 'why-gpu', gpu: 'h100' });
     expect(noType.ok === false && noType.error.message).toMatch(/no worker of pool why-gpu with GPU type h100 is registered/);
-    const full = await client.submit({ id: 'why-c3', cpu: 2_000, memory: 100, pool: 'why' });
+    const full = await client.submit({ queue: false, id: 'why-c3', cpu: 2_000, memory: 100, pool: 'why' });
     expect(full.ok === false && full.error.message).toMatch(/all 1 available workers of pool why are too full/);
     expect((await client.drainWorker('why-1')).ok).toBe(true);
     await delay(50);
-    const drained = await client.submit({ id: 'why-c4', cpu: 100, memory: 100, pool: 'why' });
+    const drained = await client.submit({ queue: false, id: 'why-c4', cpu: 100, memory: 100, pool: 'why' });
     expect(drained.ok === false && drained.error.code).toBe('NO_CAPACITY');
     expect(drained.ok === false && drained.error.message).toMatch(/all 1 workers of pool why are draining, disabled or lost/);
   });
@@ -181,7 +181,7 @@ describe('routing', () => {
     const lane = async () => {
       while (next < total) {
         const i = next++;
-        expect(code(await client.submit({ id: `fair-c${i}`, cpu: 100, memory: 100, pool: 'fair' }))).toBe('placed');
+        expect(code(await client.submit({ queue: false, id: `fair-c${i}`, cpu: 100, memory: 100, pool: 'fair' }))).toBe('placed');
       }
     };
     await Promise.all(Array.from({ length: 32 }, lane));
@@ -207,7 +207,7 @@ describe('routing', () => {
     const [id] = idsInShard('freed', 2, 1);
     await register(id!, 1_000, 1_000, { pool: 'freed' });
     for (let i = 0; i < 30; i += 1) {
-      expect(code(await client.submit({ id: `freed-${i}`, cpu: 1_000, memory: 1_000, pool: 'freed' }))).toBe('placed');
+      expect(code(await client.submit({ queue: false, id: `freed-${i}`, cpu: 1_000, memory: 1_000, pool: 'freed' }))).toBe('placed');
       expect((await client.release(`freed-${i}`)).ok).toBe(true);
     }
   });

@@ -24,9 +24,10 @@
     ARGV[3]              history length cap; 0 writes no history
     ARGV[4]              seconds to keep a released container's tombstone; 0 keeps it forever
     ARGV[5]              op count n (at most 1000)
-    ARGV[6+9i .. 14+9i]  op i: kind, containerId, workerId, expectedVersion, a, b, c, deadline, key
+    ARGV[6+10i .. 15+10i] op i: kind, containerId, workerId, expectedVersion, a, b, c, deadline, key, spec
                            kind 'P' place:   a = cpu, b = memory (whole, at least 1), c = gpuCount
-                                             (whole, at least 0); key = the client's request key
+                                             (whole, at least 0); key = the client's request key;
+                                             spec = the command/env JSON for the worker's agent, or ''
                            kind 'R' release: key unused (a release is idempotent by container id)
                            kind 'S' status:  a = the new status; containerId unused
                            kind 'X' remove:  the worker leaves the shard; only when it holds no
@@ -40,10 +41,13 @@
   began (the script's own writes within the batch bump the version but are not a conflict).
 
   A live container is a hash (status placed, workerId, shard, cpu, memory, gpuCount, placedAt,
-  requestKey). A released container is a tombstone: a string of space-separated fields
-    released <workerId> <shard> <cpu> <memory> <gpuCount> <placedAt> <releasedAt> <requestKey|->
+  requestKey, and spec if any). A queued one (see backlog_commit.lua) is a hash with status queued:
+  a placement turns it into a placed one only with the request key that queued it, keeping its
+  queuedAt, priority and spec. An ended container is a tombstone: a string of space-separated fields
+    <status> <workerId|-> <shard> <cpu> <memory> <gpuCount> <placedAt> <endedAt> <requestKey|-> [<reason> <queuedAt>]
   that expires after ARGV[4] seconds; it keeps the id from being placed again and lets a retried
-  submit recognise its own request. (Ids, request keys and names cannot hold spaces.)
+  submit recognise its own request. workerId '-' means it ended without ever being placed (its
+  shard is then its home shard). (Ids, request keys and names cannot hold spaces.)
 
   Output:
     {'FENCED', currentEpoch}   nothing was written: the writer's epoch is not the current one
@@ -51,6 +55,8 @@
       PLACED            version = the worker's new version
       ALREADY_PLACED    extra = "<worker> <requestKey>": where the container is (or was) placed and
                         the request key that placed it; nothing written
+      NOT_PLACEABLE     extra = "<status> <requestKey>": queued by another request key, or ended
+                        without a placement (cancelled, expired); nothing written
       RV_CONFLICT       version = the worker's current version; nothing written
       NO_CAPACITY       the worker lacks the capacity in Redis; nothing written
       NOT_SCHEDULABLE   extra = the worker's status; nothing written
@@ -58,7 +64,7 @@
       EXPIRED           the placement's deadline has passed; nothing written
       RELEASED          version = the worker's new version, extra = "cpu memory gpuCount" freed
       ALREADY_RELEASED  extra = the worker; nothing written (release is idempotent)
-      NOT_FOUND         no such container; nothing written
+      NOT_FOUND         no such container (or it is queued, not placed); nothing written
       WRONG_WORKER      extra = the worker actually holding the container; nothing written
       STATUS_SET        version = the worker's new version
       REMOVED           the worker's hash and container set are deleted, it left the shard's set
@@ -75,7 +81,7 @@ local historyCap = tonumber(ARGV[3])
 local retention = tonumber(ARGV[4])
 local n = tonumber(ARGV[5])
 if n == nil or n < 0 or n > 1000 or historyCap == nil or retention == nil
-  or #KEYS ~= 2 + 3 * n or #ARGV ~= 5 + 9 * n then
+  or #KEYS ~= 2 + 3 * n or #ARGV ~= 5 + 10 * n then
   return redis.error_reply('ERR commit_batch: malformed batch')
 end
 
@@ -97,7 +103,7 @@ end
 
 -- ---------------------------------------------------------------- phase 0: the ops are well formed
 for i = 0, n - 1 do
-  local base = 6 + 9 * i
+  local base = 6 + 10 * i
   local kind = ARGV[base]
   local ok = wholeAtLeast(ARGV[base + 3], 0) and wholeAtLeast(ARGV[base + 7], 0)
   if kind == 'P' then
@@ -157,13 +163,14 @@ local function loadContainer(key)
     if found == 'none' then
       c = {state = 'none'}
     elseif found == 'hash' then
-      local v = redis.call('HMGET', key, 'workerId', 'cpu', 'memory', 'gpuCount', 'placedAt', 'requestKey')
-      c = {state = 'placed', workerId = v[1], cpu = tonumber(v[2]), memory = tonumber(v[3]), gpus = tonumber(v[4]),
-        placedAt = v[5], requestKey = v[6] or ''}
+      local v = redis.call('HMGET', key, 'workerId', 'cpu', 'memory', 'gpuCount', 'placedAt', 'requestKey', 'status', 'queuedAt')
+      -- 'placed' (and, with an agent, 'running' or 'stopping') hold capacity; 'queued' holds none yet.
+      c = {state = v[7] == 'queued' and 'queued' or 'placed', workerId = v[1] or '-', cpu = tonumber(v[2]),
+        memory = tonumber(v[3]), gpus = tonumber(v[4]), placedAt = v[5], requestKey = v[6] or '', queuedAt = v[8]}
     elseif found == 'string' then
       local f = {}
       for field in string.gmatch(redis.call('GET', key), '%S+') do f[#f + 1] = field end
-      c = {state = 'released', workerId = f[2], requestKey = f[9] ~= '-' and f[9] or ''}
+      c = {state = f[1] or 'released', ended = true, workerId = f[2] or '-', requestKey = f[9] ~= '-' and f[9] or ''}
     else
       return nil, redis.error_reply('ERR commit_batch: key ' .. key .. ' is a ' .. found)
     end
@@ -204,7 +211,7 @@ end
 
 for i = 0, n - 1 do
   local workerKey, setKey, thirdKey = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
-  local base = 6 + 9 * i
+  local base = 6 + 10 * i
   local kind, containerId, workerId = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   local expected = tonumber(ARGV[base + 3])
   local deadline = tonumber(ARGV[base + 7])
@@ -216,7 +223,11 @@ for i = 0, n - 1 do
     if failure then return failure end
     local wrong = checkSet(setKey)
     if wrong then return wrong end
-    if c.state ~= 'none' then
+    if c.state == 'queued' and c.requestKey ~= requestKey then
+      reply('NOT_PLACEABLE', 0, 'queued ' .. c.requestKey)
+    elseif c.state ~= 'none' and c.state ~= 'queued' and c.workerId == '-' then
+      reply('NOT_PLACEABLE', 0, c.state .. ' ' .. c.requestKey)
+    elseif c.state ~= 'none' and c.state ~= 'queued' then
       reply('ALREADY_PLACED', 0, c.workerId .. ' ' .. c.requestKey)
     elseif deadline > 0 and nowMs > deadline then
       reply('EXPIRED', 0, '')
@@ -234,8 +245,9 @@ for i = 0, n - 1 do
         w.freeCpu, w.freeMemory, w.freeGpus = w.freeCpu - cpu, w.freeMemory - memory, w.freeGpus - gpus
         w.containers = w.containers + 1
         bump(workerKey, w)
+        written[i] = c.state
         containers[thirdKey] = {state = 'placed', workerId = workerId, cpu = cpu, memory = memory, gpus = gpus,
-          placedAt = tostring(nowMs), requestKey = requestKey}
+          placedAt = tostring(nowMs), requestKey = requestKey, queuedAt = c.queuedAt}
         writeVersion[i] = w.version
         reply('PLACED', w.version, '')
       end
@@ -245,11 +257,11 @@ for i = 0, n - 1 do
     if failure then return failure end
     local wrong = checkSet(setKey)
     if wrong then return wrong end
-    if c.state == 'none' then
-      reply('NOT_FOUND', 0, '')
+    if c.state == 'none' or c.state == 'queued' then
+      reply('NOT_FOUND', 0, c.state)
     elseif c.workerId ~= workerId then
       reply('WRONG_WORKER', 0, c.workerId)
-    elseif c.state == 'released' then
+    elseif c.ended then
       reply('ALREADY_RELEASED', 0, c.workerId)
     else
       local w = loadWorker(workerKey)
@@ -263,7 +275,8 @@ for i = 0, n - 1 do
         bump(workerKey, w)
         local tombstone = 'released ' .. workerId .. ' ' .. shard .. ' ' .. c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus
           .. ' ' .. c.placedAt .. ' ' .. nowMs .. ' ' .. (c.requestKey ~= '' and c.requestKey or '-')
-        containers[thirdKey] = {state = 'released', workerId = workerId, requestKey = c.requestKey}
+          .. ' RELEASED ' .. (c.queuedAt or '0')
+        containers[thirdKey] = {state = 'released', ended = true, workerId = workerId, requestKey = c.requestKey}
         writeVersion[i] = w.version
         written[i] = tombstone
         freed[i] = c
@@ -317,12 +330,15 @@ for i = 0, n - 1 do
   local version = writeVersion[i]
   if version then
     local workerKey, setKey, thirdKey = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
-    local base = 6 + 9 * i
+    local base = 6 + 10 * i
     local kind, containerId, workerId = ARGV[base], ARGV[base + 1], ARGV[base + 2]
     if kind == 'P' then
       local cpu, memory, gpus = ARGV[base + 4], ARGV[base + 5], ARGV[base + 6]
       redis.call('HSET', thirdKey, 'status', 'placed', 'workerId', workerId, 'shard', shard,
         'cpu', cpu, 'memory', memory, 'gpuCount', gpus, 'placedAt', nowMs, 'requestKey', ARGV[base + 8])
+      if ARGV[base + 9] ~= '' then redis.call('HSET', thirdKey, 'spec', ARGV[base + 9]) end
+      -- A queued container keeps queuedAt, priority and spec; its expiry no longer applies.
+      if written[i] == 'queued' then redis.call('HDEL', thirdKey, 'expiresAt') end
       redis.call('SADD', setKey, containerId)
       history({'op', 'place', 'container', containerId, 'worker', workerId, 'cpu', cpu, 'memory', memory,
         'gpuCount', gpus, 'version', version, 'epoch', epoch})

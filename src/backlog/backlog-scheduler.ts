@@ -1,0 +1,438 @@
+/**
+ * The backlog scheduler: decides which queued containers of this replica's backlog partitions to
+ * try to place, and when. One per replica, over every partition it holds.
+ *
+ * Order. Queued containers are grouped by shape (cpu, memory, GPU type and count, pool): within a
+ * shape, all are alike, so the first one that does not fit means none fits. Each shape keeps its
+ * containers in a heap by priority (higher first), then queue time, then id. The scheduler always
+ * tries next the best head among the shapes that are awake, so priority then age decides across
+ * shapes too, while a shape that does not fit sleeps and holds nobody back (no head-of-line
+ * blocking: a large request that fits nowhere does not stop smaller ones that fit).
+ *
+ * Wake-up, event-driven. Every capacity summary a router takes (a release, an exit, a registration,
+ * an enable, a lost worker's freed capacity: every growth is published at once by its shard's
+ * owner) wakes exactly the sleeping shapes that summary says may fit. Missed wake-ups are guarded
+ * twice: a shape goes to sleep only if no summary arrived while its last attempt was in flight
+ * (the view's version did not move), and a newly queued container is tried at once if the view
+ * already shows room for it. A slow sweep (every SAFETY_SWEEP_MS) wakes any shape the view says may
+ * fit, in case a summary was lost; it is the safety net, not the mechanism.
+ *
+ * Attempts go through this replica's router, exactly like a client's submit, with the request key
+ * that queued the container: commit_batch.lua places a queued container only with that key and
+ * only while it is queued, so however many owners (or stale owners) try, it is placed once.
+ */
+import type { PlacementRequest } from '../../actors/capacity.js';
+import type { CapacityView } from '../router/capacity-view.js';
+import type { Logger } from '../util/log.js';
+import type { BacklogPartition, QueuedEntry } from './backlog-partition.js';
+import type { BacklogReport } from './backlog-report.js';
+
+/** Placement attempts of queued containers in flight at once, per replica. */
+export const MAX_ATTEMPTS_IN_FLIGHT = 256;
+/** Distinct shapes of queued containers; beyond this, entries still queue but share the sweep. */
+const SAFETY_SWEEP_MS = 5_000;
+const EXPIRY_SWEEP_MS = 1_000;
+/** A shape whose attempt found shards unavailable retries after this, doubling up to the max. */
+const RETRY_FIRST_MS = 250;
+const RETRY_MAX_MS = 5_000;
+/** Cancels that wait for an attempt in flight, then look again; bounded. */
+const MAX_CANCEL_WAITS = 4;
+
+export type AttemptOutcome =
+  | { readonly outcome: 'placed'; readonly workerId: string }
+  /** Proven: no worker has room now (the shape sleeps until capacity grows). */
+  | { readonly outcome: 'no-room' }
+  /** Could not be decided now (owners unavailable): try again after a backoff. */
+  | { readonly outcome: 'unavailable' }
+  /** The record is not this entry's to place (placed by another request, or ended): forget it. */
+  | { readonly outcome: 'not-ours'; readonly message: string };
+
+export interface BacklogSchedulerOptions {
+  readonly view: CapacityView;
+  readonly replicaId: string;
+  readonly attempt: (entry: QueuedEntry) => Promise<AttemptOutcome>;
+  readonly log: Logger;
+  readonly maxAttemptsInFlight?: number;
+}
+
+/** Queued containers of one shape, best first. */
+class Shape {
+  readonly heap: QueuedEntry[] = [];
+  asleep = false;
+  /** Unix ms before which a shape that met unavailable owners is not tried again. */
+  retryAt = 0;
+  backoffMs = RETRY_FIRST_MS;
+  constructor(
+    readonly key: string,
+    readonly request: PlacementRequest,
+  ) {}
+
+  push(entry: QueuedEntry): void {
+    const heap = this.heap;
+    heap.push(entry);
+    let i = heap.length - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (!before(heap[i]!, heap[parent]!)) break;
+      [heap[i], heap[parent]] = [heap[parent]!, heap[i]!];
+      i = parent;
+    }
+  }
+
+  /** The best entry still queued and not being attempted (removed entries are dropped here). */
+  head(): QueuedEntry | null {
+    while (this.heap.length > 0 && this.heap[0]!.gone) this.pop();
+    return this.heap[0] ?? null;
+  }
+
+  pop(): QueuedEntry | null {
+    const heap = this.heap;
+    const top = heap[0];
+    if (top === undefined) return null;
+    const last = heap.pop()!;
+    if (heap.length > 0) {
+      heap[0] = last;
+      let i = 0;
+      for (;;) {
+        const left = 2 * i + 1;
+        const right = left + 1;
+        let best = i;
+        if (left < heap.length && before(heap[left]!, heap[best]!)) best = left;
+        if (right < heap.length && before(heap[right]!, heap[best]!)) best = right;
+        if (best === i) break;
+        [heap[i], heap[best]] = [heap[best]!, heap[i]!];
+        i = best;
+      }
+    }
+    return top;
+  }
+
+  /** Drop removed entries (after a partition closed, or many cancels). */
+  compact(): void {
+    const live = this.heap.filter((entry) => !entry.gone);
+    this.heap.length = 0;
+    for (const entry of live) this.push(entry);
+  }
+}
+
+/** Priority (higher first), then queue time (older first), then id. */
+function before(a: QueuedEntry, b: QueuedEntry): boolean {
+  if (a.priority !== b.priority) return a.priority > b.priority;
+  if (a.queuedAt !== b.queuedAt) return a.queuedAt < b.queuedAt;
+  return a.id < b.id;
+}
+
+export function shapeKey(request: PlacementRequest): string {
+  return `${request.cpu}/${request.memory}/${request.gpu ?? ''}/${request.gpuCount}/${request.pool ?? ''}`;
+}
+
+export interface BacklogStats {
+  attempts: number;
+  placed: number;
+  noRoom: number;
+  unavailable: number;
+  notOurs: number;
+  expired: number;
+  cancelled: number;
+  wakes: number;
+}
+
+export class BacklogScheduler {
+  private readonly partitions = new Map<number, BacklogPartition>();
+  private readonly shapes = new Map<string, Shape>();
+  private readonly awake = new Set<Shape>();
+  private inFlight = 0;
+  private pumpScheduled = false;
+  private stopped = false;
+  private timers: NodeJS.Timeout[] = [];
+  private retryTimer: NodeJS.Timeout | null = null;
+  private readonly maxInFlight: number;
+  readonly stats: BacklogStats = { attempts: 0, placed: 0, noRoom: 0, unavailable: 0, notOurs: 0, expired: 0, cancelled: 0, wakes: 0 };
+
+  constructor(private readonly options: BacklogSchedulerOptions) {
+    this.maxInFlight = options.maxAttemptsInFlight ?? MAX_ATTEMPTS_IN_FLIGHT;
+  }
+
+  start(): void {
+    this.timers.push(
+      setInterval(() => this.expire(), EXPIRY_SWEEP_MS),
+      setInterval(() => this.safetySweep(), SAFETY_SWEEP_MS),
+    );
+    for (const timer of this.timers) timer.unref();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const timer of this.timers) clearInterval(timer);
+    this.timers = [];
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+  }
+
+  /** A partition this replica now holds: its entries join the shapes and are tried if they may fit. */
+  add(partition: BacklogPartition): void {
+    this.partitions.set(partition.shard, partition);
+    for (const entry of partition.entries.values()) this.enqueue(entry, false);
+    for (const shape of this.shapes.values()) this.wakeIfFits(shape);
+    this.schedulePump();
+  }
+
+  /** The partition was closed (hand-over, lease lost, fenced): its entries are gone from the shapes. */
+  remove(shard: number): void {
+    if (!this.partitions.delete(shard)) return;
+    for (const [key, shape] of this.shapes) {
+      shape.compact();
+      if (shape.heap.length === 0) this.dropShape(key, shape);
+    }
+  }
+
+  partition(shard: number): BacklogPartition | null {
+    return this.partitions.get(shard) ?? null;
+  }
+
+  /** A container was just queued (durable): try it now if the view shows room, else it sleeps with its shape. */
+  queued(entry: QueuedEntry): void {
+    this.enqueue(entry, true);
+  }
+
+  /** A capacity summary was taken for `shard`: wake the sleeping shapes it may fit. */
+  capacityChanged(shard: number): void {
+    if (this.awake.size === this.shapes.size) return;
+    const view = this.options.view;
+    let woke = false;
+    for (const shape of this.shapes.values()) {
+      if (!shape.asleep) continue;
+      const tier = view.tier(shard, shape.request);
+      if (tier === 'likely' || tier === 'possible') {
+        this.wake(shape);
+        woke = true;
+      }
+    }
+    if (woke) this.schedulePump();
+  }
+
+  /**
+   * Cancel a queued container (a client's release): waits for an attempt in flight to end first,
+   * so the cancel and a placement never both win. 'not-queued': it is not (or no longer) in this
+   * backlog; the caller reads its record.
+   */
+  async cancel(shard: number, id: string): Promise<'cancelled' | 'not-queued' | 'unavailable'> {
+    for (let wait = 0; wait <= MAX_CANCEL_WAITS; wait += 1) {
+      const partition = this.partitions.get(shard);
+      if (partition === undefined || partition.isClosed) return 'unavailable';
+      const entry = partition.entries.get(id);
+      if (entry === undefined) return 'not-queued';
+      if (entry.attempting) {
+        await new Promise<void>((resolve) => entry.settled.push(resolve));
+        continue;
+      }
+      const result = await partition.end(entry, 'CANCELLED');
+      if (result === 'cancelled') this.stats.cancelled += 1;
+      return result;
+    }
+    return 'unavailable';
+  }
+
+  /** Depth by pool and by shape, and the oldest queued container, of the partitions held here. */
+  describe(now = Date.now()): BacklogReport {
+    const byPool = new Map<string, { depth: number; oldestQueuedAt: number }>();
+    const byShape = new Map<string, { request: PlacementRequest; depth: number; oldestQueuedAt: number }>();
+    let depth = 0;
+    let oldest = Number.POSITIVE_INFINITY;
+    for (const partition of this.partitions.values()) {
+      for (const entry of partition.entries.values()) {
+        depth += 1;
+        oldest = Math.min(oldest, entry.queuedAt);
+        const pool = entry.request.pool ?? '';
+        const p = byPool.get(pool) ?? { depth: 0, oldestQueuedAt: entry.queuedAt };
+        p.depth += 1;
+        p.oldestQueuedAt = Math.min(p.oldestQueuedAt, entry.queuedAt);
+        byPool.set(pool, p);
+        const key = shapeKey(entry.request);
+        const s = byShape.get(key) ?? { request: entry.request, depth: 0, oldestQueuedAt: entry.queuedAt };
+        s.depth += 1;
+        s.oldestQueuedAt = Math.min(s.oldestQueuedAt, entry.queuedAt);
+        byShape.set(key, s);
+      }
+    }
+    return {
+      replicaId: this.options.replicaId,
+      shards: [...this.partitions.keys()].sort((a, b) => a - b),
+      depth,
+      oldestAgeMs: depth === 0 ? null : now - oldest,
+      pools: [...byPool].map(([pool, p]) => ({ pool: pool === '' ? null : pool, depth: p.depth, oldestAgeMs: now - p.oldestQueuedAt })),
+      shapes: [...byShape.values()]
+        .sort((a, b) => b.depth - a.depth)
+        .slice(0, MAX_REPORTED_SHAPES)
+        .map((s) => ({ ...s.request, depth: s.depth, oldestAgeMs: now - s.oldestQueuedAt })),
+      attemptsInFlight: this.inFlight,
+    };
+  }
+
+  private enqueue(entry: QueuedEntry, tryNow: boolean): void {
+    const key = shapeKey(entry.request);
+    let shape = this.shapes.get(key);
+    if (shape === undefined) {
+      shape = new Shape(key, entry.request);
+      shape.asleep = true;
+      this.shapes.set(key, shape);
+    }
+    shape.push(entry);
+    if (tryNow && this.wakeIfFits(shape)) this.schedulePump();
+  }
+
+  private dropShape(key: string, shape: Shape): void {
+    this.shapes.delete(key);
+    this.awake.delete(shape);
+  }
+
+  /** Wake the shape if the view says its containers may fit now; whether it is awake. */
+  private wakeIfFits(shape: Shape): boolean {
+    if (!shape.asleep) return true;
+    if (this.options.view.choose(shape.request, NONE, this.options.replicaId) === null) return false;
+    this.wake(shape);
+    return true;
+  }
+
+  private wake(shape: Shape): void {
+    if (!shape.asleep) return;
+    shape.asleep = false;
+    this.awake.add(shape);
+    this.stats.wakes += 1;
+  }
+
+  private sleep(shape: Shape): void {
+    shape.asleep = true;
+    this.awake.delete(shape);
+  }
+
+  private schedulePump(): void {
+    if (this.pumpScheduled || this.stopped) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
+  }
+
+  /** Start attempts, best head first among the awake shapes, up to the in-flight bound. */
+  private pump(): void {
+    const now = Date.now();
+    while (this.inFlight < this.maxInFlight && this.awake.size > 0) {
+      let best: Shape | null = null;
+      let bestHead: QueuedEntry | null = null;
+      for (const shape of this.awake) {
+        if (shape.retryAt > now) continue;
+        const head = shape.head();
+        if (head === null) {
+          this.dropShape(shape.key, shape);
+          continue;
+        }
+        if (bestHead === null || before(head, bestHead)) {
+          best = shape;
+          bestHead = head;
+        }
+      }
+      if (best === null || bestHead === null) return;
+      // The view proves nothing fits this shape: sleep until a summary says otherwise.
+      if (this.options.view.choose(best.request, NONE, this.options.replicaId) === null) {
+        this.sleep(best);
+        continue;
+      }
+      best.pop();
+      void this.run(best, bestHead);
+    }
+  }
+
+  private async run(shape: Shape, entry: QueuedEntry): Promise<void> {
+    entry.attempting = true;
+    this.inFlight += 1;
+    this.stats.attempts += 1;
+    const versionBefore = this.options.view.version;
+    let result: AttemptOutcome;
+    try {
+      result = await this.options.attempt(entry);
+    } catch (error) {
+      this.options.log.error({ err: error, container: entry.id }, 'backlog placement attempt failed');
+      result = { outcome: 'unavailable' };
+    }
+    entry.attempting = false;
+    this.inFlight -= 1;
+    const partition = this.partitions.get(entry.shard);
+    switch (result.outcome) {
+      case 'placed':
+        this.stats.placed += 1;
+        shape.backoffMs = RETRY_FIRST_MS;
+        if (partition !== undefined && !entry.gone) partition.forget(entry);
+        break;
+      case 'not-ours':
+        this.stats.notOurs += 1;
+        this.options.log.warn({ container: entry.id, reason: result.message }, 'queued container is not this request\'s to place; forgotten');
+        if (partition !== undefined && !entry.gone) partition.forget(entry);
+        break;
+      case 'no-room':
+        this.stats.noRoom += 1;
+        this.requeue(shape, entry);
+        // Room may have appeared while the attempt was concluding: stay awake if so.
+        if (this.options.view.version === versionBefore) this.sleep(shape);
+        break;
+      case 'unavailable':
+        this.stats.unavailable += 1;
+        this.requeue(shape, entry);
+        shape.retryAt = Date.now() + shape.backoffMs;
+        shape.backoffMs = Math.min(RETRY_MAX_MS, shape.backoffMs * 2);
+        this.armRetry(shape.retryAt);
+        break;
+    }
+    const settled = entry.settled.splice(0);
+    for (const resolve of settled) resolve();
+    this.schedulePump();
+  }
+
+  private requeue(shape: Shape, entry: QueuedEntry): void {
+    if (entry.gone) return;
+    if (this.shapes.get(shape.key) !== shape) {
+      this.enqueue(entry, false);
+      return;
+    }
+    shape.push(entry);
+  }
+
+  private armRetry(at: number): void {
+    if (this.retryTimer !== null || this.stopped) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.schedulePump();
+    }, Math.max(10, at - Date.now()));
+    this.retryTimer.unref();
+  }
+
+  /** Fail every queued container whose maxWaitMs has passed (not while an attempt of it is in flight). */
+  private expire(): void {
+    const now = Date.now();
+    for (const partition of this.partitions.values()) {
+      for (const entry of partition.entries.values()) {
+        if (entry.expiresAt > now || entry.attempting || entry.gone) continue;
+        void partition.end(entry, 'EXPIRED').then((result) => {
+          if (result === 'cancelled') this.stats.expired += 1;
+        });
+      }
+    }
+  }
+
+  /** The safety net: wake every shape the view says may fit, and drop removed entries. */
+  private safetySweep(): void {
+    for (const [key, shape] of this.shapes) {
+      shape.compact();
+      if (shape.heap.length === 0 && shape.asleep) {
+        this.dropShape(key, shape);
+        continue;
+      }
+      this.wakeIfFits(shape);
+    }
+    this.schedulePump();
+  }
+}
+
+const NONE: ReadonlySet<number> = new Set();
+/** Shapes listed in a backlog report (the deepest first). */
+const MAX_REPORTED_SHAPES = 50;

@@ -1,0 +1,211 @@
+#!lua
+--[[
+  backlog_commit: apply one home shard's batch of backlog writes, fenced by that shard's epoch.
+  The backlog of shard h holds the queued containers whose id hashes to h; the replica holding h's
+  lease owns it, exactly as it owns h's workers, so no other writer needs to exist.
+
+  A queued container is the container's own record (a hash with status "queued"), plus its id in
+  the shard's backlog sorted set (scored by the time it was queued) so the next owner finds it. The
+  record is the one commit_batch.lua turns into a placement: a queued container is placed by
+  commit_batch only with the request key that queued it, and only while it is still queued, so a
+  request is placed at most once however many owners try; and it is never removed from the set
+  before its record says it is placed or ended, so it is never lost.
+
+  Two phases, as in commit_batch.lua: phase 1 reads, type-checks and decides everything and writes
+  nothing; phase 2 writes what phase 1 decided.
+
+  Input:
+    KEYS[1]        the shard's epoch key          {<prefix>:s<h>}:epoch
+    KEYS[2]        the shard's backlog            {<prefix>:s<h>}:backlog   (sorted set)
+    KEYS[3+i]      op i's container record         <prefix>:container:<id>
+    ARGV[1]        the writer's epoch
+    ARGV[2]        the shard number h
+    ARGV[3]        the most containers this shard's backlog may hold (1 .. 10,000,000)
+    ARGV[4]        seconds to keep an ended container's tombstone; 0 keeps it forever
+    ARGV[5]        op count n (at most 1000)
+    ARGV[6+11i ..] op i: kind, id, requestKey, a1 .. a8
+      kind 'Q' queue:  a1 priority, a2 expiresAt (Unix ms), a3 cpu, a4 memory, a5 gpu type or '',
+                       a6 gpuCount, a7 pool or '', a8 command/env JSON or ''
+      kind 'D' drop:   forget the id (placed or ended elsewhere); the other fields are unused
+      kind 'E' end:    a1 the status it ends in ('released' or 'failed'), a2 the reason
+                       ('CANCELLED', 'EXPIRED'); only from 'queued'
+    A malformed op fails the whole batch before anything is written.
+
+  Output:
+    {'FENCED', currentEpoch}      nothing was written
+    {'OK', code_0, extra_0, ...}  one pair per op, in order
+      QUEUED        extra = queuedAt; new, or already queued by the same request key (idempotent)
+      QUEUED_BY     extra = the other request key that queued it; nothing written
+      PLACED        extra = "<worker> <requestKey>" it is placed (or was, and is released since)
+      ENDED         extra = "<status> <requestKey>": it ended without a placement (cancelled, expired)
+      FULL          the backlog holds ARGV[3] containers; nothing written
+      DROPPED       Q's id left the set (or was not in it)
+      STILL_QUEUED  D refused: the record still says queued (it must not be forgotten)
+      ENDED_NOW     E wrote the tombstone; extra = queuedAt
+      NOT_QUEUED    E refused: extra = the status the record holds ('none' if there is none)
+]]
+
+local epoch = redis.call('GET', KEYS[1])
+if epoch ~= ARGV[1] then
+  return {'FENCED', epoch or '0'}
+end
+
+local shard = ARGV[2]
+local maxQueued = tonumber(ARGV[3])
+local retention = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+if n == nil or n < 0 or n > 1000 or maxQueued == nil or maxQueued < 1 or retention == nil
+  or #KEYS ~= 2 + n or #ARGV ~= 5 + 11 * n then
+  return redis.error_reply('ERR backlog_commit: malformed batch')
+end
+
+local function whole(text, min)
+  local value = tonumber(text)
+  return value ~= nil and value == math.floor(value) and value >= min and value < 2^53
+end
+local function spaceless(text)
+  return text ~= '' and not string.find(text, ' ', 1, true)
+end
+
+-- ---------------------------------------------------------------- phase 0: the ops are well formed
+for i = 0, n - 1 do
+  local base = 6 + 11 * i
+  local kind = ARGV[base]
+  local ok = spaceless(ARGV[base + 1])
+  if kind == 'Q' then
+    local priority = tonumber(ARGV[base + 3])
+    ok = ok and spaceless(ARGV[base + 2]) and priority ~= nil and priority == math.floor(priority)
+      and whole(ARGV[base + 4], 0) and whole(ARGV[base + 5], 1) and whole(ARGV[base + 6], 1) and whole(ARGV[base + 8], 0)
+  elseif kind == 'E' then
+    ok = ok and (ARGV[base + 3] == 'released' or ARGV[base + 3] == 'failed') and spaceless(ARGV[base + 4])
+  elseif kind ~= 'D' then
+    ok = false
+  end
+  if not ok then
+    return redis.error_reply('ERR backlog_commit: malformed op ' .. i .. ' (' .. tostring(kind) .. ')')
+  end
+end
+
+local found = redis.call('TYPE', KEYS[2]).ok
+if found ~= 'none' and found ~= 'zset' then
+  return redis.error_reply('ERR backlog_commit: key ' .. KEYS[2] .. ' is a ' .. found .. ', not a zset')
+end
+
+local time = redis.call('TIME')
+local nowMs = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+
+-- ---------------------------------------------------------------- phase 1: read and decide
+-- A record as this batch sees it: read once, then updated by the batch's own ops.
+local records = {}
+local function load(key)
+  local r = records[key]
+  if r == nil then
+    local kind = redis.call('TYPE', key).ok
+    if kind == 'none' then
+      r = {status = 'none'}
+    elseif kind == 'hash' then
+      local v = redis.call('HMGET', key, 'status', 'workerId', 'requestKey', 'queuedAt', 'cpu', 'memory', 'gpuCount')
+      r = {status = v[1] or 'none', workerId = v[2] or '-', requestKey = v[3] or '', queuedAt = v[4] or '0',
+        cpu = v[5], memory = v[6], gpus = v[7]}
+    elseif kind == 'string' then
+      local f = {}
+      for field in string.gmatch(redis.call('GET', key), '%S+') do f[#f + 1] = field end
+      r = {status = f[1] or 'released', workerId = f[2] or '-', requestKey = (f[9] ~= '-' and f[9]) or ''}
+    else
+      return nil, redis.error_reply('ERR backlog_commit: key ' .. key .. ' is a ' .. kind)
+    end
+    records[key] = r
+  end
+  return r, nil
+end
+
+local size = redis.call('ZCARD', KEYS[2])
+local out = {'OK'}
+local write = {}
+local function reply(code, extra)
+  out[#out + 1] = code
+  out[#out + 1] = extra
+end
+
+for i = 0, n - 1 do
+  local key = KEYS[3 + i]
+  local base = 6 + 11 * i
+  local kind, id, requestKey = ARGV[base], ARGV[base + 1], ARGV[base + 2]
+  local r, failure = load(key)
+  if failure then return failure end
+  if kind == 'Q' then
+    if r.status == 'queued' then
+      if r.requestKey == requestKey then
+        write[i] = 'requeue'
+        reply('QUEUED', r.queuedAt)
+      else
+        reply('QUEUED_BY', r.requestKey)
+      end
+    elseif r.status ~= 'none' and r.workerId == '-' then
+      reply('ENDED', r.status .. ' ' .. r.requestKey)
+    elseif r.status ~= 'none' then
+      reply('PLACED', r.workerId .. ' ' .. r.requestKey)
+    elseif size >= maxQueued then
+      reply('FULL', '')
+    else
+      size = size + 1
+      write[i] = 'queue'
+      records[key] = {status = 'queued', workerId = '-', requestKey = requestKey, queuedAt = tostring(nowMs),
+        cpu = ARGV[base + 5], memory = ARGV[base + 6], gpus = ARGV[base + 8]}
+      reply('QUEUED', tostring(nowMs))
+    end
+  elseif kind == 'D' then
+    if r.status == 'queued' then
+      reply('STILL_QUEUED', '')
+    else
+      write[i] = 'drop'
+      reply('DROPPED', '')
+    end
+  else
+    if r.status ~= 'queued' then
+      reply('NOT_QUEUED', r.status)
+    else
+      write[i] = 'end'
+      local status, reason = ARGV[base + 3], ARGV[base + 4]
+      write[-1 - i] = status .. ' - ' .. shard .. ' ' .. r.cpu .. ' ' .. r.memory .. ' ' .. r.gpus .. ' 0 ' .. nowMs
+        .. ' ' .. (r.requestKey ~= '' and r.requestKey or '-') .. ' ' .. reason .. ' ' .. r.queuedAt
+      records[key] = {status = status, workerId = '-', requestKey = r.requestKey}
+      reply('ENDED_NOW', r.queuedAt)
+    end
+  end
+end
+
+-- ---------------------------------------------------------------- phase 2: write what was decided
+for i = 0, n - 1 do
+  local action = write[i]
+  if action then
+    local key = KEYS[3 + i]
+    local base = 6 + 11 * i
+    local id = ARGV[base + 1]
+    if action == 'queue' then
+      local fields = {'status', 'queued', 'requestKey', ARGV[base + 2], 'home', shard, 'queuedAt', nowMs,
+        'priority', ARGV[base + 3], 'expiresAt', ARGV[base + 4], 'cpu', ARGV[base + 5], 'memory', ARGV[base + 6],
+        'gpu', ARGV[base + 7], 'gpuCount', ARGV[base + 8], 'pool', ARGV[base + 9]}
+      if ARGV[base + 10] ~= '' then
+        fields[#fields + 1] = 'spec'
+        fields[#fields + 1] = ARGV[base + 10]
+      end
+      redis.call('HSET', key, unpack(fields))
+      redis.call('ZADD', KEYS[2], nowMs, id)
+    elseif action == 'requeue' then
+      -- The same request again: make sure the set has it (a retry after a half-finished requeue).
+      redis.call('ZADD', KEYS[2], 'NX', records[key].queuedAt, id)
+    elseif action == 'drop' then
+      redis.call('ZREM', KEYS[2], id)
+    elseif action == 'end' then
+      if retention > 0 then
+        redis.call('SET', key, write[-1 - i], 'EX', retention)
+      else
+        redis.call('SET', key, write[-1 - i])
+      end
+      redis.call('ZREM', KEYS[2], id)
+    end
+  end
+end
+
+return out
