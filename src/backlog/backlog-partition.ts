@@ -103,7 +103,7 @@ export class BacklogPartition {
   }
 
   /** Queue a container (durable once this resolves 'queued'); idempotent for the same request key. */
-  async queue(request: QueueRequest, requestKey: string, now = Date.now()): Promise<QueueResult> {
+  async queue(request: QueueRequest, requestKey: string): Promise<QueueResult> {
     if (this.closed) return { outcome: 'unavailable', message: `the backlog of shard ${this.shard} is closed on this replica` };
     const existing = this.entries.get(request.id);
     if (existing !== undefined) {
@@ -113,13 +113,12 @@ export class BacklogPartition {
     if (this.writes.length >= this.options.maxQueuedOps) {
       return { outcome: 'unavailable', message: `the backlog of shard ${this.shard} has ${this.writes.length} writes waiting; retry` };
     }
-    const expiresAt = now + request.maxWaitMs;
     const outcome = await this.write({
       kind: 'queue',
       containerId: request.id,
       requestKey,
       priority: request.priority,
-      expiresAt,
+      maxWaitMs: request.maxWaitMs,
       cpu: request.cpu,
       memory: request.memory,
       gpu: request.gpu,
@@ -139,7 +138,7 @@ export class BacklogPartition {
           requestKey,
           priority,
           queuedAt: Number(outcome.extra),
-          expiresAt,
+          expiresAt: Number(outcome.extra) + request.maxWaitMs,
           request: { cpu, memory, gpu, gpuCount, pool },
           attempting: false,
           gone: false,

@@ -6,7 +6,8 @@ import { connect, errors, headers, type NatsConnection } from '@nats-io/transpor
 import type { ErrorCode } from '../protocol/errors.js';
 import type { ContainerView } from '../protocol/container-view.js';
 import type { PublishedContainerEvent } from '../events/container-events.js';
-import type { ContainerStatus } from '../../actors/container-machine.js';
+import { TERMINAL_STATUSES, type ContainerStatus } from '../../actors/container-machine.js';
+import type { ClusterBacklog } from '../backlog/backlog-report.js';
 import type { WorkerView } from '../protocol/shard-messages.js';
 import { randomBytes } from 'node:crypto';
 import { DEADLINE_HEADER, REQUEST_KEY_HEADER, Subjects } from '../protocol/subjects.js';
@@ -116,6 +117,18 @@ export interface ReplicaStatus {
   steppedOut?: boolean;
   /** Whether its router is in the public queue group (it leaves it while Redis is cut). */
   routing?: boolean;
+}
+
+export type WaitTarget = 'placed' | 'running' | 'terminal';
+/** `drover wait` reads the record again this often, in case an event was lost. */
+const WAIT_RECHECK_MS = 1_000;
+
+/** Whether `status` is (or is past) `until`. */
+export function reached(status: ContainerStatus, until: WaitTarget): boolean {
+  if (TERMINAL_STATUSES.has(status)) return true;
+  if (until === 'terminal') return false;
+  if (until === 'running') return status === 'running' || status === 'stopping';
+  return status !== 'queued';
 }
 
 /** 96 random bits per process, so keys of different clients never meet. */
@@ -243,6 +256,65 @@ export class DroverClient {
   }
   getContainer(id: string): Promise<Reply<{ container: ContainerInfo }>> {
     return this.call(this.subjects.containersGet, { id });
+  }
+  /** The backlog of the whole cluster: depth by pool and shape, oldest age, shards not reported. */
+  backlog(): Promise<Reply<ClusterBacklog>> {
+    return this.call(this.subjects.backlog, {});
+  }
+
+  /**
+   * Wait until container `id` reaches `until`: 'placed' (placed or anything after), 'running'
+   * (running, or ended before it ran) or 'terminal'. Subscribes to the container's events first,
+   * then reads its record, so a change between the two is not missed; events are at most once, so
+   * the record is read again every WAIT_RECHECK_MS too. Resolves with the record as last read (or
+   * as the event said), rejects after `timeoutMs`.
+   */
+  async waitFor(id: string, until: WaitTarget, timeoutMs: number, onEvent?: (event: ContainerEvent) => void): Promise<{ status: ContainerStatus; container: ContainerInfo | null }> {
+    const subscription = this.nc.subscribe(this.subjects.containerEvents(id));
+    let settle: (value: { status: ContainerStatus; container: ContainerInfo | null }) => void = () => undefined;
+    let fail: (error: Error) => void = () => undefined;
+    const done = new Promise<{ status: ContainerStatus; container: ContainerInfo | null }>((resolve, reject) => {
+      settle = resolve;
+      fail = reject;
+    });
+    const check = async (): Promise<void> => {
+      const reply = await this.getContainer(id);
+      if (!reply.ok) {
+        if (reply.error.code === 'NOT_FOUND') fail(new Error(`container ${id} is not known`));
+        return;
+      }
+      if (reached(reply.container.status, until)) settle({ status: reply.container.status, container: reply.container });
+    };
+    void (async () => {
+      for await (const msg of subscription) {
+        try {
+          const event = msg.json<ContainerEvent>();
+          onEvent?.(event);
+          if (reached(event.status, until)) {
+            settle({ status: event.status, container: null });
+            return;
+          }
+        } catch {
+          // a malformed event is ignored; the record is read again below
+        }
+      }
+    })();
+    const timer = setTimeout(() => fail(new RequestTimeoutError(this.subjects.containerEvents(id), timeoutMs)), timeoutMs);
+    const recheck = setInterval(() => void check().catch(() => undefined), WAIT_RECHECK_MS);
+    try {
+      await this.nc.flush();
+      await check();
+      const result = await done;
+      if (result.container === null) {
+        const reply = await this.getContainer(id).catch(() => null);
+        if (reply?.ok) return { status: result.status, container: reply.container };
+      }
+      return result;
+    } finally {
+      clearTimeout(timer);
+      clearInterval(recheck);
+      subscription.unsubscribe();
+    }
   }
 
   /**

@@ -31,7 +31,8 @@ export type BacklogOp =
       readonly containerId: string;
       readonly requestKey: string;
       readonly priority: number;
-      readonly expiresAt: number;
+      /** It expires this long after the queue time (Redis's clock). */
+      readonly maxWaitMs: number;
       readonly cpu: number;
       readonly memory: number;
       readonly gpu: string | null;
@@ -247,7 +248,7 @@ export class DroverStore {
       keys.push(k.container(op.containerId));
       switch (op.kind) {
         case 'queue':
-          args.push('Q', op.containerId, op.requestKey, op.priority, op.expiresAt, op.cpu, op.memory, op.gpu ?? '', op.gpuCount, op.pool ?? '', op.spec);
+          args.push('Q', op.containerId, op.requestKey, op.priority, op.maxWaitMs, op.cpu, op.memory, op.gpu ?? '', op.gpuCount, op.pool ?? '', op.spec);
           break;
         case 'drop':
           args.push('D', op.containerId, '', '', '', '', '', '', '', '', '');

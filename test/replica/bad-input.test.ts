@@ -30,6 +30,8 @@ afterAll(async () => {
 const container = { id: 'c1', cpu: 100, memory: 128 };
 /** A worker id whose shard is not w1's (the test config has 8 shards). */
 const ELSEWHERE = Array.from({ length: 100 }, (_, i) => `other-${i}`).find((id) => shardOf(id, 8) !== shardOf('w1', 8))!;
+/** A container id whose home (backlog) shard is w1's shard. */
+const HOME = Array.from({ length: 100 }, (_, i) => `home-${i}`).find((id) => shardOf(id, 8) === shardOf('w1', 8))!;
 const worker = { id: 'w9', cpu: 1_000, memory: 1_024 };
 const big = JSON.stringify({ ...container, pad: 'x'.repeat(70 * 1024) });
 
@@ -70,6 +72,24 @@ const cases: Case[] = [
   ['gpu type with zero gpuCount', 'submit', JSON.stringify({ ...container, gpu: 'a100', gpuCount: 0 }), 'INVALID_REQUEST', /"gpuCount" must be between 1/],
   ['gpu type with a dot', 'submit', JSON.stringify({ ...container, gpu: 'a.100' }), 'INVALID_REQUEST', /"gpu" must match/],
   ['pool as a number', 'submit', JSON.stringify({ ...container, pool: 3 }), 'INVALID_REQUEST', /"pool" must be a string/],
+  ['priority as a string', 'submit', JSON.stringify({ ...container, priority: 'high' }), 'INVALID_REQUEST', /"priority" must be a number/],
+  ['fractional priority', 'submit', JSON.stringify({ ...container, priority: 1.5 }), 'INVALID_REQUEST', /"priority" must be a whole number/],
+  ['absurd priority', 'submit', JSON.stringify({ ...container, priority: 1e9 }), 'INVALID_REQUEST', /"priority" must be between -1000000 and 1000000/],
+  ['zero maxWaitMs', 'submit', JSON.stringify({ ...container, maxWaitMs: 0 }), 'INVALID_REQUEST', /"maxWaitMs" must be between 1 and 86400000/],
+  ['maxWaitMs over a day', 'submit', JSON.stringify({ ...container, maxWaitMs: 86_400_001 }), 'INVALID_REQUEST', /"maxWaitMs" must be between 1 and 86400000/],
+  ['queue as a string', 'submit', JSON.stringify({ ...container, queue: 'no' }), 'INVALID_REQUEST', /"queue" must be true or false/],
+  ['command as a string', 'submit', JSON.stringify({ ...container, command: 'sleep 5' }), 'INVALID_REQUEST', /"command" must be an array of 1 to 64/],
+  ['empty command', 'submit', JSON.stringify({ ...container, command: [] }), 'INVALID_REQUEST', /"command" must be an array of 1 to 64/],
+  ['command of 65 args', 'submit', JSON.stringify({ ...container, command: Array.from({ length: 65 }, () => 'x') }), 'INVALID_REQUEST', /1 to 64/],
+  ['command arg as a number', 'submit', JSON.stringify({ ...container, command: ['sleep', 5] }), 'INVALID_REQUEST', /command\[1\] must be a string/],
+  ['command with an empty program', 'submit', JSON.stringify({ ...container, command: [''] }), 'INVALID_REQUEST', /program\) must not be empty/],
+  ['command arg with NUL', 'submit', JSON.stringify({ ...container, command: ['a\u0000b'] }), 'INVALID_REQUEST', /NUL/],
+  ['command arg over 4096', 'submit', JSON.stringify({ ...container, command: ['x'.repeat(4_097)] }), 'INVALID_REQUEST', /limit is 4096/],
+  ['command and env over 16 KiB', 'submit', JSON.stringify({ ...container, command: Array.from({ length: 5 }, () => 'x'.repeat(4_000)) }), 'INVALID_REQUEST', /limit is 16384/],
+  ['env as an array', 'submit', JSON.stringify({ ...container, env: ['A=1'] }), 'INVALID_REQUEST', /"env" must be an object/],
+  ['env name with a dash', 'submit', JSON.stringify({ ...container, env: { 'A-B': '1' } }), 'INVALID_REQUEST', /env name "A-B" must match/],
+  ['env value as a number', 'submit', JSON.stringify({ ...container, env: { A: 1 } }), 'INVALID_REQUEST', /env.A must be a string/],
+  ['env of 65 entries', 'submit', JSON.stringify({ ...container, env: Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`V${i}`, ''])) }), 'INVALID_REQUEST', /limit is 64/],
   ['unknown field (typo)', 'submit', JSON.stringify({ ...container, memroy: 5 }), 'INVALID_REQUEST', /unknown field "memroy"/],
   ['batch: not an array', 'submit.batch', JSON.stringify({ containers: {} }), 'INVALID_REQUEST', /must be an array/],
   ['batch: empty', 'submit.batch', JSON.stringify({ containers: [] }), 'INVALID_REQUEST', /1 to 500/],
@@ -127,6 +147,9 @@ describe('bad input', () => {
   const place = (request: Record<string, unknown>, extra: Record<string, unknown> = {}) => ({
     k: 'place', id: 'evil', request: { cpu: 100, memory: 128, gpu: null, gpuCount: 0, pool: null, ...request }, requestKey: 'x.1', deadline: Date.now() + 5_000, ...extra,
   });
+  const enqueue = (request: Record<string, unknown>, extra: Record<string, unknown> = {}) => ({
+    k: 'enqueue', id: HOME, request: { cpu: 100, memory: 128, gpu: null, gpuCount: 0, pool: null, ...request }, requestKey: 'x.2', priority: 0, maxWaitMs: 1_000, spec: '', ...extra,
+  });
   const shardCases: Array<[name: string, op: Record<string, unknown>, message: RegExp]> = [
     ['place: negative amounts', place({ cpu: -5_000, memory: -5_000 }), /"cpu" must be between 1/],
     ['place: fractional cpu', place({ cpu: 0.5 }), /"cpu" must be a whole number/],
@@ -146,6 +169,15 @@ describe('bad input', () => {
     ['register: zero cpu', { k: 'register', worker: { id: 'w-evil', cpu: 0, memory: 1 } }, /"cpu" must be between 1/],
     ['status: unknown action', { k: 'status', workerId: 'w1', action: 'explode' }, /"action"/],
     ['unknown op kind', { k: 'drop-table' }, /unknown shard op kind/],
+    ['place: spec that is not JSON', place({}, { spec: '{nope' }), /"spec" must be a JSON string/],
+    ['place: spec with a bad command', place({}, { spec: JSON.stringify({ command: [1], env: null }) }), /command\[0\] must be a string/],
+    ['enqueue: a container of another home shard', enqueue({}, { id: ELSEWHERE }), /queues in shard \d+, not shard/],
+    ['enqueue: priority out of range', enqueue({}, { priority: 2e6 }), /"priority" must be between/],
+    ['enqueue: maxWaitMs as a string', enqueue({}, { maxWaitMs: '1h' }), /"maxWaitMs" must be a number/],
+    ['enqueue: unknown request field', enqueue({ memroy: 1 }), /unknown field "memroy"/],
+    ['enqueue: extra op field', enqueue({}, { force: true }), /unknown field "force"/],
+    ['cancel: id with a dot', { k: 'cancel', id: 'a.b' }, /"id" must match/],
+    ['cancel: extra field', { k: 'cancel', id: 'x', force: true }, /unknown field "force"/],
   ];
 
   it.each(shardCases)('shard subject, %s -> INVALID_REQUEST', async (_name, op, message) => {

@@ -24,7 +24,7 @@
     ARGV[4]        seconds to keep an ended container's tombstone; 0 keeps it forever
     ARGV[5]        op count n (at most 1000)
     ARGV[6+11i ..] op i: kind, id, requestKey, a1 .. a8
-      kind 'Q' queue:  a1 priority, a2 expiresAt (Unix ms), a3 cpu, a4 memory, a5 gpu type or '',
+      kind 'Q' queue:  a1 priority, a2 maxWaitMs (it expires that long after the queue time), a3 cpu, a4 memory, a5 gpu type or '',
                        a6 gpuCount, a7 pool or '', a8 command/env JSON or ''
       kind 'D' drop:   forget the id (placed or ended elsewhere); the other fields are unused
       kind 'E' end:    a1 the status it ends in ('released' or 'failed'), a2 the reason
@@ -75,7 +75,7 @@ for i = 0, n - 1 do
   if kind == 'Q' then
     local priority = tonumber(ARGV[base + 3])
     ok = ok and spaceless(ARGV[base + 2]) and priority ~= nil and priority == math.floor(priority)
-      and whole(ARGV[base + 4], 0) and whole(ARGV[base + 5], 1) and whole(ARGV[base + 6], 1) and whole(ARGV[base + 8], 0)
+      and whole(ARGV[base + 4], 1) and whole(ARGV[base + 5], 1) and whole(ARGV[base + 6], 1) and whole(ARGV[base + 8], 0)
   elseif kind == 'E' then
     ok = ok and (ARGV[base + 3] == 'released' or ARGV[base + 3] == 'failed') and spaceless(ARGV[base + 4])
   elseif kind ~= 'D' then
@@ -184,7 +184,7 @@ for i = 0, n - 1 do
     local id = ARGV[base + 1]
     if action == 'queue' then
       local fields = {'status', 'queued', 'requestKey', ARGV[base + 2], 'home', shard, 'queuedAt', nowMs,
-        'priority', ARGV[base + 3], 'expiresAt', ARGV[base + 4], 'cpu', ARGV[base + 5], 'memory', ARGV[base + 6],
+        'priority', ARGV[base + 3], 'expiresAt', nowMs + tonumber(ARGV[base + 4]), 'cpu', ARGV[base + 5], 'memory', ARGV[base + 6],
         'gpu', ARGV[base + 7], 'gpuCount', ARGV[base + 8], 'pool', ARGV[base + 9]}
       if ARGV[base + 10] ~= '' then
         fields[#fields + 1] = 'spec'
