@@ -21,7 +21,9 @@
  * a whole number where one is needed).
  */
 import { parseArgs } from 'node:util';
-import { DroverClient, NoReplicaError, type ReplicaStatus, type Reply, type ResourceSpec } from '../client/drover-client.js';
+import { DroverClient, NoReplicaError, type ContainerSpec, type ReplicaStatus, type Reply, type ResourceSpec, type WaitTarget } from '../client/drover-client.js';
+import type { ClusterBacklog } from '../backlog/backlog-report.js';
+import { DEFAULT_MAX_WAIT_MS, MAX_MAX_WAIT_MS, MAX_PRIORITY, MIN_PRIORITY } from '../protocol/limits.js';
 import { loadConfig } from '../config.js';
 // The demo, the chaos suite and the benchmark are loaded only when asked for, so a replica does
 // not carry their modules (HDR histograms, process clusters) in its memory.
@@ -39,12 +41,15 @@ const USAGE = `usage:
   drover bench [seed|scale|million|churn|rebalance|memory|redis-memory ...] [--out FILE] [--baseline-seconds N]
   drover bench --report FILE          the README's results table from a results file
   drover submit --id ID --cpu MILLICORES --memory MIB [--gpu TYPE] [--gpu-count N] [--pool NAME]
-  drover release --id ID
+                [--priority N] [--max-wait MS] [--no-queue] [-- COMMAND ARG...]
+  drover release --id ID             (a queued container is cancelled; a placed one released)
   drover container --id ID
+  drover wait --id ID [--for placed|running|terminal]   (default terminal; --timeout default 1 h)
+  drover backlog                     depth by pool and shape, oldest age, from every replica
   drover workers [list]
   drover workers register --id ID --cpu MILLICORES --memory MIB [--gpu TYPE --gpu-count N] [--pool NAME]
   drover workers get|drain|disable|enable|remove --id ID
-client commands (status, submit, release, container, workers) also take --timeout MS: how long to
+client commands (status, submit, release, container, wait, backlog, workers) also take --timeout MS: how long to
   wait for a reply (default 10000, at most 600000); exit 0 ok, 1 error reply or no reply, 2 usage
 environment: NATS_URL, REDIS_URL (replica, demo), DROVER_PREFIX, DROVER_SHARDS, DROVER_REPLICA_ID,
   DROVER_LEASE_TTL_MS, DROVER_LOG_LEVEL (see README)`;
@@ -72,6 +77,10 @@ const OPTIONS = {
   report: { type: 'string' },
   'baseline-seconds': { type: 'string' },
   timeout: { type: 'string' },
+  priority: { type: 'string' },
+  'max-wait': { type: 'string' },
+  'no-queue': { type: 'boolean' },
+  for: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -99,6 +108,8 @@ const POSITIONAL_LIMITS: Record<string, number> = {
   submit: 1,
   release: 1,
   container: 1,
+  wait: 1,
+  backlog: 1,
   workers: 2,
 };
 
@@ -213,6 +224,46 @@ async function withClient(values: Values, fn: (client: DroverClient) => Promise<
     // The command's outcome is already decided (and printed); a failed close must not replace it.
     await client.close().catch(() => undefined);
   }
+}
+
+const WAIT_TARGETS: readonly WaitTarget[] = ['placed', 'running', 'terminal'];
+/** `drover wait` waits this long unless --timeout says otherwise, and at most a day. */
+const DEFAULT_WAIT_MS = 3_600_000;
+const MAX_WAIT_MS = 86_400_000;
+
+/** Print each status change of a container until it reaches --for; exit 0 then, 1 on timeout or unknown id. */
+async function waitCommand(values: Values): Promise<number> {
+  const id = required(values, 'id');
+  const until = (values.for ?? 'terminal') as WaitTarget;
+  if (!WAIT_TARGETS.includes(until)) throw new UsageError(`--for must be one of ${WAIT_TARGETS.join(', ')}; got "${values.for}"`);
+  const timeoutMs = positiveInt(values.timeout, DEFAULT_WAIT_MS, 'timeout', MAX_WAIT_MS);
+  const config = loadConfig();
+  const client = await DroverClient.connect(config.natsUrl, config.prefix, Math.min(timeoutMs, DEFAULT_TIMEOUT_MS), 'drover-cli');
+  try {
+    const result = await client.waitFor(id, until, timeoutMs, (event) => {
+      process.stderr.write(`${new Date(event.at).toISOString()} ${event.id} ${event.status}${event.workerId ? ` on ${event.workerId}` : ''}${event.reason ? ` (${event.reason})` : ''}\n`);
+    });
+    process.stdout.write(`${JSON.stringify(result.container ?? { id, status: result.status }, null, 2)}\n`);
+    return 0;
+  } catch (error) {
+    process.stderr.write(`drover wait: ${(error as Error).message}\n`);
+    return 1;
+  } finally {
+    await client.close().catch(() => undefined);
+  }
+}
+
+function renderBacklog(backlog: ClusterBacklog): string {
+  const age = (ms: number | null) => (ms === null ? '-' : `${(ms / 1000).toFixed(1)} s`);
+  const lines = [`queued: ${backlog.depth}, oldest ${age(backlog.oldestAgeMs)} (from ${backlog.replicas.map((r) => `${r.replicaId}: ${r.shards} shards`).join(', ') || 'no replica'})`];
+  if (backlog.missingShards.length > 0) lines.push(`not reported (not counted): shards ${backlog.missingShards.join(', ')}`);
+  if (backlog.pools.length > 0) {
+    lines.push('', renderTable(['pool', 'queued', 'oldest'], backlog.pools.map((p) => [p.pool ?? '(none)', p.depth, age(p.oldestAgeMs)])));
+    lines.push('', renderTable(['cpu', 'memory', 'gpu', 'pool', 'queued', 'oldest'], backlog.shapes.map((s) => [
+      s.cpu, s.memory, s.gpuCount > 0 ? `${s.gpuCount} x ${s.gpu ?? 'any'}` : '-', s.pool ?? '(none)', s.depth, age(s.oldestAgeMs),
+    ])));
+  }
+  return `${lines.join('\n')}\n`;
 }
 
 async function runReplica(): Promise<number> {
@@ -379,8 +430,14 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-async function run(argv: string[]): Promise<number> {
+async function run(allArgs: string[]): Promise<number> {
+  // `drover submit ... -- sleep 5`: what follows `--` is the container's command, not flags.
+  const dash = allArgs.indexOf('--');
+  const argv = dash >= 0 ? allArgs.slice(0, dash) : allArgs;
+  const containerCommand = dash >= 0 ? allArgs.slice(dash + 1) : null;
+  if (containerCommand !== null && containerCommand.length === 0) throw new UsageError('nothing follows "--"; give the command to run, or leave "--" out');
   const { values, positionals } = parse(argv);
+  if (containerCommand !== null && positionals[0] !== 'submit') throw new UsageError('only submit takes a command after "--"');
   const [command, action] = positionals;
   if (values.help || command === undefined || command === 'help') {
     process.stdout.write(`${USAGE}\n`);
@@ -403,9 +460,24 @@ async function run(argv: string[]): Promise<number> {
     case 'status':
       return statusCommand(values);
     case 'submit': {
-      const spec = resourceSpec(values);
+      const spec: ContainerSpec = {
+        ...resourceSpec(values),
+        ...(values.priority !== undefined ? { priority: boundedInt(values.priority, 0, 'priority', MIN_PRIORITY, MAX_PRIORITY) } : {}),
+        ...(values['max-wait'] !== undefined ? { maxWaitMs: positiveInt(values['max-wait'], DEFAULT_MAX_WAIT_MS, 'max-wait', MAX_MAX_WAIT_MS) } : {}),
+        ...(values['no-queue'] === true ? { queue: false } : {}),
+        ...(containerCommand !== null ? { command: containerCommand } : {}),
+      };
       return withClient(values, async (client) => print(await client.submit(spec)));
     }
+    case 'wait':
+      return waitCommand(values);
+    case 'backlog':
+      return withClient(values, async (client) => {
+        const reply = await client.backlog();
+        if (!reply.ok || values.json === true) return print(reply);
+        process.stdout.write(renderBacklog(reply));
+        return 0;
+      });
     case 'release': {
       const id = required(values, 'id');
       return withClient(values, async (client) => print(await client.release(id)));
