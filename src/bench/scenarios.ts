@@ -785,6 +785,151 @@ export async function redisMemoryScenario(ctx: BenchContext): Promise<ScenarioRe
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// backlog: requests queued against an empty fleet, drained as workers register; wake-up latency.
+
+/**
+ * 100,000 requests are queued while no worker exists; then 10,000 workers register (64 lanes) and
+ * the backlog drains: the time from the first registration to the last "placed" event, and the
+ * rate. The scale scenario's Drover part (1,000 workers, 100,000 containers) runs first in the same
+ * scenario, so the ratio is of two numbers from one run on one machine. Then, on a quiet cluster,
+ * the wake-up latency: one worker held full, one request waiting for it; the holder is released and
+ * the time from sending the release to the waiting request's "placed" event is recorded, 300 times.
+ */
+export async function backlogScenario(ctx: BenchContext): Promise<ScenarioResult> {
+  const QUEUED = 100_000;
+  const WORKERS = 10_000;
+  const WAKES = 300;
+  ctx.out(`backlog: 3 replicas; the scale reference first, then ${QUEUED} requests queued against no workers, drained as ${WORKERS} workers register; then ${WAKES} wake-ups on a quiet cluster`);
+  const reference = await droverVolume(ctx, 'scale', 1_000, 100_000, { target: '(reference for backlog)', met: () => true });
+  const referenceRate = reference.row.placementsPerSecond;
+  ctx.out(`backlog: scale reference ${referenceRate}/s`);
+
+  const cluster = await BenchCluster.start({ redisUrl: ctx.redisUrl, natsUrl: ctx.natsUrl, replicas: 3, shards: 64 });
+  try {
+    const nc = cluster.client.nc;
+    let placedEvents = 0;
+    let lastPlacedAt = 0;
+    const waiters = new Map<string, () => void>();
+    const events = nc.subscribe(`${cluster.prefix}.events.containers.>`, {
+      callback: (error, msg) => {
+        if (error) return;
+        const event = msg.json<{ id: string; status: string }>();
+        if (event.status !== 'placed') return;
+        placedEvents += 1;
+        lastPlacedAt = performance.now();
+        waiters.get(event.id)?.();
+      },
+    });
+    await nc.flush();
+
+    // Queue: nothing fits, so every submit is answered "queued" (durable in Redis).
+    const queueing = new Progress('backlog: queueing', QUEUED);
+    const queueStarted = performance.now();
+    let queued = 0;
+    const batches: ContainerSpec[][] = [];
+    const all = containers(QUEUED, 'bl', 1_000, 1_024);
+    for (let i = 0; i < all.length; i += 500) batches.push(all.slice(i, i + 500));
+    await runLanes(batches, 16, async (batch) => {
+      const reply = await cluster.client.submitBatch(batch);
+      if (!reply.ok) throw new Error(`queueing: ${reply.error.code} ${reply.error.message}`);
+      for (const result of reply.results) {
+        if (!result.ok || result.status !== 'queued') throw new Error(`queueing: expected queued, got ${JSON.stringify(result)}`);
+      }
+      queued += batch.length;
+      queueing.update(queued);
+    });
+    queueing.done();
+    const queueSeconds = (performance.now() - queueStarted) / 1000;
+    ctx.out(`backlog: ${QUEUED} queued in ${queueSeconds.toFixed(2)} s (${Math.round(QUEUED / queueSeconds)}/s)`);
+
+    // Drain: register the fleet; every worker's capacity wakes the queued requests it may fit.
+    const watch = new ProcessWatch({ ...cluster.replicaPids(), redis: ctx.redisPid, nats: ctx.natsPid, bench: process.pid });
+    const before = await cluster.counters();
+    const draining = new Progress('backlog: draining', QUEUED);
+    const drainStarted = performance.now();
+    const ticker = setInterval(() => draining.update(placedEvents), 500);
+    await runLanes(fleet(WORKERS, 16_000, 16_384), 64, async (worker) => {
+      const reply = await cluster.client.registerWorker(worker);
+      if (!reply.ok) throw new Error(`registering ${worker.id}: ${reply.error.code} ${reply.error.message}`);
+    });
+    const registeredSeconds = (performance.now() - drainStarted) / 1000;
+    const deadline = Date.now() + 300_000;
+    while (placedEvents < QUEUED && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    clearInterval(ticker);
+    draining.done();
+    const stats = watch.stop();
+    const drainSeconds = (lastPlacedAt - drainStarted) / 1000;
+    const drainRate = placedEvents / drainSeconds;
+    const d = delta(await cluster.counters(), before);
+    const ratio = drainRate / Math.max(1, referenceRate);
+    ctx.out(`backlog: ${placedEvents} placed in ${drainSeconds.toFixed(2)} s (${Math.round(drainRate)}/s, ${(ratio * 100).toFixed(0)} % of the scale reference); workers registered in ${registeredSeconds.toFixed(2)} s`);
+
+    // Wake-up latency on a quiet cluster: one worker held full, one request waiting for it.
+    await new Promise((r) => setTimeout(r, 1_000));
+    const wake = new Latency();
+    const wakeWorker = { id: 'wake-worker', cpu: 1_000, memory: 1_024, pool: 'wake' };
+    const registered = await cluster.client.registerWorker(wakeWorker);
+    if (!registered.ok) throw new Error(`registering the wake-up worker: ${registered.error.message}`);
+    let holder = 'wake-hold-0';
+    const held = await cluster.client.submit({ id: holder, cpu: 1_000, memory: 1_024, pool: 'wake' });
+    if (!held.ok || held.status !== 'placed') throw new Error(`wake-up holder not placed: ${JSON.stringify(held)}`);
+    const waking = new Progress('backlog: wake-ups', WAKES);
+    for (let i = 1; i <= WAKES; i += 1) {
+      const waiting = `wake-hold-${i}`;
+      const reply = await cluster.client.submit({ id: waiting, cpu: 1_000, memory: 1_024, pool: 'wake' });
+      if (!reply.ok || reply.status !== 'queued') throw new Error(`wake-up request not queued: ${JSON.stringify(reply)}`);
+      // Let the queued request settle into its sleeping shape: this measures a wake-up, not a retry.
+      await new Promise((r) => setTimeout(r, 20));
+      const placed = new Promise<void>((resolve) => waiters.set(waiting, resolve));
+      const sent = performance.now();
+      const released = await cluster.client.release(holder);
+      if (!released.ok) throw new Error(`releasing ${holder}: ${released.error.message}`);
+      await placed;
+      wake.record(performance.now() - sent);
+      waiters.delete(waiting);
+      holder = waiting;
+      waking.update(i);
+    }
+    waking.done();
+    events.unsubscribe();
+    const wakeSummary = wake.summary();
+    ctx.out(`backlog: wake-up p50 ${wakeSummary.p50Ms} ms, p99 ${wakeSummary.p99Ms} ms (release sent -> the waiting request's placed event)`);
+    const rows: ResultRow[] = [
+      reference.row,
+      {
+        ...blankRow,
+        scenario: 'backlog',
+        system: 'drover (3 replicas)',
+        placements: placedEvents,
+        seconds: round(drainSeconds, 2),
+        placementsPerSecond: Math.round(drainRate),
+        ...perPlacement(d, placedEvents),
+        ...usage(stats, Object.keys(cluster.replicaPids())),
+        target: 'drain >= 80 % of scale\'s rate in the same run',
+        targetMet: placedEvents === QUEUED && ratio >= 0.8,
+        note: `${QUEUED} queued (in ${round(queueSeconds, 1)} s), drained as ${WORKERS} workers registered (in ${round(registeredSeconds, 1)} s); ` +
+          `${Math.round(ratio * 100)} % of the scale reference (${referenceRate}/s)`,
+      },
+      {
+        ...blankRow,
+        scenario: 'backlog wake-up',
+        system: 'drover (3 replicas)',
+        placements: WAKES,
+        seconds: 0,
+        placementsPerSecond: 0,
+        latency: wakeSummary,
+        target: 'wake-up p99 under 50 ms',
+        targetMet: wakeSummary.p99Ms < 50,
+        note: 'release of the holder sent -> the waiting request placed (its event received), one at a time on a quiet cluster',
+      },
+    ];
+    return { name: 'backlog', rows, details: { referenceRate, queueSeconds, drainSeconds, registeredSeconds, drainRate: Math.round(drainRate), ratio: round(ratio, 3), wake: wakeSummary, counters: d, processes: stats } };
+  } finally {
+    await cluster.stop();
+  }
+}
+
 export const SCENARIOS = {
   seed: seedScenario,
   scale: scaleScenario,
@@ -793,5 +938,6 @@ export const SCENARIOS = {
   rebalance: rebalanceScenario,
   memory: memoryScenario,
   'redis-memory': redisMemoryScenario,
+  backlog: backlogScenario,
 } as const;
 export type ScenarioName = keyof typeof SCENARIOS;

@@ -38,7 +38,7 @@ const USAGE = `usage:
   drover demo [--workers N] [--containers N] [--replicas N] [--concurrency N]
   drover chaos [--quick] [--faults kill,pause,...] [--mixed N] [--replicas N] [--workers N] [--seed N] [--results FILE]
   drover status
-  drover bench [seed|scale|million|churn|rebalance|memory|redis-memory ...] [--out FILE] [--baseline-seconds N]
+  drover bench [seed|scale|million|churn|rebalance|memory|redis-memory|backlog ...] [--out FILE] [--baseline-seconds N]
   drover bench --report FILE          the README's results table from a results file
   drover submit --id ID --cpu MILLICORES --memory MIB [--gpu TYPE] [--gpu-count N] [--pool NAME]
                 [--priority N] [--max-wait MS] [--no-queue] [-- COMMAND ARG...]
