@@ -59,6 +59,8 @@ export interface BacklogSchedulerOptions {
 class Shape {
   readonly heap: QueuedEntry[] = [];
   asleep = false;
+  /** The view's version when a check last found no room: until it moves, the answer is the same. */
+  checkedAtVersion = -1;
   /** Unix ms before which a shape that met unavailable owners is not tried again. */
   retryAt = 0;
   backoffMs = RETRY_FIRST_MS;
@@ -288,7 +290,13 @@ export class BacklogScheduler {
   /** Wake the shape if the view says its containers may fit now; whether it is awake. */
   private wakeIfFits(shape: Shape): boolean {
     if (!shape.asleep) return true;
-    if (this.options.view.choose(shape.request, NONE, this.options.replicaId) === null) return false;
+    const view = this.options.view;
+    // Queueing many requests of a shape while nothing fits: one check per change of the view.
+    if (shape.checkedAtVersion === view.version) return false;
+    if (view.choose(shape.request, NONE, this.options.replicaId) === null) {
+      shape.checkedAtVersion = view.version;
+      return false;
+    }
     this.wake(shape);
     return true;
   }
@@ -427,6 +435,8 @@ export class BacklogScheduler {
         this.dropShape(key, shape);
         continue;
       }
+      // Summaries age and owners stop answering without the view's version moving: look afresh.
+      shape.checkedAtVersion = -1;
       this.wakeIfFits(shape);
     }
     this.schedulePump();

@@ -223,6 +223,10 @@ export class DroverClient {
   registerWorker(worker: WorkerSpecInput): Promise<Reply<{ worker: WorkerView }>> {
     return this.call(this.subjects.workersRegister, worker);
   }
+  /** Register up to 500 workers in one request; each gets its own answer, in order. */
+  registerWorkers(workers: WorkerSpecInput[]): Promise<Reply<{ results: Array<Reply<{ worker: WorkerView }>> }>> {
+    return this.call(this.subjects.workersRegisterBatch, { workers });
+  }
   getWorker(id: string): Promise<Reply<{ worker: WorkerView }>> {
     return this.call(this.subjects.workersGet, { id });
   }

@@ -28,6 +28,7 @@ export class Subjects {
   get release(): string { return `${this.prefix}.release`; }
   get containersGet(): string { return `${this.prefix}.containers.get`; }
   get workersRegister(): string { return `${this.prefix}.workers.register`; }
+  get workersRegisterBatch(): string { return `${this.prefix}.workers.register.batch`; }
   get workersGet(): string { return `${this.prefix}.workers.get`; }
   get workersList(): string { return `${this.prefix}.workers.list`; }
   get workersDrain(): string { return `${this.prefix}.workers.drain`; }

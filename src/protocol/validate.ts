@@ -209,6 +209,29 @@ export function specJson(spec: ContainerSpec): string {
   return spec.command === null && spec.env === null ? '' : JSON.stringify({ command: spec.command, env: spec.env });
 }
 
+/** Workers in one drover.workers.register.batch request: 1 to MAX_BATCH_SUBMIT, ids distinct. */
+export function parseWorkerBatch(body: Json): WorkerRegistration[] {
+  onlyFields(body, ['workers']);
+  const list = body.workers;
+  if (!Array.isArray(list)) throw invalid('"workers" must be an array of worker registrations');
+  if (list.length === 0 || list.length > MAX_BATCH_SUBMIT) {
+    throw invalid(`"workers" must hold 1 to ${MAX_BATCH_SUBMIT} registrations; got ${list.length}`);
+  }
+  const seen = new Set<string>();
+  return list.map((item, index) => {
+    if (item === null || typeof item !== 'object' || Array.isArray(item)) throw invalid(`workers[${index}] must be an object`);
+    let worker: WorkerRegistration;
+    try {
+      worker = parseWorkerRegistration(item as Json);
+    } catch (error) {
+      throw invalid(`workers[${index}]: ${(error as Error).message.replace(/^worker: /, '')}`);
+    }
+    if (seen.has(worker.id)) throw invalid(`workers[${index}]: id "${worker.id}" appears twice in the batch`);
+    seen.add(worker.id);
+    return worker;
+  });
+}
+
 export function parseContainerBatch(body: Json): SubmitRequest[] {
   onlyFields(body, ['containers']);
   const list = body.containers;

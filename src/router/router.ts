@@ -17,6 +17,7 @@ import {
   parseContainerRequest,
   parseIdRequest,
   parseListRequest,
+  parseWorkerBatch,
   parseWorkerRegistration,
   specJson,
   type ContainerRequest,
@@ -163,6 +164,7 @@ export class Router {
       [subjects.containersGet, (msg) => this.onContainerGet(msg)],
       [subjects.backlog, () => this.onBacklog()],
       [subjects.workersRegister, (msg) => this.onRegister(msg)],
+      [subjects.workersRegisterBatch, (msg) => this.onRegisterBatch(msg)],
       [subjects.workersGet, (msg) => this.onWorkerGet(msg)],
       [subjects.workersList, (msg) => this.onWorkerList(msg)],
       [subjects.workersDrain, (msg) => this.onStatus(msg, 'drain')],
@@ -491,6 +493,21 @@ export class Router {
     const result = await this.sendBound(this.shardOf(worker.id), { k: 'register', worker });
     if (!result.ok) throw this.boundError(result);
     return { ok: true, worker: (result as { worker: WorkerView }).worker };
+  }
+
+  /**
+   * Many registrations in one request (a provisioner bringing up a fleet): each worker goes to its
+   * shard as a single registration would, and the ops for one shard travel in one message. One
+   * worker's failure is its own answer.
+   */
+  private async onRegisterBatch(msg: Msg): Promise<unknown> {
+    const workers = parseWorkerBatch(decodeObject(msg.data));
+    const results = await Promise.all(workers.map(async (worker) => {
+      const result = await this.sendBound(this.shardOf(worker.id), { k: 'register', worker });
+      if (!result.ok) return replyFromError(this.boundError(result));
+      return { ok: true, worker: (result as { worker: WorkerView }).worker };
+    }));
+    return { ok: true, results };
   }
 
   private async onStatus(msg: Msg, action: StatusAction): Promise<unknown> {

@@ -74,6 +74,8 @@ export class ShardOwner {
   private readonly workers = new ShardWorkers();
   private readonly commits: GroupCommit;
   private ownerState: ShardOwnerState = 'serving';
+  /** Registrations of this turn wait for one capacity announcement (see announceGrowth). */
+  private growthAnnounced: Promise<void> | null = null;
   /** The capacity summary at close, for the "unowned" notice routers may still reason from. */
   private finalCapacity: CapacityGroup[] = [];
   /** Counters for metrics and the benchmark. */
@@ -240,8 +242,27 @@ export class ShardOwner {
     }
     if (this.ownerState === 'closed') return unavailable(`shard ${this.shard} closed on this replica`);
     const actor = this.workers.get(worker.id) ?? this.workers.add(outcome.worker);
-    if (outcome.outcome === 'created') this.options.onCapacityChange(this.shard, true);
+    if (outcome.outcome === 'created') await this.announceGrowth();
     return { ok: true, worker: this.workers.view(actor) };
+  }
+
+  /**
+   * Publish the shard's grown capacity once for every registration that completed in this turn of
+   * the event loop, and only then let their replies go: a client told "registered" finds every
+   * router already knowing the new room (the publish precedes the reply on the same connection),
+   * at one summary per turn instead of one per registration (a fleet registering at once).
+   */
+  private announceGrowth(): Promise<void> {
+    if (this.growthAnnounced === null) {
+      this.growthAnnounced = new Promise((resolve) => {
+        setImmediate(() => {
+          this.growthAnnounced = null;
+          if (this.ownerState !== 'closed') this.options.onCapacityChange(this.shard, true);
+          resolve();
+        });
+      });
+    }
+    return this.growthAnnounced;
   }
 
   /**

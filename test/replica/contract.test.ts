@@ -95,6 +95,24 @@ describe('public contract', () => {
   });
 });
 
+describe('batch registration', () => {
+  it('registers each worker of a batch as a single registration would, each with its own answer', async () => {
+    const workers = Array.from({ length: 40 }, (_, i) => ({ id: `rb-${i}`, cpu: 1_000 + i, memory: 2_048, pool: 'rb' }));
+    const reply = await client.registerWorkers(workers);
+    expect(reply.ok).toBe(true);
+    if (!reply.ok) return;
+    expect(reply.results).toHaveLength(40);
+    reply.results.forEach((result, i) => expect(result).toMatchObject({ ok: true, worker: { id: `rb-${i}`, cpu: 1_000 + i, status: 'available' } }));
+    // Again, with one spec changed: the same answers (idempotent), and CONFLICT for the changed one.
+    const again = await client.registerWorkers(workers.map((w, i) => (i === 7 ? { ...w, cpu: 1 } : w)));
+    expect(again.ok && again.results.filter((r) => r.ok)).toHaveLength(39);
+    expect(again.ok && again.results[7]).toMatchObject({ ok: false, error: { code: 'CONFLICT' } });
+    expect(await client.getWorker('rb-39')).toMatchObject({ ok: true, worker: { cpu: 1_039 } });
+    // Capacity is known to every router as soon as the reply is in: a submit fits at once.
+    expect(await client.submit({ id: 'rb-c1', cpu: 1_039, memory: 2_048, pool: 'rb', queue: false })).toMatchObject({ ok: true, workerId: 'rb-39' });
+  });
+});
+
 describe('accounting and concurrency', () => {
   it('keeps free capacity exactly equal to total minus live placements after random work', async () => {
     const workers = Array.from({ length: 12 }, (_, i) => ({ id: `acct-${i}`, cpu: 3_000 + 500 * i, memory: 6_000 + 700 * i }));
