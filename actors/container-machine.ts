@@ -27,7 +27,7 @@ export function isContainerStatus(value: unknown): value is ContainerStatus {
 }
 
 /** Why a container ended the way it did (failed, released or lost), in the public contract. */
-export type ContainerReason = 'EXPIRED' | 'CANCELLED' | 'RELEASED' | 'WORKER_LOST';
+export type ContainerReason = 'EXPIRED' | 'CANCELLED' | 'RELEASED' | 'WORKER_LOST' | 'NOT_RUNNING';
 
 export interface ContainerContext {
   readonly status: ContainerStatus;

@@ -14,7 +14,9 @@ export interface ContainerView {
   readonly priority: number;
   readonly queuedAt: number | null;
   readonly placedAt: number | null;
+  readonly runningAt: number | null;
   readonly endedAt: number | null;
+  readonly exitCode: number | null;
   /** Kept from the first contract: endedAt when the status is released, else null. */
   readonly releasedAt: number | null;
   readonly reason: ContainerReason | null;
@@ -36,7 +38,9 @@ export function containerView(record: ContainerRecord, now = Date.now()): Contai
     priority: record.priority ?? 0,
     queuedAt: record.queuedAt,
     placedAt: record.placedAt,
+    runningAt: record.runningAt,
     endedAt: record.endedAt,
+    exitCode: record.exitCode,
     releasedAt: record.status === 'released' ? record.endedAt : null,
     reason: record.reason,
     ageMs: queued && record.queuedAt !== null ? Math.max(0, now - record.queuedAt) : null,

@@ -34,6 +34,13 @@ export class KeySpace {
   history(shard: number): string {
     return `${this.tag(shard)}:history`;
   }
+  /**
+   * Set of the ids of containers this shard's owner requeued (their worker was lost before running
+   * them) that their home shard's backlog may not hold yet: the owner re-sends them until acked.
+   */
+  requeueOutbox(shard: number): string {
+    return `${this.tag(shard)}:requeue`;
+  }
   /** Sorted set of the ids of the containers queued in this home shard's backlog, scored by queue time. */
   backlog(shard: number): string {
     return `${this.tag(shard)}:backlog`;

@@ -18,7 +18,11 @@ export interface ContainerRecord {
   /** Unix ms (Redis clock) of each step; null for steps it has not taken. */
   readonly queuedAt: number | null;
   readonly placedAt: number | null;
+  /** When its worker's agent confirmed it runs. */
+  readonly runningAt: number | null;
   readonly endedAt: number | null;
+  /** The exit code, when it exited (or exited while stopping). */
+  readonly exitCode: number | null;
   /** Why it ended (released, failed or lost). */
   readonly reason: ContainerReason | null;
   /** While queued: its priority and when it expires. */
@@ -88,7 +92,7 @@ function optionalInteger(what: string, hash: Record<string, string>, field: stri
   return integer(what, hash, field);
 }
 
-const REASONS: ReadonlySet<string> = new Set(['EXPIRED', 'CANCELLED', 'RELEASED', 'WORKER_LOST']);
+const REASONS: ReadonlySet<string> = new Set(['EXPIRED', 'CANCELLED', 'RELEASED', 'WORKER_LOST', 'NOT_RUNNING']);
 
 export function containerFromHash(id: string, hash: Record<string, string>, what = `container ${id}`): ContainerRecord {
   const status = hash.status;
@@ -107,7 +111,9 @@ export function containerFromHash(id: string, hash: Record<string, string>, what
     gpuCount: integer(what, hash, 'gpuCount'),
     queuedAt: optionalInteger(what, hash, 'queuedAt'),
     placedAt: status === 'queued' ? null : optionalInteger(what, hash, 'placedAt'),
+    runningAt: status === 'queued' ? null : optionalInteger(what, hash, 'runningAt'),
     endedAt: optionalInteger(what, hash, 'endedAt'),
+    exitCode: hash.exitCode === undefined || hash.exitCode === '' ? null : integer(what, hash, 'exitCode'),
     reason: reason as ContainerReason | null,
     priority: hash.priority === undefined ? null : integer(what, hash, 'priority'),
     expiresAt: status === 'queued' ? optionalInteger(what, hash, 'expiresAt') : null,
@@ -120,13 +126,13 @@ export function containerFromHash(id: string, hash: Record<string, string>, what
 
 /**
  * An ended container's tombstone (see commit_batch.lua and backlog_commit.lua):
- * "<status> <workerId|-> <shard> <cpu> <memory> <gpuCount> <placedAt> <endedAt> <requestKey|-> [<reason> <queuedAt>]".
+ * "<status> <workerId|-> <shard> <cpu> <memory> <gpuCount> <placedAt> <endedAt> <requestKey|-> [<reason> <queuedAt> [<exitCode>]]".
  */
 export function containerFromTombstone(id: string, tombstone: string): ContainerRecord {
   const what = `container ${id} (tombstone)`;
   const fields = tombstone.split(' ');
-  if ((fields.length !== 9 && fields.length !== 11) || !isContainerStatus(fields[0])) throw new CorruptRecordError(what, 'value', tombstone);
-  const names = ['status', 'workerId', 'shard', 'cpu', 'memory', 'gpuCount', 'placedAt', 'endedAt', 'requestKey', 'reason', 'queuedAt'];
+  if ((fields.length !== 9 && fields.length !== 11 && fields.length !== 12) || !isContainerStatus(fields[0])) throw new CorruptRecordError(what, 'value', tombstone);
+  const names = ['status', 'workerId', 'shard', 'cpu', 'memory', 'gpuCount', 'placedAt', 'endedAt', 'requestKey', 'reason', 'queuedAt', 'exitCode'];
   const hash: Record<string, string> = Object.fromEntries(fields.map((field, i) => [names[i]!, field]));
   if (hash.requestKey === '-') hash.requestKey = '';
   // Tombstones written before reasons were recorded are releases by a client.

@@ -77,6 +77,33 @@ export interface ReleaseOp {
   readonly containerId: string;
   readonly workerId: string;
   readonly expectedVersion: number;
+  /** The status it ends in (default released), why, and its exit code when it exited. */
+  readonly final?: 'released' | 'exited' | 'lost';
+  readonly reason?: string;
+  readonly exitCode?: number;
+}
+/** A container's status changes without its capacity changing (its agent started it, a stop was asked). */
+export interface TransitionOp {
+  readonly kind: 'transition';
+  readonly containerId: string;
+  readonly workerId: string;
+  readonly expectedVersion: number;
+  readonly from: ReadonlyArray<'placed' | 'running'>;
+  readonly to: 'running' | 'stopping';
+}
+/** A placed container its worker never ran goes back to the queue (the worker was lost). */
+export interface RequeueOp {
+  readonly kind: 'requeue';
+  readonly containerId: string;
+  readonly workerId: string;
+  readonly expectedVersion: number;
+}
+/** The container's home shard holds it again: it leaves this shard's requeue outbox. */
+export interface OutboxAckOp {
+  readonly kind: 'outbox-ack';
+  readonly containerId: string;
+  readonly workerId: '';
+  readonly expectedVersion: 0;
 }
 export interface StatusOp {
   readonly kind: 'status';
@@ -90,7 +117,7 @@ export interface RemoveOp {
   readonly workerId: string;
   readonly expectedVersion: number;
 }
-export type BatchOp = PlaceOp | ReleaseOp | StatusOp | RemoveOp;
+export type BatchOp = PlaceOp | ReleaseOp | StatusOp | RemoveOp | TransitionOp | RequeueOp | OutboxAckOp;
 
 export const OUTCOME_CODES = [
   'PLACED',
@@ -108,6 +135,10 @@ export const OUTCOME_CODES = [
   'STATUS_SET',
   'REMOVED',
   'NOT_REMOVABLE',
+  'TRANSITIONED',
+  'NOT_IN_STATE',
+  'REQUEUED',
+  'ACKED',
 ] as const;
 export type OutcomeCode = (typeof OUTCOME_CODES)[number];
 
@@ -201,9 +232,15 @@ export class DroverStore {
   async commitBatch(shard: number, epoch: number, ops: readonly BatchOp[]): Promise<BatchResult> {
     if (ops.length === 0 || ops.length > MAX_BATCH_OPS) throw new Error(`commit batch of ${ops.length} ops (1..${MAX_BATCH_OPS})`);
     const k = this.keys;
-    const keys: string[] = [k.epoch(shard), k.history(shard)];
+    const keys: string[] = [k.epoch(shard), k.history(shard), k.requeueOutbox(shard)];
     const args: (string | number)[] = [epoch, shard, this.options.historyCap, this.options.releasedRetentionSeconds, ops.length];
     for (const op of ops) {
+      if (op.kind === 'outbox-ack') {
+        const outbox = k.requeueOutbox(shard);
+        keys.push(outbox, outbox, outbox);
+        args.push('O', op.containerId, '', 0, '', '', '', 0, '', '');
+        continue;
+      }
       const workerKey = k.worker(shard, op.workerId);
       switch (op.kind) {
         case 'status':
@@ -220,7 +257,15 @@ export class DroverStore {
           break;
         case 'release':
           keys.push(workerKey, k.workerContainers(shard, op.workerId), k.container(op.containerId));
-          args.push('R', op.containerId, op.workerId, op.expectedVersion, '', '', '', 0, '', '');
+          args.push('R', op.containerId, op.workerId, op.expectedVersion, op.final ?? '', op.reason ?? '', op.exitCode ?? '', 0, '', '');
+          break;
+        case 'transition':
+          keys.push(workerKey, k.workerContainers(shard, op.workerId), k.container(op.containerId));
+          args.push('T', op.containerId, op.workerId, op.expectedVersion, op.from.join(','), op.to, '', 0, '', '');
+          break;
+        case 'requeue':
+          keys.push(workerKey, k.workerContainers(shard, op.workerId), k.container(op.containerId));
+          args.push('Q', op.containerId, op.workerId, op.expectedVersion, '', '', '', 0, '', '');
           break;
       }
     }
@@ -374,6 +419,11 @@ export class DroverStore {
       });
     }
     return records;
+  }
+
+  /** The ids in a shard's requeue outbox (see commit_batch.lua, op Q). */
+  async requeueOutbox(shard: number): Promise<string[]> {
+    return this.redis.smembers(this.keys.requeueOutbox(shard));
   }
 
   async workerContainerIds(shard: number, workerId: string): Promise<string[]> {

@@ -1,7 +1,7 @@
 #!lua
 --[[
-  commit_batch: apply one shard's batch of placements, releases, status changes and worker
-  removals, fenced. Every capacity change Drover makes goes through this script, so these checks
+  commit_batch: apply one shard's batch of placements, releases, container transitions and
+  requeues, worker status changes and removals, fenced. Every capacity change Drover makes goes through this script, so these checks
   are the whole of the safety argument: a writer whose lease was taken over is refused here, by
   Redis, whatever it believes about itself.
 
@@ -15,10 +15,12 @@
   Input:
     KEYS[1]              the shard's epoch key                      {<prefix>:s<n>}:epoch
     KEYS[2]              the shard's history stream                 {<prefix>:s<n>}:history
-    KEYS[3+3i .. 5+3i]   op i (i from 0), by kind:
-                           P, R: the worker's hash, the worker's container set, the container's key
+    KEYS[3]              the shard's requeue outbox (set)           {<prefix>:s<n>}:requeue
+    KEYS[4+3i .. 6+3i]   op i (i from 0), by kind:
+                           P, R, T, Q: the worker's hash, the worker's container set, the container's key
                            S:    the worker's hash three times
                            X:    the worker's hash, the worker's container set, the shard's worker set
+                           O:    the outbox three times
     ARGV[1]              the writer's epoch (the number its lease acquisition got)
     ARGV[2]              the shard number (recorded on each placement)
     ARGV[3]              history length cap; 0 writes no history
@@ -28,7 +30,17 @@
                            kind 'P' place:   a = cpu, b = memory (whole, at least 1), c = gpuCount
                                              (whole, at least 0); key = the client's request key;
                                              spec = the command/env JSON for the worker's agent, or ''
-                           kind 'R' release: key unused (a release is idempotent by container id)
+                           kind 'R' release: its capacity is freed and it ends: a = the status it
+                                             ends in ('' or 'released', 'exited', 'lost'), b = the
+                                             reason ('' for RELEASED), c = the exit code or ''; key
+                                             unused (a release is idempotent by container id)
+                           kind 'T' transition: a = the statuses it may be in, comma-separated
+                                             ('placed' or 'placed,running'), b = the status it moves
+                                             to ('running' or 'stopping'); capacity unchanged
+                           kind 'Q' requeue: a placed container its worker never ran goes back to
+                                             the queue (status queued, capacity freed, its id in the
+                                             outbox until its home shard's backlog has it again)
+                           kind 'O' outbox:  the id's home shard has it again: forget it
                            kind 'S' status:  a = the new status; containerId unused
                            kind 'X' remove:  the worker leaves the shard; only when it holds no
                                              container and is not 'available'
@@ -69,6 +81,10 @@
       STATUS_SET        version = the worker's new version
       REMOVED           the worker's hash and container set are deleted, it left the shard's set
       NOT_REMOVABLE     extra = "status <status>" or "containers <n>"; nothing written
+      TRANSITIONED      T: the container's status is now b
+      NOT_IN_STATE      T, Q: extra = the status it is in (or 'none', or 'elsewhere'); nothing written
+      REQUEUED          Q: version = the worker's new version, extra = "cpu memory gpuCount" freed
+      ACKED             O: the id left the outbox
 ]]
 
 local epoch = redis.call('GET', KEYS[1])
@@ -81,7 +97,7 @@ local historyCap = tonumber(ARGV[3])
 local retention = tonumber(ARGV[4])
 local n = tonumber(ARGV[5])
 if n == nil or n < 0 or n > 1000 or historyCap == nil or retention == nil
-  or #KEYS ~= 2 + 3 * n or #ARGV ~= 5 + 10 * n then
+  or #KEYS ~= 3 + 3 * n or #ARGV ~= 5 + 10 * n then
   return redis.error_reply('ERR commit_batch: malformed batch')
 end
 
@@ -114,8 +130,13 @@ for i = 0, n - 1 do
   elseif kind == 'S' then
     ok = ok and STATUSES[ARGV[base + 4]] == true
   elseif kind == 'R' then
+    local final, reason, code = ARGV[base + 4], ARGV[base + 5], ARGV[base + 6]
     ok = ok and not string.find(ARGV[base + 8], ' ', 1, true)
-  elseif kind ~= 'X' then
+      and (final == '' or final == 'released' or final == 'exited' or final == 'lost')
+      and not string.find(reason, ' ', 1, true) and (code == '' or tonumber(code) ~= nil)
+  elseif kind == 'T' then
+    ok = ok and (ARGV[base + 5] == 'running' or ARGV[base + 5] == 'stopping') and ARGV[base + 4] ~= ''
+  elseif kind ~= 'X' and kind ~= 'Q' and kind ~= 'O' then
     ok = false
   end
   if not ok then
@@ -125,6 +146,10 @@ end
 
 if historyCap > 0 then
   local wrong = expectType(KEYS[2], 'stream')
+  if wrong then return wrong end
+end
+do
+  local wrong = expectType(KEYS[3], 'set')
   if wrong then return wrong end
 end
 
@@ -165,7 +190,7 @@ local function loadContainer(key)
     elseif found == 'hash' then
       local v = redis.call('HMGET', key, 'workerId', 'cpu', 'memory', 'gpuCount', 'placedAt', 'requestKey', 'status', 'queuedAt')
       -- 'placed' (and, with an agent, 'running' or 'stopping') hold capacity; 'queued' holds none yet.
-      c = {state = v[7] == 'queued' and 'queued' or 'placed', workerId = v[1] or '-', cpu = tonumber(v[2]),
+      c = {state = v[7] == 'queued' and 'queued' or 'placed', status = v[7], workerId = v[1] or '-', cpu = tonumber(v[2]),
         memory = tonumber(v[3]), gpus = tonumber(v[4]), placedAt = v[5], requestKey = v[6] or '', queuedAt = v[8]}
     elseif found == 'string' then
       local f = {}
@@ -210,7 +235,7 @@ local function checkSet(key)
 end
 
 for i = 0, n - 1 do
-  local workerKey, setKey, thirdKey = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
+  local workerKey, setKey, thirdKey = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
   local base = 6 + 10 * i
   local kind, containerId, workerId = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   local expected = tonumber(ARGV[base + 3])
@@ -273,16 +298,63 @@ for i = 0, n - 1 do
         w.freeCpu, w.freeMemory, w.freeGpus = w.freeCpu + c.cpu, w.freeMemory + c.memory, w.freeGpus + c.gpus
         w.containers = w.containers - 1
         bump(workerKey, w)
-        local tombstone = 'released ' .. workerId .. ' ' .. shard .. ' ' .. c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus
+        local final = ARGV[base + 4] ~= '' and ARGV[base + 4] or 'released'
+        local reason = ARGV[base + 5] ~= '' and ARGV[base + 5] or (final == 'released' and 'RELEASED' or '-')
+        local tombstone = final .. ' ' .. workerId .. ' ' .. shard .. ' ' .. c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus
           .. ' ' .. c.placedAt .. ' ' .. nowMs .. ' ' .. (c.requestKey ~= '' and c.requestKey or '-')
-          .. ' RELEASED ' .. (c.queuedAt or '0')
-        containers[thirdKey] = {state = 'released', ended = true, workerId = workerId, requestKey = c.requestKey}
+          .. ' ' .. reason .. ' ' .. (c.queuedAt or '0')
+        if ARGV[base + 6] ~= '' then tombstone = tombstone .. ' ' .. ARGV[base + 6] end
+        containers[thirdKey] = {state = final, ended = true, workerId = workerId, requestKey = c.requestKey}
         writeVersion[i] = w.version
         written[i] = tombstone
         freed[i] = c
         reply('RELEASED', w.version, c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus)
       end
     end
+  elseif kind == 'T' then
+    local c, failure = loadContainer(thirdKey)
+    if failure then return failure end
+    local allowed = ',' .. ARGV[base + 4] .. ','
+    if c.state ~= 'placed' or c.ended then
+      reply('NOT_IN_STATE', 0, c.state == 'none' and 'none' or (c.status or c.state))
+    elseif c.workerId ~= workerId then
+      reply('NOT_IN_STATE', 0, 'elsewhere')
+    elseif not string.find(allowed, ',' .. c.status .. ',', 1, true) then
+      reply('NOT_IN_STATE', 0, c.status)
+    else
+      c.status = ARGV[base + 5]
+      writeVersion[i] = 0
+      written[i] = c.status
+      reply('TRANSITIONED', 0, c.status)
+    end
+  elseif kind == 'Q' then
+    local c, failure = loadContainer(thirdKey)
+    if failure then return failure end
+    local wrong = checkSet(setKey)
+    if wrong then return wrong end
+    if c.state ~= 'placed' or c.ended or c.status ~= 'placed' then
+      reply('NOT_IN_STATE', 0, c.state == 'none' and 'none' or (c.status or c.state))
+    elseif c.workerId ~= workerId then
+      reply('NOT_IN_STATE', 0, 'elsewhere')
+    else
+      local w = loadWorker(workerKey)
+      if not w then
+        reply('WORKER_NOT_FOUND', 0, '')
+      elseif w.before ~= expected then
+        reply('RV_CONFLICT', w.version, '')
+      else
+        w.freeCpu, w.freeMemory, w.freeGpus = w.freeCpu + c.cpu, w.freeMemory + c.memory, w.freeGpus + c.gpus
+        w.containers = w.containers - 1
+        bump(workerKey, w)
+        containers[thirdKey] = {state = 'queued', status = 'queued', workerId = '-', requestKey = c.requestKey, queuedAt = c.queuedAt}
+        writeVersion[i] = w.version
+        freed[i] = c
+        reply('REQUEUED', w.version, c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus)
+      end
+    end
+  elseif kind == 'O' then
+    writeVersion[i] = 0
+    reply('ACKED', 0, '')
   elseif kind == 'S' then
     local w = loadWorker(workerKey)
     if not w then
@@ -329,7 +401,7 @@ end
 for i = 0, n - 1 do
   local version = writeVersion[i]
   if version then
-    local workerKey, setKey, thirdKey = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
+    local workerKey, setKey, thirdKey = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
     local base = 6 + 10 * i
     local kind, containerId, workerId = ARGV[base], ARGV[base + 1], ARGV[base + 2]
     if kind == 'P' then
@@ -337,8 +409,8 @@ for i = 0, n - 1 do
       redis.call('HSET', thirdKey, 'status', 'placed', 'workerId', workerId, 'shard', shard,
         'cpu', cpu, 'memory', memory, 'gpuCount', gpus, 'placedAt', nowMs, 'requestKey', ARGV[base + 8])
       if ARGV[base + 9] ~= '' then redis.call('HSET', thirdKey, 'spec', ARGV[base + 9]) end
-      -- A queued container keeps queuedAt, priority and spec; its expiry no longer applies.
-      if written[i] == 'queued' then redis.call('HDEL', thirdKey, 'expiresAt') end
+      -- A queued container keeps queuedAt, priority, spec and expiresAt (which applies again if it
+      -- is ever requeued: a worker lost before it ran it).
       redis.call('SADD', setKey, containerId)
       history({'op', 'place', 'container', containerId, 'worker', workerId, 'cpu', cpu, 'memory', memory,
         'gpuCount', gpus, 'version', version, 'epoch', epoch})
@@ -352,6 +424,20 @@ for i = 0, n - 1 do
       redis.call('SREM', setKey, containerId)
       history({'op', 'release', 'container', containerId, 'worker', workerId, 'cpu', c.cpu, 'memory', c.memory,
         'gpuCount', c.gpus, 'version', version, 'epoch', epoch})
+    elseif kind == 'T' then
+      redis.call('HSET', thirdKey, 'status', written[i], written[i] .. 'At', nowMs)
+      history({'op', 'transition', 'container', containerId, 'worker', workerId, 'status', written[i], 'epoch', epoch})
+    elseif kind == 'Q' then
+      local c = freed[i]
+      -- Back to what the backlog wrote, with its queue time, priority, key, spec and expiry.
+      redis.call('HSET', thirdKey, 'status', 'queued')
+      redis.call('HDEL', thirdKey, 'workerId', 'placedAt', 'runningAt', 'stoppingAt')
+      redis.call('SREM', setKey, containerId)
+      redis.call('SADD', KEYS[3], containerId)
+      history({'op', 'requeue', 'container', containerId, 'worker', workerId, 'cpu', c.cpu, 'memory', c.memory,
+        'gpuCount', c.gpus, 'version', version, 'epoch', epoch})
+    elseif kind == 'O' then
+      redis.call('SREM', KEYS[3], containerId)
     elseif kind == 'S' then
       history({'op', 'status', 'worker', workerId, 'status', written[i], 'version', version, 'epoch', epoch})
     elseif kind == 'X' then
