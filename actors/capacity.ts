@@ -14,6 +14,8 @@ export function isWorkerStatus(value: unknown): value is WorkerStatus {
 
 /** What a worker machine is: fixed at registration. CPU in millicores, memory in MiB. */
 export interface WorkerSpec {
+  /** Registered by a worker agent: it heartbeats, runs the containers, and is lost when silent. */
+  readonly agent?: boolean;
   readonly id: string;
   readonly shard: number;
   readonly cpu: number;

@@ -34,6 +34,8 @@ export interface DroverConfig {
   readonly maxQueuedOpsPerShard: number;
   /** Queued containers the whole backlog may hold (each home shard holds its share); more get BACKLOG_FULL. */
   readonly backlogMax: number;
+  /** An agent's worker that does not report for this long is lost (agents report every third of it). */
+  readonly workerTtlMs: number;
 }
 
 export const PREFIX_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/;
@@ -79,5 +81,6 @@ export function loadConfig(env: Env = process.env, overrides: Partial<DroverConf
     logLevel: overrides.logLevel ?? env.DROVER_LOG_LEVEL ?? 'info',
     maxQueuedOpsPerShard: overrides.maxQueuedOpsPerShard ?? integerVar(env, 'DROVER_MAX_QUEUED_OPS', 20_000, 1, 1_000_000),
     backlogMax: overrides.backlogMax ?? integerVar(env, 'DROVER_BACKLOG_MAX', 1_000_000, 1, 100_000_000),
+    workerTtlMs: overrides.workerTtlMs ?? integerVar(env, 'DROVER_WORKER_TTL_MS', 10_000, 300, 3_600_000),
   };
 }

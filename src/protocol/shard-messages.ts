@@ -8,7 +8,7 @@
 import { type PlacementRequest, type WorkerRecord, type WorkerStatus } from '../../actors/capacity.js';
 import { DroverError } from './errors.js';
 import { MAX_SPEC_BYTES } from './limits.js';
-import { id, invalid, onlyFields, parseContainerRequest, parseWorkerRegistration, specJson, type WorkerRegistration } from './validate.js';
+import { id, invalid, onlyFields, parseAgentReport, parseContainerRequest, parseWorkerRegistration, specJson, type AgentReport, type WorkerRegistration } from './validate.js';
 
 /** Most ops in one router-to-owner message. */
 export const MAX_SHARD_OPS = 1000;
@@ -39,6 +39,10 @@ export type ShardOp =
     }
   /** To the container's home shard: cancel it while it is queued. */
   | { readonly k: 'cancel'; readonly id: string }
+  /** To the container's home shard: its record says queued again (its worker was lost); hold it again. */
+  | { readonly k: 'requeue'; readonly id: string }
+  /** A worker agent's heartbeat and report, to its worker's shard. */
+  | { readonly k: 'report'; readonly report: AgentReport }
   | { readonly k: 'release'; readonly id: string; readonly workerId: string }
   | { readonly k: 'register'; readonly worker: WorkerRegistration }
   | { readonly k: 'status'; readonly workerId: string; readonly action: StatusAction }
@@ -68,6 +72,10 @@ export type ShardOpResult =
   | { readonly ok: true; readonly removed: true }
   | { readonly ok: true; readonly queued: true }
   | { readonly ok: true; readonly cancelled: true }
+  | { readonly ok: true; readonly requeued: true }
+  /** A release of a container its agent runs: the agent is told to stop it; capacity frees when it has. */
+  | { readonly ok: true; readonly stopping: true; readonly workerId: string }
+  | { readonly ok: true; readonly agent: AgentInstructions }
   | {
       readonly ok: false;
       readonly code: ShardErrorCode;
@@ -102,6 +110,18 @@ export interface ShardReply {
   readonly capacity: ShardCapacity | null;
 }
 
+/** What the owner tells an agent in reply to its report. */
+export interface AgentInstructions {
+  /** Containers placed on the worker that it does not run yet: start them. */
+  readonly assignments: ReadonlyArray<{ id: string; cpu: number; memory: number; gpuCount: number; command: string[] | null; env: Record<string, string> | null }>;
+  /** Containers it runs that must stop (released, or unknown to Drover). */
+  readonly stops: readonly string[];
+  /** Exited containers whose end Drover recorded: drop them from the agent's state. */
+  readonly forget: readonly string[];
+  /** How often Drover expects a report; a worker silent for longer than its TTL is lost. */
+  readonly heartbeatMs: number;
+}
+
 /** W in the public contract. */
 export interface WorkerView {
   readonly id: string;
@@ -116,10 +136,13 @@ export interface WorkerView {
   readonly pool: string | null;
   readonly status: WorkerStatus;
   readonly resourceVersion: number;
+  /** Run by a worker agent (it reports, runs containers, is lost when silent). */
+  readonly agent: boolean;
 }
 
 export function workerView(record: WorkerRecord): WorkerView {
   return {
+    agent: record.agent === true,
     id: record.id,
     shard: record.shard,
     cpu: record.cpu,
@@ -209,6 +232,13 @@ export function parseShardOp(value: unknown): ShardOp {
     case 'cancel':
       onlyFields(value, ['k', 'id'], 'cancel op');
       return { k: 'cancel', id: id(value, 'id', 'cancel op') };
+    case 'requeue':
+      onlyFields(value, ['k', 'id'], 'requeue op');
+      return { k: 'requeue', id: id(value, 'id', 'requeue op') };
+    case 'report':
+      onlyFields(value, ['k', 'report'], 'report op');
+      if (!isObject(value.report)) throw invalid('report op: "report" must be an object');
+      return { k: 'report', report: parseAgentReport(value.report) };
     case 'release':
       onlyFields(value, ['k', 'id', 'workerId'], 'release op');
       return { k: 'release', id: id(value, 'id', 'release op'), workerId: id(value, 'workerId', 'release op') };

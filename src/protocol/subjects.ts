@@ -35,6 +35,10 @@ export class Subjects {
   get workersDisable(): string { return `${this.prefix}.workers.disable`; }
   get workersEnable(): string { return `${this.prefix}.workers.enable`; }
   get workersRemove(): string { return `${this.prefix}.workers.remove`; }
+  /** A worker agent's heartbeat and report of its containers (see src/agent/agent.ts). */
+  get workersReport(): string { return `${this.prefix}.workers.report`; }
+  /** To one worker's agent: "report now" (an assignment or a stop is waiting for it). */
+  agent(workerId: string): string { return `${this.prefix}.agent.${workerId}`; }
   /** Depth of the backlog by pool and by shape, and its oldest request (collected from every replica). */
   get backlog(): string { return `${this.prefix}.backlog`; }
   /** A container's status changes, one subject per container (see src/events/container-events.ts). */

@@ -35,6 +35,21 @@ export interface WorkerRegistration {
   readonly gpu: string | null;
   readonly gpuCount: number;
   readonly pool: string | null;
+  /** Registered by a worker agent (`drover agent`): it heartbeats, runs containers, can be lost. */
+  readonly agent: boolean;
+}
+
+/** What a worker's agent says about one container it runs or ran. */
+export interface AgentContainerReport {
+  readonly id: string;
+  readonly status: 'running' | 'exited';
+  readonly exitCode: number | null;
+}
+
+/** An agent's heartbeat: every container it runs or ran and has not been told to forget. */
+export interface AgentReport {
+  readonly workerId: string;
+  readonly containers: readonly AgentContainerReport[];
 }
 
 export interface ContainerRequest extends PlacementRequest {
@@ -126,7 +141,7 @@ function name(body: Json, field: string, where: string): string | null {
   return value;
 }
 
-const WORKER_FIELDS = ['id', 'cpu', 'memory', 'gpu', 'gpuCount', 'pool'] as const;
+const WORKER_FIELDS = ['id', 'cpu', 'memory', 'gpu', 'gpuCount', 'pool', 'agent'] as const;
 
 export function parseWorkerRegistration(body: Json): WorkerRegistration {
   const where = 'worker';
@@ -135,7 +150,10 @@ export function parseWorkerRegistration(body: Json): WorkerRegistration {
   const gpuCount = integer(body, 'gpuCount', where, 0, MAX_GPU_COUNT, gpu === null ? 0 : undefined);
   if (gpu !== null && gpuCount === 0) throw invalid('worker: a worker with a "gpu" type needs "gpuCount" of at least 1');
   if (gpu === null && gpuCount > 0) throw invalid('worker: "gpuCount" above 0 needs a "gpu" type');
+  const agent = body.agent;
+  if (agent !== undefined && agent !== null && typeof agent !== 'boolean') throw invalid('worker: "agent" must be true or false');
   return {
+    agent: agent === true,
     id: id(body, 'id', where),
     cpu: integer(body, 'cpu', where, 1, MAX_WORKER_CPU),
     memory: integer(body, 'memory', where, 1, MAX_WORKER_MEMORY),
@@ -207,6 +225,33 @@ function parseSpec(body: Json, where: string): ContainerSpec {
 /** The JSON stored with a container for its agent, or '' when it has neither command nor env. */
 export function specJson(spec: ContainerSpec): string {
   return spec.command === null && spec.env === null ? '' : JSON.stringify({ command: spec.command, env: spec.env });
+}
+
+/** Containers one agent report may list (an agent runs at most this many at once). */
+export const MAX_AGENT_CONTAINERS = 1_000;
+
+export function parseAgentReport(body: Json): AgentReport {
+  onlyFields(body, ['workerId', 'containers'], 'report');
+  const list = body.containers;
+  if (!Array.isArray(list) || list.length > MAX_AGENT_CONTAINERS) {
+    throw invalid(`report: "containers" must be an array of at most ${MAX_AGENT_CONTAINERS} entries`);
+  }
+  const seen = new Set<string>();
+  const containers = list.map((item, index): AgentContainerReport => {
+    const where = `report: containers[${index}]`;
+    if (item === null || typeof item !== 'object' || Array.isArray(item)) throw invalid(`${where} must be an object`);
+    const entry = item as Json;
+    onlyFields(entry, ['id', 'status', 'exitCode'], where);
+    const containerId = id(entry, 'id', where);
+    if (seen.has(containerId)) throw invalid(`${where}: id "${containerId}" appears twice`);
+    seen.add(containerId);
+    const status = entry.status;
+    if (status !== 'running' && status !== 'exited') throw invalid(`${where}: "status" must be running or exited`);
+    const exitCode = status === 'exited' ? integer(entry, 'exitCode', where, -255, 255) : null;
+    if (status === 'running' && entry.exitCode !== undefined && entry.exitCode !== null) throw invalid(`${where}: a running container has no "exitCode"`);
+    return { id: containerId, status, exitCode };
+  });
+  return { workerId: id(body, 'workerId', 'report'), containers };
 }
 
 /** Workers in one drover.workers.register.batch request: 1 to MAX_BATCH_SUBMIT, ids distinct. */

@@ -375,6 +375,24 @@ export class Replica {
     };
   }
 
+  /**
+   * A container requeued by shard `shard`'s owner (its worker was lost before running it): its home
+   * shard's backlog takes it again, then the requeue outbox forgets it. Retried with a backoff while
+   * the home shard cannot answer; the outbox keeps it across a hand-over either way.
+   */
+  private async handRequeued(shard: number, containerId: string): Promise<void> {
+    for (let attempt = 0; attempt < 8; attempt += 1) {
+      if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, 250 * 2 ** Math.min(attempt, 5)));
+      const owner = this.served.get(shard)?.owner;
+      if (owner === undefined || owner.state !== 'serving') return; // the next owner resends it
+      const handed = await this.router.requeue(containerId);
+      if (!handed) continue;
+      const acked = await owner.ackRequeue(containerId);
+      if (acked.ok) return;
+    }
+    this.log.warn({ shard, container: containerId }, 'requeued container not yet handed to its home shard; the outbox keeps it');
+  }
+
   /** One placement attempt of a queued container, through this replica's router like a submit. */
   private async attemptQueued(entry: QueuedEntry): Promise<AttemptOutcome> {
     const reply = await this.router.place({ id: entry.id, ...entry.request }, null, entry.requestKey);
@@ -463,6 +481,11 @@ export class Replica {
       },
       onCapacityChange: (changed, grew) => this.markCapacityDirty(changed, grew),
       events: this.events,
+      workerTtlMs: this.config.workerTtlMs,
+      pokeAgent: (workerId) => {
+        if (!this.nc.isClosed()) this.nc.publish(this.subjects.agent(workerId));
+      },
+      onRequeued: (containerId) => void this.handRequeued(shard, containerId),
     });
     let backlog: BacklogPartition;
     try {
@@ -484,7 +507,7 @@ export class Replica {
       owner.close();
       throw error;
     }
-    const endpoint = new ShardEndpoint(owner, backlog, this.backlog, this.config.shards);
+    const endpoint = new ShardEndpoint(owner, backlog, this.backlog, this.config.shards, this.store);
     const subscription = this.nc.subscribe(this.subjects.shard(shard), {
       queue: this.subjects.shardQueue,
       callback: (error, msg) => {

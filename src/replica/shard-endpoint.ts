@@ -6,6 +6,7 @@
 import type { BacklogPartition } from '../backlog/backlog-partition.js';
 import type { BacklogScheduler } from '../backlog/backlog-scheduler.js';
 import type { ShardOp, ShardOpResult } from '../protocol/shard-messages.js';
+import type { DroverStore } from '../store/store.js';
 import { shardOf } from '../shard/shard-map.js';
 import type { ShardOwner, ShardOwnerState } from '../shard/shard-owner.js';
 
@@ -15,6 +16,7 @@ export class ShardEndpoint {
     readonly backlog: BacklogPartition,
     private readonly scheduler: BacklogScheduler,
     private readonly shards: number,
+    private readonly store: DroverStore,
   ) {}
 
   get state(): ShardOwnerState {
@@ -22,7 +24,7 @@ export class ShardEndpoint {
   }
 
   execute(op: ShardOp): ShardOpResult | Promise<ShardOpResult> {
-    if (op.k !== 'enqueue' && op.k !== 'cancel') return this.owner.execute(op);
+    if (op.k !== 'enqueue' && op.k !== 'cancel' && op.k !== 'requeue') return this.owner.execute(op);
     if (this.owner.state !== 'serving' || this.backlog.isClosed) {
       return { ok: false, code: 'UNAVAILABLE', message: `shard ${this.owner.shard} is ${this.owner.state} on this replica` };
     }
@@ -31,7 +33,34 @@ export class ShardEndpoint {
     if (home !== this.owner.shard) {
       return { ok: false, code: 'INVALID_REQUEST', message: `container ${op.id} queues in shard ${home}, not shard ${this.owner.shard}` };
     }
+    if (op.k === 'requeue') return this.requeue(op.id);
     return op.k === 'enqueue' ? this.enqueue(op) : this.cancel(op.id);
+  }
+
+  /**
+   * A container whose worker was lost before running it is queued again in its record (by its
+   * worker's shard): hold it in this backlog again, with its key, priority, queue time and expiry.
+   * Idempotent; a record that is no longer queued needs nothing.
+   */
+  private async requeue(id: string): Promise<ShardOpResult> {
+    let record;
+    try {
+      record = await this.store.readContainer(id);
+    } catch {
+      return { ok: false, code: 'UNAVAILABLE', message: `could not read container ${id}; retry` };
+    }
+    if (record === null || record.status !== 'queued') return { ok: true, requeued: true };
+    const { cpu, memory, gpu, gpuCount, pool } = record;
+    const queuedAt = record.queuedAt ?? Date.now();
+    const maxWaitMs = Math.max(1, (record.expiresAt ?? queuedAt + 1) - queuedAt);
+    const result = await this.backlog.queue({ id, cpu, memory, gpu, gpuCount, pool, priority: record.priority ?? 0, maxWaitMs, spec: record.spec }, record.requestKey);
+    if (result.outcome === 'queued') {
+      if (result.created) this.scheduler.queued(result.entry);
+      return { ok: true, requeued: true };
+    }
+    if (result.outcome === 'unavailable') return { ok: false, code: 'UNAVAILABLE', message: result.message };
+    // Placed again or ended meanwhile: nothing to hold.
+    return { ok: true, requeued: true };
   }
 
   private async enqueue(op: Extract<ShardOp, { k: 'enqueue' }>): Promise<ShardOpResult> {

@@ -8,7 +8,7 @@
 import type { Msg, NatsConnection, Subscription } from '@nats-io/transport-node';
 import type { DroverConfig } from '../config.js';
 import { DroverError, errorReply, replyFromError, type ErrorReply } from '../protocol/errors.js';
-import type { ShardCapacity, ShardOp, ShardOpResult, StatusAction, WorkerView } from '../protocol/shard-messages.js';
+import type { AgentInstructions, ShardCapacity, ShardOp, ShardOpResult, StatusAction, WorkerView } from '../protocol/shard-messages.js';
 import { parseShardCapacity, workerView } from '../protocol/shard-messages.js';
 import { DEADLINE_HEADER, REQUEST_KEY_HEADER, REQUEST_KEY_PATTERN, type Subjects } from '../protocol/subjects.js';
 import {
@@ -17,6 +17,7 @@ import {
   parseContainerRequest,
   parseIdRequest,
   parseListRequest,
+  parseAgentReport,
   parseWorkerBatch,
   parseWorkerRegistration,
   specJson,
@@ -171,6 +172,7 @@ export class Router {
       [subjects.workersDisable, (msg) => this.onStatus(msg, 'disable')],
       [subjects.workersEnable, (msg) => this.onStatus(msg, 'enable')],
       [subjects.workersRemove, (msg) => this.onRemove(msg)],
+      [subjects.workersReport, (msg) => this.onReport(msg)],
     ];
     for (const [subject, handler] of handlers) {
       this.subscriptions.push(
@@ -450,9 +452,13 @@ export class Router {
         throw this.boundError(result);
       }
       const result = await this.sendBound(container.shard, { k: 'release', id, workerId: container.workerId ?? '' });
-      if (!result.ok) throw this.boundError(result);
+      if (!result.ok) {
+        if (result.code === 'NOT_FOUND' && look === 0) continue;
+        throw this.boundError(result);
+      }
       this.stats.released += 1;
-      return { ok: true, id, status: 'released' };
+      // On a worker with an agent: stopping until the agent confirms (then released).
+      return { ok: true, id, status: 'stopping' in result ? 'stopping' : 'released' };
     }
     throw new DroverError('UNAVAILABLE', `container ${id} changed while it was being released; retry`);
   }
@@ -515,6 +521,20 @@ export class Router {
     const result = await this.sendBound(this.shardOf(id), { k: 'status', workerId: id, action });
     if (!result.ok) throw this.boundError(result);
     return { ok: true, worker: (result as { worker: WorkerView }).worker };
+  }
+
+  /** A worker agent's report: to its worker's shard owner, whose instructions are the reply. */
+  private async onReport(msg: Msg): Promise<unknown> {
+    const report = parseAgentReport(decodeObject(msg.data));
+    const result = await this.sendBound(this.shardOf(report.workerId), { k: 'report', report });
+    if (!result.ok) throw this.boundError(result);
+    return { ok: true, ...(result as { agent: AgentInstructions }).agent };
+  }
+
+  /** Hand a requeued container to its home shard's backlog; whether it has it now. */
+  async requeue(containerId: string): Promise<boolean> {
+    const result = await this.sendBound(this.shardOf(containerId), { k: 'requeue', id: containerId });
+    return result.ok;
   }
 
   private async onRemove(msg: Msg): Promise<unknown> {

@@ -11,6 +11,7 @@
  * a second refusal tells the router to try elsewhere).
  */
 import type { PlacementRequest, WorkerStatus } from '../../actors/capacity.js';
+import type { ContainerReason } from '../../actors/container-machine.js';
 import type { ShardOpResult } from '../protocol/shard-messages.js';
 import { MAX_BATCH_OPS, type BatchOp, type OpOutcome } from '../store/store.js';
 import { reloadWorkers, resyncWorkers, type RecoveryContext } from './recovery.js';
@@ -32,9 +33,28 @@ export interface QueuedPlacement {
   readonly resolve: (result: ShardOpResult) => void;
 }
 
-type QueuedOp =
+export type QueuedOp =
   | QueuedPlacement
-  | { readonly kind: 'release'; readonly actor: WorkerActor; readonly containerId: string; readonly resolve: (result: ShardOpResult) => void }
+  | {
+      readonly kind: 'release';
+      readonly actor: WorkerActor;
+      readonly containerId: string;
+      /** How it ends (default: released by a client) and, when it exited, its exit code. */
+      readonly final?: 'released' | 'exited' | 'lost';
+      readonly reason?: ContainerReason;
+      readonly exitCode?: number;
+      readonly resolve: (result: ShardOpResult) => void;
+    }
+  | {
+      readonly kind: 'transition';
+      readonly actor: WorkerActor;
+      readonly containerId: string;
+      readonly from: ReadonlyArray<'placed' | 'running'>;
+      readonly to: 'running' | 'stopping';
+      readonly resolve: (result: ShardOpResult) => void;
+    }
+  | { readonly kind: 'requeue'; readonly actor: WorkerActor; readonly containerId: string; readonly resolve: (result: ShardOpResult) => void }
+  | { readonly kind: 'outbox-ack'; readonly actor: null; readonly containerId: string; readonly resolve: (result: ShardOpResult) => void }
   | { readonly kind: 'status'; readonly actor: WorkerActor; readonly status: WorkerStatus; readonly resolve: (result: ShardOpResult) => void }
   | { readonly kind: 'remove'; readonly actor: WorkerActor; readonly resolve: (result: ShardOpResult) => void };
 
@@ -206,6 +226,10 @@ export class GroupCommit {
     const tallies = new Map<WorkerActor, Tally>();
     for (let i = 0; i < live.length; i += 1) {
       const queued = live[i]!;
+      if (queued.actor === null) {
+        queued.resolve(result.outcomes[i]!.code === 'ACKED' ? { ok: true, requeued: true } : unavailable(`outbox ack answered ${result.outcomes[i]!.code}`));
+        continue;
+      }
       let tally = tallies.get(queued.actor);
       if (tally === undefined) tallies.set(queued.actor, (tally = newTally()));
       if (this.apply(queued, result.outcomes[i]!, tally, redecide)) resync.add(queued.actor);
@@ -227,13 +251,18 @@ export class GroupCommit {
   }
 
   private batchOp(queued: QueuedOp): BatchOp {
+    if (queued.actor === null) return { kind: 'outbox-ack', containerId: queued.containerId, workerId: '', expectedVersion: 0 };
     const context = queued.actor.getSnapshot().context;
     const base = { workerId: context.spec.id, expectedVersion: context.resourceVersion };
     if (queued.kind === 'place') {
       const { cpu, memory, gpuCount } = queued.request;
       return { kind: 'place', ...base, containerId: queued.containerId, cpu, memory, gpuCount, deadline: queued.deadline, requestKey: queued.requestKey, spec: queued.spec };
     }
-    if (queued.kind === 'release') return { kind: 'release', ...base, containerId: queued.containerId };
+    if (queued.kind === 'release') {
+      return { kind: 'release', ...base, containerId: queued.containerId, final: queued.final, reason: queued.reason, exitCode: queued.exitCode };
+    }
+    if (queued.kind === 'transition') return { kind: 'transition', ...base, containerId: queued.containerId, from: queued.from, to: queued.to };
+    if (queued.kind === 'requeue') return { kind: 'requeue', ...base, containerId: queued.containerId };
     if (queued.kind === 'remove') return { kind: 'remove', ...base };
     return { kind: 'status', ...base, status: queued.status };
   }
@@ -242,7 +271,7 @@ export class GroupCommit {
    * Answer the waiting router for one op and add its effect to the worker's tally (told to the
    * actor once per batch by `settle`). Returns true when the actor must resync from Redis.
    */
-  private apply(queued: QueuedOp, outcome: OpOutcome, tally: Tally, redecide: QueuedPlacement[]): boolean {
+  private apply(queued: Exclude<QueuedOp, { kind: 'outbox-ack' }>, outcome: OpOutcome, tally: Tally, redecide: QueuedPlacement[]): boolean {
     const workerId = queued.actor.getSnapshot().context.spec.id;
     this.host.stats.committedOps += 1;
     if (outcome.version > tally.version) tally.version = outcome.version;
@@ -251,6 +280,8 @@ export class GroupCommit {
       if (outcome.code === 'PLACED') {
         add(tally.placed, cpu, memory, gpuCount);
         this.host.options.events.publish({ id: queued.containerId, status: 'placed', workerId });
+        // Its agent (if it has one) is told to report now: the reply carries the assignment.
+        if (queued.actor.getSnapshot().context.spec.agent === true) this.host.options.pokeAgent(workerId);
         queued.resolve({ ok: true, workerId });
         return false;
       }
@@ -287,7 +318,15 @@ export class GroupCommit {
       if (outcome.code === 'RELEASED') {
         const [cpu, memory, gpuCount] = outcome.extra.split(' ').map(Number) as [number, number, number];
         add(tally.released, cpu, memory, gpuCount);
-        this.host.options.events.publish({ id: queued.containerId, status: 'released', workerId, reason: 'RELEASED' });
+        const final = queued.final ?? 'released';
+        const reason = queued.reason ?? (final === 'released' ? 'RELEASED' : undefined);
+        this.host.options.events.publish({
+          id: queued.containerId,
+          status: final,
+          workerId,
+          ...(reason !== undefined ? { reason } : {}),
+          ...(queued.exitCode !== undefined ? { exitCode: queued.exitCode } : {}),
+        });
         queued.resolve({ ok: true, released: true, workerId });
         return false;
       }
@@ -297,6 +336,32 @@ export class GroupCommit {
       }
       if (outcome.code === 'NOT_FOUND' || outcome.code === 'WRONG_WORKER') {
         queued.resolve({ ok: false, code: 'NOT_FOUND', message: `container ${queued.containerId} is not placed on ${workerId}` });
+        return false;
+      }
+      this.host.stats.versionConflicts += 1;
+      queued.resolve({ ok: false, code: 'RETRY', message: `worker ${workerId} changed under this replica (${outcome.code})` });
+      return true;
+    }
+    if (queued.kind === 'transition') {
+      if (outcome.code === 'TRANSITIONED') {
+        this.host.options.events.publish({ id: queued.containerId, status: queued.to, workerId });
+        if (queued.to === 'stopping') queued.resolve({ ok: true, stopping: true, workerId });
+        else queued.resolve({ ok: true, workerId });
+        return false;
+      }
+      queued.resolve({ ok: false, code: 'CONFLICT', message: `container ${queued.containerId} is ${outcome.extra} on ${workerId}` });
+      return false;
+    }
+    if (queued.kind === 'requeue') {
+      if (outcome.code === 'REQUEUED') {
+        const [cpu, memory, gpuCount] = outcome.extra.split(' ').map(Number) as [number, number, number];
+        add(tally.released, cpu, memory, gpuCount);
+        this.host.options.onRequeued(queued.containerId);
+        queued.resolve({ ok: true, requeued: true });
+        return false;
+      }
+      if (outcome.code === 'NOT_IN_STATE') {
+        queued.resolve({ ok: false, code: 'CONFLICT', message: `container ${queued.containerId} is ${outcome.extra}` });
         return false;
       }
       this.host.stats.versionConflicts += 1;

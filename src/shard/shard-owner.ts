@@ -11,7 +11,7 @@
  * how it ended (PLACEMENT_COMMITTED / PLACEMENT_ABORTED). A placement Redis refused because its
  * worker changed is decided here once more (`redecide`), after the worker's actor resynced.
  */
-import type { PlacementRequest, PlacementStrategy } from '../../actors/capacity.js';
+import type { PlacementRequest, PlacementStrategy, WorkerStatus } from '../../actors/capacity.js';
 import type { StatusEventType } from '../../actors/worker-machine.js';
 import {
   STATUS_ACTION_EVENT,
@@ -28,7 +28,8 @@ import type { Incident } from '../util/incident.js';
 import type { Logger } from '../util/log.js';
 import { GroupCommit, unavailable, type QueuedPlacement } from './group-commit.js';
 import { shardOf } from './shard-map.js';
-import { ShardWorkers } from './shard-workers.js';
+import { ShardWorkers, type WorkerActor } from './shard-workers.js';
+import { AgentKeepalive } from './agent-keepalive.js';
 
 export interface ShardOwnerOptions {
   readonly store: DroverStore;
@@ -61,10 +62,25 @@ export interface ShardOwnerOptions {
   readonly onCapacityChange: (shard: number, grew: boolean) => void;
   /** Placed and released containers are announced here, after Redis has them. */
   readonly events: ContainerEventPublisher;
+  /**
+   * A container went back to the queue (its worker was lost before running it): hand it to its home
+   * shard's backlog, then `ackRequeue` it. Also called at open for what the outbox still holds.
+   */
+  readonly onRequeued: (containerId: string) => void;
+  /** An agent's worker silent for this long is lost. */
+  readonly workerTtlMs: number;
+  /** Tell a worker's agent to report now (an assignment or a stop waits for it). */
+  readonly pokeAgent: (workerId: string) => void;
 }
 
 /** The ops a shard owner serves: its workers' (the backlog's go to the shard's backlog partition). */
-export type WorkerShardOp = Exclude<ShardOp, { k: 'enqueue' } | { k: 'cancel' }>;
+export type WorkerShardOp = Exclude<ShardOp, { k: 'enqueue' } | { k: 'cancel' } | { k: 'requeue' }>;
+
+/** Status changes the owner makes itself (never asked for by a client): an agent reports or goes silent. */
+const AGENT_ACTIONS = {
+  activate: { event: 'ACTIVATE', target: 'available' },
+  lose: { event: 'MARK_LOST', target: 'lost' },
+} as const satisfies Record<string, { event: StatusEventType; target: WorkerStatus }>;
 
 export type ShardOwnerState = 'serving' | 'draining' | 'closed';
 
@@ -73,6 +89,7 @@ export class ShardOwner {
   readonly epoch: number;
   private readonly workers = new ShardWorkers();
   private readonly commits: GroupCommit;
+  private readonly agents: AgentKeepalive;
   private ownerState: ShardOwnerState = 'serving';
   /** Registrations of this turn wait for one capacity announcement (see announceGrowth). */
   private growthAnnounced: Promise<void> | null = null;
@@ -94,13 +111,34 @@ export class ShardOwner {
       },
       this.workers,
     );
+    this.agents = new AgentKeepalive({
+      options,
+      workers: this.workers,
+      commits: this.commits,
+      serving: () => this.ownerState === 'serving',
+      setStatus: (workerId, action) => this.setStatus(workerId, AGENT_ACTIONS[action].event, AGENT_ACTIONS[action].target),
+    });
   }
 
   /** Build the shard's actors from Redis. Call only after the epoch bump, so no earlier write is missed. */
   static async open(options: ShardOwnerOptions): Promise<ShardOwner> {
     const owner = new ShardOwner(options);
     for (const record of await options.store.loadShard(options.shard)) owner.workers.add(record);
+    // Requeued containers whose home shard may not hold them yet (a previous owner stopped first).
+    const outbox = await options.store.requeueOutbox(options.shard);
+    owner.agents.start();
+    for (const id of outbox) options.onRequeued(id);
     return owner;
+  }
+
+  /** The container's home shard holds it again: it leaves this shard's requeue outbox (fenced). */
+  ackRequeue(containerId: string): Promise<ShardOpResult> | ShardOpResult {
+    if (this.ownerState !== 'serving') return unavailable(`shard ${this.shard} is ${this.ownerState} on this replica`);
+    return this.commits.enqueue((resolve) => ({ kind: 'outbox-ack', actor: null, containerId, resolve }));
+  }
+
+  get agentStats(): AgentKeepalive['stats'] {
+    return this.agents.stats;
   }
 
   get state(): ShardOwnerState {
@@ -116,7 +154,7 @@ export class ShardOwner {
     if (this.ownerState !== 'serving') return unavailable(`shard ${this.shard} is ${this.ownerState} on this replica`);
     // Anyone on the bus can publish on a shard subject: an op naming a worker of another shard
     // would otherwise create or change a second record of that machine here.
-    const workerId = op.k === 'place' ? null : op.k === 'register' ? op.worker.id : op.workerId;
+    const workerId = op.k === 'place' ? null : op.k === 'register' ? op.worker.id : op.k === 'report' ? op.report.workerId : op.workerId;
     if (workerId !== null) {
       const home = shardOf(workerId, this.options.shards);
       if (home !== this.shard) {
@@ -138,6 +176,8 @@ export class ShardOwner {
         return this.remove(op.workerId);
       case 'register':
         return this.register(op.worker);
+      case 'report':
+        return this.agents.report(op.report);
     }
   }
 
@@ -158,6 +198,7 @@ export class ShardOwner {
     if (this.ownerState === 'closed' && this.workers.size === 0) return;
     this.finalCapacity = this.capacity();
     this.ownerState = 'closed';
+    this.agents.stop();
     this.commits.failQueue('shard closed on this replica');
     this.workers.clear();
   }
@@ -177,7 +218,23 @@ export class ShardOwner {
   private release(containerId: string, workerId: string): ShardOpResult | Promise<ShardOpResult> {
     const actor = this.workers.get(workerId);
     if (actor === undefined) return { ok: false, code: 'NOT_FOUND', message: `worker ${workerId} is not in shard ${this.shard}` };
+    if (actor.getSnapshot().context.spec.agent === true) return this.stopOnAgent(actor, containerId, workerId);
     return this.commits.enqueue((resolve) => ({ kind: 'release', actor, containerId, resolve }));
+  }
+
+  /**
+   * A release of a container an agent runs (or is about to): it becomes `stopping` and its agent is
+   * told to stop it; its capacity is freed when the agent reports it stopped (or the worker is lost).
+   */
+  private async stopOnAgent(actor: WorkerActor, containerId: string, workerId: string): Promise<ShardOpResult> {
+    const result = await this.commits.enqueue((resolve) => ({ kind: 'transition', actor, containerId, from: ['placed', 'running'], to: 'stopping', resolve }));
+    if (result.ok || (result.code === 'CONFLICT' && result.message.includes(' is stopping'))) {
+      this.options.pokeAgent(workerId);
+      return { ok: true, stopping: true, workerId };
+    }
+    // Not placed or running on this worker: released already, or elsewhere (the router read it).
+    if (result.code === 'CONFLICT') return { ok: false, code: 'NOT_FOUND', message: `container ${containerId} is not running on ${workerId} (${result.message})` };
+    return result;
   }
 
   /**
@@ -199,14 +256,18 @@ export class ShardOwner {
   }
 
   private changeStatus(workerId: string, action: StatusAction): ShardOpResult | Promise<ShardOpResult> {
+    return this.setStatus(workerId, STATUS_ACTION_EVENT[action], STATUS_ACTION_TARGET[action], action);
+  }
+
+  /** Move a worker's actor with `eventType` and write the status it leads to (fenced, like every write). */
+  private setStatus(workerId: string, eventType: StatusEventType, target: WorkerStatus, verb: string = eventType.toLowerCase()): ShardOpResult | Promise<ShardOpResult> {
     const actor = this.workers.get(workerId);
     if (actor === undefined) return { ok: false, code: 'NOT_FOUND', message: `worker ${workerId} is not registered` };
-    const target = STATUS_ACTION_TARGET[action];
     const snapshot = actor.getSnapshot();
     if (snapshot.value === target) return { ok: true, worker: this.workers.view(actor) };
-    const event = { type: STATUS_ACTION_EVENT[action] satisfies StatusEventType } as const;
+    const event = { type: eventType };
     if (!snapshot.can(event)) {
-      return { ok: false, code: 'CONFLICT', message: `worker ${workerId} is ${String(snapshot.value)}; it cannot ${action} from there` };
+      return { ok: false, code: 'CONFLICT', message: `worker ${workerId} is ${String(snapshot.value)}; it cannot ${verb} from there` };
     }
     this.workers.tell(actor, event);
     return this.commits.enqueue((resolve) => ({ kind: 'status', actor, status: target, resolve }));
@@ -216,7 +277,8 @@ export class ShardOwner {
     const spec = { ...worker, shard: this.shard };
     let outcome;
     try {
-      outcome = await this.options.store.registerWorker(this.epoch, spec, 'available');
+      // An agent's worker takes placements once its agent reports (pending until then).
+      outcome = await this.options.store.registerWorker(this.epoch, spec, worker.agent ? 'pending' : 'available');
     } catch (error) {
       this.options.redisWrites.fail(error, { shard: this.shard, worker: worker.id, op: 'register' });
       return unavailable(`registration of ${worker.id} failed in Redis; retry`);

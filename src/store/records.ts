@@ -71,6 +71,7 @@ export function workerFromHash(hash: Record<string, string>): WorkerRecord {
   const gpu = text(what, hash, 'gpu');
   const pool = text(what, hash, 'pool');
   return {
+    ...(hash.agent === '1' ? { agent: true } : {}),
     id: text(what, hash, 'id'),
     shard: integer(what, hash, 'shard'),
     cpu: integer(what, hash, 'cpu'),

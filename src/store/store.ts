@@ -216,7 +216,7 @@ export class DroverStore {
       this.redis,
       'register_worker',
       [k.epoch(spec.shard), k.worker(spec.shard, spec.id), k.shardWorkers(spec.shard), k.history(spec.shard)],
-      [epoch, this.options.historyCap, spec.id, spec.shard, spec.cpu, spec.memory, spec.gpu ?? '', spec.gpuCount, spec.pool ?? '', status, this.options.shards],
+      [epoch, this.options.historyCap, spec.id, spec.shard, spec.cpu, spec.memory, spec.gpu ?? '', spec.gpuCount, spec.pool ?? '', status, this.options.shards, spec.agent === true ? '1' : ''],
     )) as unknown[];
     const code = reply[0];
     if (code === 'FENCED') return { outcome: 'fenced', currentEpoch: Number(reply[1]) };

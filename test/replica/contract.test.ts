@@ -37,7 +37,7 @@ describe('public contract', () => {
       ok: true,
       worker: {
         id: 'gpu-1', shard: expect.any(Number), cpu: 8_000, memory: 16_384, freeCpu: 8_000, freeMemory: 16_384,
-        gpu: 'a100', gpuCount: 2, freeGpuCount: 2, pool: 'train', status: 'available', resourceVersion: 1,
+        gpu: 'a100', gpuCount: 2, freeGpuCount: 2, pool: 'train', status: 'available', resourceVersion: 1, agent: false,
       },
     });
     // Same spec again: idempotent, nothing changes.

@@ -22,6 +22,8 @@
     ARGV[7]   GPU type, '' for none       ARGV[8] GPU count
     ARGV[9]   pool, '' for none           ARGV[10] initial status
     ARGV[11]  the cluster's shard count (1-4096)
+    ARGV[12]  '1' when a worker agent registers it (it heartbeats and can be lost), else ''
+              (an agent registering an existing worker marks it as run by an agent)
   Output:
     {'FENCED', currentEpoch}          nothing written
     {'WRONG_SHARD', shard}            the id hashes to `shard`, not ARGV[4]; nothing written
@@ -60,6 +62,9 @@ if existing[1] then
   local same = existing[1] == ARGV[5] and existing[2] == ARGV[6] and existing[3] == ARGV[7]
     and existing[4] == ARGV[8] and existing[5] == ARGV[9]
   local code = same and 'EXISTS' or 'SPEC_MISMATCH'
+  if same and ARGV[12] == '1' and redis.call('HGET', KEYS[2], 'agent') ~= '1' then
+    redis.call('HSET', KEYS[2], 'agent', '1')
+  end
   local out = {code}
   for _, v in ipairs(redis.call('HGETALL', KEYS[2])) do out[#out + 1] = v end
   return out
@@ -82,6 +87,7 @@ redis.call('HSET', KEYS[2],
   'id', ARGV[3], 'shard', ARGV[4], 'cpu', ARGV[5], 'memory', ARGV[6], 'gpu', ARGV[7], 'gpuCount', ARGV[8],
   'pool', ARGV[9], 'freeCpu', ARGV[5], 'freeMemory', ARGV[6], 'freeGpuCount', ARGV[8],
   'status', ARGV[10], 'resourceVersion', 1)
+if ARGV[12] == '1' then redis.call('HSET', KEYS[2], 'agent', '1') end
 redis.call('SADD', KEYS[3], ARGV[3])
 if historyCap > 0 then
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', historyCap, '*', 'op', 'register', 'worker', ARGV[3],
