@@ -30,11 +30,16 @@ import { loadConfig } from '../config.js';
 import type { FaultName } from '../chaos/run.js';
 import type { ScenarioName } from '../bench/scenarios.js';
 import { Replica } from '../replica/replica.js';
+import { Agent } from '../agent/agent.js';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 import { createLogger } from '../util/log.js';
 import { renderTable } from '../util/table.js';
 
 const USAGE = `usage:
   drover replica
+  drover agent --id ID --cpu MILLICORES --memory MIB [--gpu TYPE --gpu-count N] [--pool NAME]
+               [--state-dir DIR] [--stop-grace-ms MS] [--stop-containers-on-exit]
   drover demo [--workers N] [--containers N] [--replicas N] [--concurrency N]
   drover chaos [--quick] [--faults kill,pause,...] [--mixed N] [--replicas N] [--workers N] [--seed N] [--results FILE]
   drover status
@@ -81,6 +86,9 @@ const OPTIONS = {
   'max-wait': { type: 'string' },
   'no-queue': { type: 'boolean' },
   for: { type: 'string' },
+  'state-dir': { type: 'string' },
+  'stop-grace-ms': { type: 'string' },
+  'stop-containers-on-exit': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -102,6 +110,7 @@ const STATUS_WINDOW_MS = 500;
  */
 const POSITIONAL_LIMITS: Record<string, number> = {
   replica: 1,
+  agent: 1,
   demo: 1,
   chaos: 1,
   status: 1,
@@ -264,6 +273,28 @@ function renderBacklog(backlog: ClusterBacklog): string {
     ])));
   }
   return `${lines.join('\n')}\n`;
+}
+
+/**
+ * A worker machine's agent, until SIGTERM or SIGINT. Its containers keep running when it stops
+ * (the next agent on the machine adopts them), unless --stop-containers-on-exit.
+ */
+async function runAgent(values: Values): Promise<number> {
+  const worker = resourceSpec(values);
+  const config = loadConfig();
+  const log = createLogger(config.logLevel, { role: 'agent', worker: worker.id });
+  const stateDir = values['state-dir'] ?? join(homedir(), '.drover', `agent-${worker.id}`);
+  const stopGraceMs = positiveInt(values['stop-grace-ms'], 10_000, 'stop-grace-ms', 600_000);
+  const agent = await Agent.start({ natsUrl: config.natsUrl, prefix: config.prefix, worker, stateDir, stopGraceMs, log });
+  log.info({ stateDir }, 'agent started');
+  return new Promise<number>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      log.info({ signal }, 'signal received: agent stopping');
+      agent.stop(values['stop-containers-on-exit'] === true).then(() => resolve(0), () => resolve(1));
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  });
 }
 
 async function runReplica(): Promise<number> {
@@ -446,6 +477,8 @@ async function run(allArgs: string[]): Promise<number> {
   switch (command) {
     case 'replica':
       return runReplica();
+    case 'agent':
+      return runAgent(values);
     case 'demo':
       return (await import('../demo/demo.js')).runDemo({
         workers: positiveInt(values.workers, 200, 'workers', 100_000),

@@ -8,7 +8,7 @@ import type { ContainerView } from '../protocol/container-view.js';
 import type { PublishedContainerEvent } from '../events/container-events.js';
 import { TERMINAL_STATUSES, type ContainerStatus } from '../../actors/container-machine.js';
 import type { ClusterBacklog } from '../backlog/backlog-report.js';
-import type { WorkerView } from '../protocol/shard-messages.js';
+import type { AgentInstructions, WorkerView } from '../protocol/shard-messages.js';
 import { randomBytes } from 'node:crypto';
 import { DEADLINE_HEADER, REQUEST_KEY_HEADER, Subjects } from '../protocol/subjects.js';
 
@@ -93,7 +93,10 @@ export interface ContainerSpec extends ResourceSpec {
   command?: string[];
   env?: Record<string, string>;
 }
-export type WorkerSpecInput = ResourceSpec;
+export interface WorkerSpecInput extends ResourceSpec {
+  /** Registered by a worker agent (see `drover agent`). */
+  agent?: boolean;
+}
 
 export type PlaceReply = Reply<{ status: 'placed'; id: string; workerId: string } | { status: 'queued'; id: string }>;
 
@@ -222,6 +225,10 @@ export class DroverClient {
 
   registerWorker(worker: WorkerSpecInput): Promise<Reply<{ worker: WorkerView }>> {
     return this.call(this.subjects.workersRegister, worker);
+  }
+  /** A worker agent's report: what it runs or ran; the reply says what to start, stop and forget. */
+  report(workerId: string, containers: Array<{ id: string; status: 'running' } | { id: string; status: 'exited'; exitCode: number }>): Promise<Reply<AgentInstructions>> {
+    return this.call(this.subjects.workersReport, { workerId, containers });
   }
   /** Register up to 500 workers in one request; each gets its own answer, in order. */
   registerWorkers(workers: WorkerSpecInput[]): Promise<Reply<{ results: Array<Reply<{ worker: WorkerView }>> }>> {

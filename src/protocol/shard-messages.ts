@@ -26,6 +26,9 @@ export type ShardOp =
       readonly deadline: number;
       /** Command and environment JSON for the worker's agent, or ''. */
       readonly spec: string;
+      /** Its priority and maxWaitMs, kept with the placement should its worker be lost before running it. */
+      readonly priority?: number;
+      readonly maxWaitMs?: number;
     }
   /** To the container's home shard: queue it in that shard's backlog (durable when answered). */
   | {
@@ -213,14 +216,15 @@ export function parseShardOp(value: unknown): ShardOp {
   if (!isObject(value)) throw invalid('shard op must be an object');
   switch (value.k) {
     case 'place': {
-      onlyFields(value, ['k', 'id', 'request', 'requestKey', 'deadline', 'spec'], 'place op');
+      onlyFields(value, ['k', 'id', 'request', 'requestKey', 'deadline', 'spec', 'priority', 'maxWaitMs'], 'place op');
       const { containerId, request } = placementOf(value, 'place op');
       const requestKey = shardRequestKey(value, 'place op');
       const deadline = value.deadline;
       if (typeof deadline !== 'number' || !Number.isInteger(deadline) || deadline < MIN_DEADLINE_MS || deadline > MAX_DEADLINE_MS) {
         throw invalid('place op: "deadline" must be a time in Unix milliseconds');
       }
-      return { k: 'place', id: containerId, request, requestKey, deadline, spec: specOf(value, 'place op') };
+      const { priority, maxWaitMs } = parseContainerRequest({ id: containerId, cpu: 1, memory: 1, priority: value.priority, maxWaitMs: value.maxWaitMs }, 'place op');
+      return { k: 'place', id: containerId, request, requestKey, deadline, spec: specOf(value, 'place op'), priority, maxWaitMs };
     }
     case 'enqueue': {
       onlyFields(value, ['k', 'id', 'request', 'requestKey', 'priority', 'maxWaitMs', 'spec'], 'enqueue op');

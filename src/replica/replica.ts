@@ -395,7 +395,8 @@ export class Replica {
 
   /** One placement attempt of a queued container, through this replica's router like a submit. */
   private async attemptQueued(entry: QueuedEntry): Promise<AttemptOutcome> {
-    const reply = await this.router.place({ id: entry.id, ...entry.request }, null, entry.requestKey);
+    const request = { id: entry.id, ...entry.request, priority: entry.priority, maxWaitMs: Math.max(1, entry.expiresAt - entry.queuedAt) };
+    const reply = await this.router.place(request, null, entry.requestKey);
     if (reply.ok) return { outcome: 'placed', workerId: reply.workerId };
     switch (reply.error.code) {
       case 'NO_CAPACITY':

@@ -25,6 +25,7 @@ import {
   type SubmitRequest,
 } from '../protocol/validate.js';
 import { containerView } from '../protocol/container-view.js';
+import { DEFAULT_MAX_WAIT_MS } from '../protocol/limits.js';
 import { TERMINAL_STATUSES } from '../../actors/container-machine.js';
 import type { PlacementRequest } from '../../actors/capacity.js';
 import { shardOf } from '../shard/shard-map.js';
@@ -309,6 +310,8 @@ export class Router {
    */
   async place(request: ContainerRequest, clientDeadline: number | null = null, key: string = this.newRequestKey(), spec = ''): Promise<PlaceReply> {
     const placement = placementOf(request);
+    // Kept with the placement, for a requeue should its worker be lost before running it.
+    const { priority = 0, maxWaitMs = DEFAULT_MAX_WAIT_MS } = request as Partial<SubmitRequest>;
     const tried = new Set<number>();
     /** Shards whose owner answered that nothing fits: the only shards asking proved empty. */
     const refuted = new Set<number>();
@@ -330,7 +333,7 @@ export class Router {
           lastUnavailable = 'the client deadline passed';
           break;
         }
-        const op: ShardOp = { k: 'place', id: request.id, request: placement, requestKey: key, deadline, spec };
+        const op: ShardOp = { k: 'place', id: request.id, request: placement, requestKey: key, deadline, spec, priority, maxWaitMs };
         const result = await this.send(shard, op);
         if (result.ok) {
           this.stats.placed += 1;

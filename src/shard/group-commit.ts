@@ -15,6 +15,7 @@ import type { ContainerReason } from '../../actors/container-machine.js';
 import type { ShardOpResult } from '../protocol/shard-messages.js';
 import { MAX_BATCH_OPS, type BatchOp, type OpOutcome } from '../store/store.js';
 import { reloadWorkers, resyncWorkers, type RecoveryContext } from './recovery.js';
+import { shardOf } from './shard-map.js';
 import type { ShardOwnerOptions } from './shard-owner.js';
 import type { ShardWorkers, WorkerActor } from './shard-workers.js';
 
@@ -28,6 +29,8 @@ export interface QueuedPlacement {
   readonly requestKey: string;
   /** Command and environment JSON for the worker's agent, or ''. */
   readonly spec: string;
+  readonly priority: number;
+  readonly maxWaitMs: number;
   /** Already decided once more after Redis refused its first worker (at most one such retry). */
   readonly redecided: boolean;
   readonly resolve: (result: ShardOpResult) => void;
@@ -256,13 +259,13 @@ export class GroupCommit {
     const base = { workerId: context.spec.id, expectedVersion: context.resourceVersion };
     if (queued.kind === 'place') {
       const { cpu, memory, gpuCount } = queued.request;
-      return { kind: 'place', ...base, containerId: queued.containerId, cpu, memory, gpuCount, deadline: queued.deadline, requestKey: queued.requestKey, spec: queued.spec };
+      return { kind: 'place', ...base, containerId: queued.containerId, cpu, memory, gpuCount, deadline: queued.deadline, requestKey: queued.requestKey, spec: queued.spec, priority: queued.priority, maxWaitMs: queued.maxWaitMs };
     }
     if (queued.kind === 'release') {
       return { kind: 'release', ...base, containerId: queued.containerId, final: queued.final, reason: queued.reason, exitCode: queued.exitCode };
     }
     if (queued.kind === 'transition') return { kind: 'transition', ...base, containerId: queued.containerId, from: queued.from, to: queued.to };
-    if (queued.kind === 'requeue') return { kind: 'requeue', ...base, containerId: queued.containerId };
+    if (queued.kind === 'requeue') return { kind: 'requeue', ...base, containerId: queued.containerId, homeShard: shardOf(queued.containerId, this.host.options.shards) };
     if (queued.kind === 'remove') return { kind: 'remove', ...base };
     return { kind: 'status', ...base, status: queued.status };
   }

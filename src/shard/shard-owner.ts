@@ -29,6 +29,7 @@ import type { Logger } from '../util/log.js';
 import { GroupCommit, unavailable, type QueuedPlacement } from './group-commit.js';
 import { shardOf } from './shard-map.js';
 import { ShardWorkers, type WorkerActor } from './shard-workers.js';
+import { DEFAULT_MAX_WAIT_MS } from '../protocol/limits.js';
 import { AgentKeepalive } from './agent-keepalive.js';
 
 export interface ShardOwnerOptions {
@@ -75,6 +76,13 @@ export interface ShardOwnerOptions {
 
 /** The ops a shard owner serves: its workers' (the backlog's go to the shard's backlog partition). */
 export type WorkerShardOp = Exclude<ShardOp, { k: 'enqueue' } | { k: 'cancel' } | { k: 'requeue' }>;
+
+/** What a placement stores beyond its resources: for the agent (spec) and for a requeue. */
+interface KeptWithPlacement {
+  readonly spec: string;
+  readonly priority: number;
+  readonly maxWaitMs: number;
+}
 
 /** Status changes the owner makes itself (never asked for by a client): an agent reports or goes silent. */
 const AGENT_ACTIONS = {
@@ -167,7 +175,7 @@ export class ShardOwner {
     }
     switch (op.k) {
       case 'place':
-        return this.place(op.id, op.request, op.requestKey, op.deadline, op.spec);
+        return this.place(op.id, op.request, op.requestKey, op.deadline, { spec: op.spec, priority: op.priority ?? 0, maxWaitMs: op.maxWaitMs ?? DEFAULT_MAX_WAIT_MS });
       case 'release':
         return this.release(op.id, op.workerId);
       case 'status':
@@ -203,7 +211,7 @@ export class ShardOwner {
     this.workers.clear();
   }
 
-  private place(containerId: string, request: PlacementRequest, requestKey: string, deadline: number, spec: string, redecided = false): ShardOpResult | Promise<ShardOpResult> {
+  private place(containerId: string, request: PlacementRequest, requestKey: string, deadline: number, kept: KeptWithPlacement, redecided = false): ShardOpResult | Promise<ShardOpResult> {
     const actor = this.workers.choose(request, this.options.strategy);
     if (actor === null) return { ok: false, code: 'NO_FIT', message: `no worker in shard ${this.shard} fits` };
     const before = actor.getSnapshot().context.reservations;
@@ -212,7 +220,7 @@ export class ShardOwner {
     if (actor.getSnapshot().context.reservations !== before + 1) {
       throw new Error(`worker ${actor.getSnapshot().context.spec.id} refused a reservation it was chosen for`);
     }
-    return this.commits.enqueue((resolve) => ({ kind: 'place', actor, containerId, request, deadline, requestKey, spec, redecided, resolve }));
+    return this.commits.enqueue((resolve) => ({ kind: 'place', actor, containerId, request, deadline, requestKey, spec: kept.spec, priority: kept.priority, maxWaitMs: kept.maxWaitMs, redecided, resolve }));
   }
 
   private release(containerId: string, workerId: string): ShardOpResult | Promise<ShardOpResult> {
@@ -342,7 +350,7 @@ export class ShardOwner {
     }
     let result: ShardOpResult | Promise<ShardOpResult>;
     try {
-      result = this.place(queued.containerId, queued.request, queued.requestKey, queued.deadline, queued.spec, true);
+      result = this.place(queued.containerId, queued.request, queued.requestKey, queued.deadline, queued, true);
     } catch (error) {
       this.options.log.error({ err: error, shard: this.shard, container: queued.containerId }, 'placement could not be decided again');
       result = { ok: false, code: 'RETRY', message: `shard ${this.shard} could not decide the placement again` };

@@ -127,15 +127,16 @@ export function containerFromHash(id: string, hash: Record<string, string>, what
 
 /**
  * An ended container's tombstone (see commit_batch.lua and backlog_commit.lua):
- * "<status> <workerId|-> <shard> <cpu> <memory> <gpuCount> <placedAt> <endedAt> <requestKey|-> [<reason> <queuedAt> [<exitCode>]]".
+ * "<status> <workerId|-> <shard> <cpu> <memory> <gpuCount> <placedAt> <endedAt> <requestKey|-> [<reason> <queuedAt> [<exitCode|-> <runningAt>]]".
  */
 export function containerFromTombstone(id: string, tombstone: string): ContainerRecord {
   const what = `container ${id} (tombstone)`;
   const fields = tombstone.split(' ');
-  if ((fields.length !== 9 && fields.length !== 11 && fields.length !== 12) || !isContainerStatus(fields[0])) throw new CorruptRecordError(what, 'value', tombstone);
-  const names = ['status', 'workerId', 'shard', 'cpu', 'memory', 'gpuCount', 'placedAt', 'endedAt', 'requestKey', 'reason', 'queuedAt', 'exitCode'];
+  if ((fields.length !== 9 && fields.length !== 11 && fields.length !== 13) || !isContainerStatus(fields[0])) throw new CorruptRecordError(what, 'value', tombstone);
+  const names = ['status', 'workerId', 'shard', 'cpu', 'memory', 'gpuCount', 'placedAt', 'endedAt', 'requestKey', 'reason', 'queuedAt', 'exitCode', 'runningAt'];
   const hash: Record<string, string> = Object.fromEntries(fields.map((field, i) => [names[i]!, field]));
   if (hash.requestKey === '-') hash.requestKey = '';
+  if (hash.exitCode === '-') delete hash.exitCode;
   // Tombstones written before reasons were recorded are releases by a client.
   if (hash.reason === undefined) hash.reason = 'RELEASED';
   return containerFromHash(id, hash, what);

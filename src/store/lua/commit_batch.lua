@@ -26,10 +26,12 @@
     ARGV[3]              history length cap; 0 writes no history
     ARGV[4]              seconds to keep a released container's tombstone; 0 keeps it forever
     ARGV[5]              op count n (at most 1000)
-    ARGV[6+10i .. 15+10i] op i: kind, containerId, workerId, expectedVersion, a, b, c, deadline, key, spec
+    ARGV[6+12i .. 17+12i] op i: kind, containerId, workerId, expectedVersion, a, b, c, deadline, key, spec, d, e
                            kind 'P' place:   a = cpu, b = memory (whole, at least 1), c = gpuCount
                                              (whole, at least 0); key = the client's request key;
-                                             spec = the command/env JSON for the worker's agent, or ''
+                                             spec = the command/env JSON for the worker's agent, or '';
+                                             d = its priority, e = its maxWaitMs (kept for a requeue)
+                           kind 'Q':         d = the container's home shard (its backlog)
                            kind 'R' release: its capacity is freed and it ends: a = the status it
                                              ends in ('' or 'released', 'exited', 'lost'), b = the
                                              reason ('' for RELEASED), c = the exit code or ''; key
@@ -56,7 +58,7 @@
   requestKey, and spec if any). A queued one (see backlog_commit.lua) is a hash with status queued:
   a placement turns it into a placed one only with the request key that queued it, keeping its
   queuedAt, priority and spec. An ended container is a tombstone: a string of space-separated fields
-    <status> <workerId|-> <shard> <cpu> <memory> <gpuCount> <placedAt> <endedAt> <requestKey|-> [<reason> <queuedAt>]
+    <status> <workerId|-> <shard> <cpu> <memory> <gpuCount> <placedAt> <endedAt> <requestKey|-> [<reason> <queuedAt> [<exitCode|-> <runningAt>] ]
   that expires after ARGV[4] seconds; it keeps the id from being placed again and lets a retried
   submit recognise its own request. workerId '-' means it ended without ever being placed (its
   shard is then its home shard). (Ids, request keys and names cannot hold spaces.)
@@ -97,7 +99,7 @@ local historyCap = tonumber(ARGV[3])
 local retention = tonumber(ARGV[4])
 local n = tonumber(ARGV[5])
 if n == nil or n < 0 or n > 1000 or historyCap == nil or retention == nil
-  or #KEYS ~= 3 + 3 * n or #ARGV ~= 5 + 10 * n then
+  or #KEYS ~= 3 + 3 * n or #ARGV ~= 5 + 12 * n then
   return redis.error_reply('ERR commit_batch: malformed batch')
 end
 
@@ -119,7 +121,7 @@ end
 
 -- ---------------------------------------------------------------- phase 0: the ops are well formed
 for i = 0, n - 1 do
-  local base = 6 + 10 * i
+  local base = 6 + 12 * i
   local kind = ARGV[base]
   local ok = wholeAtLeast(ARGV[base + 3], 0) and wholeAtLeast(ARGV[base + 7], 0)
   if kind == 'P' then
@@ -127,6 +129,7 @@ for i = 0, n - 1 do
     -- negative or fractional amount would create capacity instead of taking it.
     ok = ok and wholeAtLeast(ARGV[base + 4], 1) and wholeAtLeast(ARGV[base + 5], 1)
       and wholeAtLeast(ARGV[base + 6], 0) and ARGV[base + 8] ~= '' and not string.find(ARGV[base + 8], ' ', 1, true)
+      and tonumber(ARGV[base + 10]) ~= nil and wholeAtLeast(ARGV[base + 11], 1)
   elseif kind == 'S' then
     ok = ok and STATUSES[ARGV[base + 4]] == true
   elseif kind == 'R' then
@@ -188,10 +191,10 @@ local function loadContainer(key)
     if found == 'none' then
       c = {state = 'none'}
     elseif found == 'hash' then
-      local v = redis.call('HMGET', key, 'workerId', 'cpu', 'memory', 'gpuCount', 'placedAt', 'requestKey', 'status', 'queuedAt')
+      local v = redis.call('HMGET', key, 'workerId', 'cpu', 'memory', 'gpuCount', 'placedAt', 'requestKey', 'status', 'queuedAt', 'runningAt')
       -- 'placed' (and, with an agent, 'running' or 'stopping') hold capacity; 'queued' holds none yet.
       c = {state = v[7] == 'queued' and 'queued' or 'placed', status = v[7], workerId = v[1] or '-', cpu = tonumber(v[2]),
-        memory = tonumber(v[3]), gpus = tonumber(v[4]), placedAt = v[5], requestKey = v[6] or '', queuedAt = v[8]}
+        memory = tonumber(v[3]), gpus = tonumber(v[4]), placedAt = v[5], requestKey = v[6] or '', queuedAt = v[8], runningAt = v[9]}
     elseif found == 'string' then
       local f = {}
       for field in string.gmatch(redis.call('GET', key), '%S+') do f[#f + 1] = field end
@@ -236,7 +239,7 @@ end
 
 for i = 0, n - 1 do
   local workerKey, setKey, thirdKey = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
-  local base = 6 + 10 * i
+  local base = 6 + 12 * i
   local kind, containerId, workerId = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   local expected = tonumber(ARGV[base + 3])
   local deadline = tonumber(ARGV[base + 7])
@@ -303,7 +306,7 @@ for i = 0, n - 1 do
         local tombstone = final .. ' ' .. workerId .. ' ' .. shard .. ' ' .. c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus
           .. ' ' .. c.placedAt .. ' ' .. nowMs .. ' ' .. (c.requestKey ~= '' and c.requestKey or '-')
           .. ' ' .. reason .. ' ' .. (c.queuedAt or '0')
-        if ARGV[base + 6] ~= '' then tombstone = tombstone .. ' ' .. ARGV[base + 6] end
+          .. ' ' .. (ARGV[base + 6] ~= '' and ARGV[base + 6] or '-') .. ' ' .. (c.runningAt or '0')
         containers[thirdKey] = {state = final, ended = true, workerId = workerId, requestKey = c.requestKey}
         writeVersion[i] = w.version
         written[i] = tombstone
@@ -402,13 +405,18 @@ for i = 0, n - 1 do
   local version = writeVersion[i]
   if version then
     local workerKey, setKey, thirdKey = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
-    local base = 6 + 10 * i
+    local base = 6 + 12 * i
     local kind, containerId, workerId = ARGV[base], ARGV[base + 1], ARGV[base + 2]
     if kind == 'P' then
       local cpu, memory, gpus = ARGV[base + 4], ARGV[base + 5], ARGV[base + 6]
       redis.call('HSET', thirdKey, 'status', 'placed', 'workerId', workerId, 'shard', shard,
         'cpu', cpu, 'memory', memory, 'gpuCount', gpus, 'placedAt', nowMs, 'requestKey', ARGV[base + 8])
       if ARGV[base + 9] ~= '' then redis.call('HSET', thirdKey, 'spec', ARGV[base + 9]) end
+      -- Kept for a requeue (its worker lost before running it): it goes back with its priority and
+      -- its submit time (a queued container's queuedAt, else now), and a fresh maxWaitMs.
+      redis.call('HSETNX', thirdKey, 'priority', ARGV[base + 10])
+      redis.call('HSETNX', thirdKey, 'queuedAt', nowMs)
+      redis.call('HSET', thirdKey, 'maxWaitMs', ARGV[base + 11])
       -- A queued container keeps queuedAt, priority, spec and expiresAt (which applies again if it
       -- is ever requeued: a worker lost before it ran it).
       redis.call('SADD', setKey, containerId)
@@ -430,7 +438,8 @@ for i = 0, n - 1 do
     elseif kind == 'Q' then
       local c = freed[i]
       -- Back to what the backlog wrote, with its queue time, priority, key, spec and expiry.
-      redis.call('HSET', thirdKey, 'status', 'queued')
+      local maxWait = tonumber(redis.call('HGET', thirdKey, 'maxWaitMs')) or 3600000
+      redis.call('HSET', thirdKey, 'status', 'queued', 'expiresAt', nowMs + maxWait, 'home', ARGV[base + 10])
       redis.call('HDEL', thirdKey, 'workerId', 'placedAt', 'runningAt', 'stoppingAt')
       redis.call('SREM', setKey, containerId)
       redis.call('SADD', KEYS[3], containerId)
