@@ -1,13 +1,14 @@
 /**
  * A queued request outlives the replica that queued it: its home shard's next owner loads the
  * backlog from Redis and places it, once. Here the first replica is stopped after queueing (its
- * shards, backlogs included, go to the second); the SIGKILL and Redis-restart cases are the chaos
- * suite's and the process tests' (see the README's test list).
+ * shards, backlogs included, go to the second). Then Redis itself is SIGKILLed and restarted from
+ * its append-only file with requests queued.
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Subscription } from '@nats-io/transport-node';
 import type { ContainerEvent, DroverClient } from '../../src/client/drover-client.js';
 import type { Replica } from '../../src/replica/replica.js';
+import { startRedis } from '../../infra/servers.js';
 import { connectClient, eventually, startReplica, testPrefix } from '../support/cluster.js';
 
 const SHARDS = 8;
@@ -56,5 +57,40 @@ describe('backlog durability', () => {
     expect(used).toBe(COUNT * 100);
     expect(survivor.stats().backlog.queued).toBe(0);
     subscription.unsubscribe();
+  });
+});
+
+describe('backlog durability across a Redis restart', () => {
+  it('keeps every queued request through a SIGKILL of Redis (append-only file, fsync always) and places each once after', async () => {
+    const redis = await startRedis({ persistent: true });
+    const prefix = testPrefix('br');
+    let replica: Replica | null = null;
+    let restartClient: DroverClient | null = null;
+    try {
+      replica = await startReplica({ prefix, shards: SHARDS, replicaId: 'br-1', redisUrl: redis.url, leaseTtlMs: 2_000 });
+      restartClient = await connectClient(prefix);
+      const ids = Array.from({ length: 30 }, (_, i) => `redis-restart-${i}`);
+      for (const id of ids) expect(await restartClient.submit({ id, cpu: 100, memory: 100 })).toMatchObject({ ok: true, status: 'queued' });
+      // Redis dies the hard way and comes back from its append-only file.
+      await redis.restart();
+      // The replica notices (its links and leases) and serves again; then room appears.
+      await eventually(async () => {
+        const reply = await restartClient!.registerWorker({ id: 'br-w1', cpu: 10_000, memory: 10_000 });
+        return reply.ok;
+      }, 20_000, 'registration after the Redis restart');
+      await eventually(async () => {
+        const statuses = await Promise.all(ids.map(async (id) => {
+          const reply = await restartClient!.getContainer(id);
+          return reply.ok ? reply.container.status : 'unknown';
+        }));
+        return statuses.every((s) => s === 'placed');
+      }, 20_000, 'every queued container placed after the restart');
+      const worker = await restartClient.getWorker('br-w1');
+      expect(worker.ok && worker.worker.cpu - worker.worker.freeCpu).toBe(30 * 100);
+    } finally {
+      await restartClient?.close();
+      await replica?.stop();
+      await redis.stop();
+    }
   });
 });
