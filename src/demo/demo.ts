@@ -2,7 +2,8 @@
  * The main job (`npm start`): a local Drover cluster end to end. With no REDIS_URL / NATS_URL it
  * starts private redis-server and nats-server processes on free ports; it starts replicas,
  * registers a fleet of workers over NATS, places a few thousand containers with a progress line,
- * releases some, checks the accounting in Redis, and prints a summary.
+ * releases some, checks the accounting in Redis, and prints a summary. Then the scheduling loop
+ * with real worker agents (loop-demo.ts): a backlog draining as containers exit, and a lost agent.
  */
 import { serversFromEnv } from '../../infra/servers.js';
 import { auditAccounting } from '../audit/accounting.js';
@@ -12,6 +13,7 @@ import { Replica } from '../replica/replica.js';
 import { createLogger } from '../util/log.js';
 import { Progress } from '../util/progress.js';
 import { formatNumber, renderTable } from '../util/table.js';
+import { runLoopDemo } from './loop-demo.js';
 
 export interface DemoOptions {
   readonly workers: number;
@@ -58,7 +60,9 @@ export async function runDemo(options: DemoOptions): Promise<number> {
       `NATS ${natsUrl}${servers.some((s) => s.name === 'nats') ? ' (private)' : ''}, prefix ${prefix}\n`);
 
     for (let i = 0; i < options.replicas; i += 1) {
-      const config = loadConfig(process.env, { redisUrl, natsUrl, prefix, replicaId: `demo-replica-${i + 1}` });
+      // Agents' workers are lost after 2 s of silence in the demo (10 s by default), so the loss shows quickly.
+      const workerTtlMs = process.env.DROVER_WORKER_TTL_MS === undefined ? { workerTtlMs: 2_000 } : {};
+      const config = loadConfig(process.env, { redisUrl, natsUrl, prefix, replicaId: `demo-replica-${i + 1}`, ...workerTtlMs });
       replicas.push(await Replica.start(config, log));
     }
     out.write(`started ${replicas.length} replica(s) holding ${replicas.reduce((n, r) => n + r.servedShards().length, 0)} ` +
@@ -144,7 +148,8 @@ export async function runDemo(options: DemoOptions): Promise<number> {
       ) + '\n',
     );
     for (const violation of audit.violations.slice(0, 20)) out.write(`  violation: ${violation}\n`);
-    return audit.violations.length === 0 && counts.other === 0 ? 0 : 1;
+    const loop = await runLoopDemo({ client, natsUrl, prefix, workerTtlMs: replicas[0]!.config.workerTtlMs, out });
+    return audit.violations.length === 0 && counts.other === 0 && loop ? 0 : 1;
   } finally {
     await client?.close().catch(() => undefined);
     await Promise.all(replicas.map((r) => r.stop().catch(() => undefined)));

@@ -259,7 +259,8 @@ export class GroupCommit {
     const base = { workerId: context.spec.id, expectedVersion: context.resourceVersion };
     if (queued.kind === 'place') {
       const { cpu, memory, gpuCount } = queued.request;
-      return { kind: 'place', ...base, containerId: queued.containerId, cpu, memory, gpuCount, deadline: queued.deadline, requestKey: queued.requestKey, spec: queued.spec, priority: queued.priority, maxWaitMs: queued.maxWaitMs };
+      return { kind: 'place', ...base, containerId: queued.containerId, cpu, memory, gpuCount, deadline: queued.deadline, requestKey: queued.requestKey, spec: queued.spec, priority: queued.priority, maxWaitMs: queued.maxWaitMs,
+        gpu: queued.request.gpu, pool: queued.request.pool };
     }
     if (queued.kind === 'release') {
       return { kind: 'release', ...base, containerId: queued.containerId, final: queued.final, reason: queued.reason, exitCode: queued.exitCode };

@@ -72,9 +72,11 @@ export interface PlaceOp {
   readonly requestKey: string;
   /** Command and environment JSON for the worker's agent; none or '' (a queued container keeps its own). */
   readonly spec?: string;
-  /** Its priority and maxWaitMs, kept should it be requeued (default 0 and one hour). */
+  /** Its priority, maxWaitMs, GPU type and pool, kept should it be requeued (default 0, one hour, none, none). */
   readonly priority?: number;
   readonly maxWaitMs?: number;
+  readonly gpu?: string | null;
+  readonly pool?: string | null;
 }
 export interface ReleaseOp {
   readonly kind: 'release';
@@ -244,34 +246,34 @@ export class DroverStore {
       if (op.kind === 'outbox-ack') {
         const outbox = k.requeueOutbox(shard);
         keys.push(outbox, outbox, outbox);
-        args.push('O', op.containerId, '', 0, '', '', '', 0, '', '', '', '');
+        args.push('O', op.containerId, '', 0, '', '', '', 0, '', '', '', '', '', '');
         continue;
       }
       const workerKey = k.worker(shard, op.workerId);
       switch (op.kind) {
         case 'status':
           keys.push(workerKey, workerKey, workerKey);
-          args.push('S', '', op.workerId, op.expectedVersion, op.status, '', '', 0, '', '', '', '');
+          args.push('S', '', op.workerId, op.expectedVersion, op.status, '', '', 0, '', '', '', '', '', '');
           break;
         case 'remove':
           keys.push(workerKey, k.workerContainers(shard, op.workerId), k.shardWorkers(shard));
-          args.push('X', '', op.workerId, op.expectedVersion, '', '', '', 0, '', '', '', '');
+          args.push('X', '', op.workerId, op.expectedVersion, '', '', '', 0, '', '', '', '', '', '');
           break;
         case 'place':
           keys.push(workerKey, k.workerContainers(shard, op.workerId), k.container(op.containerId));
-          args.push('P', op.containerId, op.workerId, op.expectedVersion, op.cpu, op.memory, op.gpuCount, op.deadline, op.requestKey, op.spec ?? '', op.priority ?? 0, op.maxWaitMs ?? DEFAULT_MAX_WAIT_MS);
+          args.push('P', op.containerId, op.workerId, op.expectedVersion, op.cpu, op.memory, op.gpuCount, op.deadline, op.requestKey, op.spec ?? '', op.priority ?? 0, op.maxWaitMs ?? DEFAULT_MAX_WAIT_MS, op.gpu ?? '', op.pool ?? '');
           break;
         case 'release':
           keys.push(workerKey, k.workerContainers(shard, op.workerId), k.container(op.containerId));
-          args.push('R', op.containerId, op.workerId, op.expectedVersion, op.final ?? '', op.reason ?? '', op.exitCode ?? '', 0, '', '', '', '');
+          args.push('R', op.containerId, op.workerId, op.expectedVersion, op.final ?? '', op.reason ?? '', op.exitCode ?? '', 0, '', '', '', '', '', '');
           break;
         case 'transition':
           keys.push(workerKey, k.workerContainers(shard, op.workerId), k.container(op.containerId));
-          args.push('T', op.containerId, op.workerId, op.expectedVersion, op.from.join(','), op.to, '', 0, '', '', '', '');
+          args.push('T', op.containerId, op.workerId, op.expectedVersion, op.from.join(','), op.to, '', 0, '', '', '', '', '', '');
           break;
         case 'requeue':
           keys.push(workerKey, k.workerContainers(shard, op.workerId), k.container(op.containerId));
-          args.push('Q', op.containerId, op.workerId, op.expectedVersion, '', '', '', 0, '', '', op.homeShard, '');
+          args.push('Q', op.containerId, op.workerId, op.expectedVersion, '', '', '', 0, '', '', op.homeShard, '', '', '');
           break;
       }
     }

@@ -26,11 +26,12 @@
     ARGV[3]              history length cap; 0 writes no history
     ARGV[4]              seconds to keep a released container's tombstone; 0 keeps it forever
     ARGV[5]              op count n (at most 1000)
-    ARGV[6+12i .. 17+12i] op i: kind, containerId, workerId, expectedVersion, a, b, c, deadline, key, spec, d, e
+    ARGV[6+14i .. 19+14i] op i: kind, containerId, workerId, expectedVersion, a, b, c, deadline, key, spec, d, e, f, g
                            kind 'P' place:   a = cpu, b = memory (whole, at least 1), c = gpuCount
                                              (whole, at least 0); key = the client's request key;
                                              spec = the command/env JSON for the worker's agent, or '';
-                                             d = its priority, e = its maxWaitMs (kept for a requeue)
+                                             d = its priority, e = its maxWaitMs, f = its GPU type or
+                                             '', g = its pool or '' (kept for a requeue)
                            kind 'Q':         d = the container's home shard (its backlog)
                            kind 'R' release: its capacity is freed and it ends: a = the status it
                                              ends in ('' or 'released', 'exited', 'lost'), b = the
@@ -99,7 +100,7 @@ local historyCap = tonumber(ARGV[3])
 local retention = tonumber(ARGV[4])
 local n = tonumber(ARGV[5])
 if n == nil or n < 0 or n > 1000 or historyCap == nil or retention == nil
-  or #KEYS ~= 3 + 3 * n or #ARGV ~= 5 + 12 * n then
+  or #KEYS ~= 3 + 3 * n or #ARGV ~= 5 + 14 * n then
   return redis.error_reply('ERR commit_batch: malformed batch')
 end
 
@@ -121,7 +122,7 @@ end
 
 -- ---------------------------------------------------------------- phase 0: the ops are well formed
 for i = 0, n - 1 do
-  local base = 6 + 12 * i
+  local base = 6 + 14 * i
   local kind = ARGV[base]
   local ok = wholeAtLeast(ARGV[base + 3], 0) and wholeAtLeast(ARGV[base + 7], 0)
   if kind == 'P' then
@@ -239,7 +240,7 @@ end
 
 for i = 0, n - 1 do
   local workerKey, setKey, thirdKey = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
-  local base = 6 + 12 * i
+  local base = 6 + 14 * i
   local kind, containerId, workerId = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   local expected = tonumber(ARGV[base + 3])
   local deadline = tonumber(ARGV[base + 7])
@@ -405,7 +406,7 @@ for i = 0, n - 1 do
   local version = writeVersion[i]
   if version then
     local workerKey, setKey, thirdKey = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
-    local base = 6 + 12 * i
+    local base = 6 + 14 * i
     local kind, containerId, workerId = ARGV[base], ARGV[base + 1], ARGV[base + 2]
     if kind == 'P' then
       local cpu, memory, gpus = ARGV[base + 4], ARGV[base + 5], ARGV[base + 6]
@@ -416,7 +417,7 @@ for i = 0, n - 1 do
       -- its submit time (a queued container's queuedAt, else now), and a fresh maxWaitMs.
       redis.call('HSETNX', thirdKey, 'priority', ARGV[base + 10])
       redis.call('HSETNX', thirdKey, 'queuedAt', nowMs)
-      redis.call('HSET', thirdKey, 'maxWaitMs', ARGV[base + 11])
+      redis.call('HSET', thirdKey, 'maxWaitMs', ARGV[base + 11], 'gpu', ARGV[base + 12], 'pool', ARGV[base + 13])
       -- A queued container keeps queuedAt, priority, spec and expiresAt (which applies again if it
       -- is ever requeued: a worker lost before it ran it).
       redis.call('SADD', setKey, containerId)
