@@ -254,44 +254,41 @@ export function parseAgentReport(body: Json): AgentReport {
   return { workerId: id(body, 'workerId', 'report'), containers };
 }
 
-/** Workers in one drover.workers.register.batch request: 1 to MAX_BATCH_SUBMIT, ids distinct. */
-export function parseWorkerBatch(body: Json): WorkerRegistration[] {
-  onlyFields(body, ['workers']);
-  const list = body.workers;
-  if (!Array.isArray(list)) throw invalid('"workers" must be an array of worker registrations');
+/**
+ * A batch request: `field` holds 1 to MAX_BATCH_SUBMIT objects, each parsed by `parseItem` (its
+ * errors prefixed with its place in the batch), their ids distinct.
+ */
+function parseBatch<T extends { readonly id: string }>(body: Json, field: string, noun: string, parseItem: (item: Json, where: string) => T): T[] {
+  onlyFields(body, [field]);
+  const list = body[field];
+  if (!Array.isArray(list)) throw invalid(`"${field}" must be an array of ${noun}s`);
   if (list.length === 0 || list.length > MAX_BATCH_SUBMIT) {
-    throw invalid(`"workers" must hold 1 to ${MAX_BATCH_SUBMIT} registrations; got ${list.length}`);
+    throw invalid(`"${field}" must hold 1 to ${MAX_BATCH_SUBMIT} ${noun}s; got ${list.length}`);
   }
   const seen = new Set<string>();
   return list.map((item, index) => {
-    if (item === null || typeof item !== 'object' || Array.isArray(item)) throw invalid(`workers[${index}] must be an object`);
-    let worker: WorkerRegistration;
+    const where = `${field}[${index}]`;
+    if (item === null || typeof item !== 'object' || Array.isArray(item)) throw invalid(`${where} must be an object`);
+    const parsed = parseItem(item as Json, where);
+    if (seen.has(parsed.id)) throw invalid(`${where}: id "${parsed.id}" appears twice in the batch`);
+    seen.add(parsed.id);
+    return parsed;
+  });
+}
+
+/** Workers in one drover.workers.register.batch request. */
+export function parseWorkerBatch(body: Json): WorkerRegistration[] {
+  return parseBatch(body, 'workers', 'worker registration', (item, where) => {
     try {
-      worker = parseWorkerRegistration(item as Json);
+      return parseWorkerRegistration(item);
     } catch (error) {
-      throw invalid(`workers[${index}]: ${(error as Error).message.replace(/^worker: /, '')}`);
+      throw invalid(`${where}: ${(error as Error).message.replace(/^worker: /, '')}`);
     }
-    if (seen.has(worker.id)) throw invalid(`workers[${index}]: id "${worker.id}" appears twice in the batch`);
-    seen.add(worker.id);
-    return worker;
   });
 }
 
 export function parseContainerBatch(body: Json): SubmitRequest[] {
-  onlyFields(body, ['containers']);
-  const list = body.containers;
-  if (!Array.isArray(list)) throw invalid('"containers" must be an array of container requests');
-  if (list.length === 0 || list.length > MAX_BATCH_SUBMIT) {
-    throw invalid(`"containers" must hold 1 to ${MAX_BATCH_SUBMIT} requests; got ${list.length}`);
-  }
-  const seen = new Set<string>();
-  return list.map((item, index) => {
-    if (item === null || typeof item !== 'object' || Array.isArray(item)) throw invalid(`containers[${index}] must be an object`);
-    const request = parseContainerRequest(item as Json, `containers[${index}]`);
-    if (seen.has(request.id)) throw invalid(`containers[${index}]: id "${request.id}" appears twice in the batch`);
-    seen.add(request.id);
-    return request;
-  });
+  return parseBatch(body, 'containers', 'container request', (item, where) => parseContainerRequest(item, where));
 }
 
 export function parseIdRequest(body: Json): IdRequest {

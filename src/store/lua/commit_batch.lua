@@ -231,6 +231,24 @@ local function bump(key, w)
   end
 end
 
+-- Give a container's capacity back to its worker (a release, a requeue): the worker, or nil when
+-- the op is refused (already replied).
+local function giveBack(workerKey, expected, c)
+  local w = loadWorker(workerKey)
+  if not w then
+    reply('WORKER_NOT_FOUND', 0, '')
+    return nil
+  end
+  if w.before ~= expected then
+    reply('RV_CONFLICT', w.version, '')
+    return nil
+  end
+  w.freeCpu, w.freeMemory, w.freeGpus = w.freeCpu + c.cpu, w.freeMemory + c.memory, w.freeGpus + c.gpus
+  w.containers = w.containers - 1
+  bump(workerKey, w)
+  return w
+end
+
 local checkedSets = {}
 local function checkSet(key)
   if checkedSets[key] then return nil end
@@ -293,15 +311,8 @@ for i = 0, n - 1 do
     elseif c.ended then
       reply('ALREADY_RELEASED', 0, c.workerId)
     else
-      local w = loadWorker(workerKey)
-      if not w then
-        reply('WORKER_NOT_FOUND', 0, '')
-      elseif w.before ~= expected then
-        reply('RV_CONFLICT', w.version, '')
-      else
-        w.freeCpu, w.freeMemory, w.freeGpus = w.freeCpu + c.cpu, w.freeMemory + c.memory, w.freeGpus + c.gpus
-        w.containers = w.containers - 1
-        bump(workerKey, w)
+      local w = giveBack(workerKey, expected, c)
+      if w then
         local final = ARGV[base + 4] ~= '' and ARGV[base + 4] or 'released'
         local reason = ARGV[base + 5] ~= '' and ARGV[base + 5] or (final == 'released' and 'RELEASED' or '-')
         local tombstone = final .. ' ' .. workerId .. ' ' .. shard .. ' ' .. c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus
@@ -341,15 +352,8 @@ for i = 0, n - 1 do
     elseif c.workerId ~= workerId then
       reply('NOT_IN_STATE', 0, 'elsewhere')
     else
-      local w = loadWorker(workerKey)
-      if not w then
-        reply('WORKER_NOT_FOUND', 0, '')
-      elseif w.before ~= expected then
-        reply('RV_CONFLICT', w.version, '')
-      else
-        w.freeCpu, w.freeMemory, w.freeGpus = w.freeCpu + c.cpu, w.freeMemory + c.memory, w.freeGpus + c.gpus
-        w.containers = w.containers - 1
-        bump(workerKey, w)
+      local w = giveBack(workerKey, expected, c)
+      if w then
         containers[thirdKey] = {state = 'queued', status = 'queued', workerId = '-', requestKey = c.requestKey, queuedAt = c.queuedAt}
         writeVersion[i] = w.version
         freed[i] = c
