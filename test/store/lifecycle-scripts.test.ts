@@ -1,0 +1,186 @@
+/**
+ * The fenced scripts of the scheduling loop against a real Redis: backlog_commit.lua (queue, drop,
+ * end) and commit_batch.lua's container ops (place a queued record, transition, end with a status,
+ * requeue, outbox ack). Every refusal is shown to write nothing.
+ */
+import type { Redis } from 'ioredis';
+import { afterAll, beforeEach, describe, expect, it } from 'vitest';
+import type { WorkerSpec } from '../../actors/capacity.js';
+import { shardOf } from '../../src/shard/shard-map.js';
+import type { BacklogOp, DroverStore, PlaceOp } from '../../src/store/store.js';
+import { connectRedis, snapshotKeys, storeFor, testPrefix } from '../support/cluster.js';
+
+const redis: Redis = connectRedis();
+afterAll(() => redis.quit());
+
+const SHARDS = 8;
+/** The worker's shard, and a container id whose home shard is HOME. */
+const SHARD = 5;
+const HOME = 2;
+function idIn(base: string, shard: number): string {
+  for (let i = 0; i < 10_000; i += 1) if (shardOf(`${base}-${i}`, SHARDS) === shard) return `${base}-${i}`;
+  throw new Error('no id');
+}
+const W1 = idIn('w', SHARD);
+const spec = (id: string): WorkerSpec => ({ id, shard: SHARD, cpu: 2_000, memory: 4_096, gpu: null, gpuCount: 0, pool: null, agent: true });
+
+let store: DroverStore;
+let prefix: string;
+let epoch: number;
+let homeEpoch: number;
+
+beforeEach(async () => {
+  prefix = testPrefix('lc');
+  store = storeFor(redis, prefix);
+  epoch = (await store.acquireLease(SHARD, 'mine', 10_000)).epoch;
+  homeEpoch = (await store.acquireLease(HOME, 'mine', 10_000)).epoch;
+  await store.registerWorker(epoch, spec(W1), 'available');
+});
+
+const queueOp = (containerId: string, requestKey = `k-${containerId}`, extra: Partial<Extract<BacklogOp, { kind: 'queue' }>> = {}): BacklogOp => ({
+  kind: 'queue', containerId, requestKey, priority: 3, maxWaitMs: 60_000, cpu: 500, memory: 512, gpu: null, gpuCount: 0, pool: 'p', spec: '{"command":["true"],"env":null}', ...extra,
+});
+const place = (containerId: string, expectedVersion: number, requestKey = `k-${containerId}`): PlaceOp => ({
+  kind: 'place', containerId, workerId: W1, expectedVersion, cpu: 500, memory: 512, gpuCount: 0, deadline: 0, requestKey, priority: 9, maxWaitMs: 5_000, gpu: null, pool: 'p',
+});
+const outcomes = async (shard: number, ops: Parameters<DroverStore['commitBacklog']>[2], e = homeEpoch) => {
+  const result = await store.commitBacklog(shard, e, ops);
+  if (result.fenced) throw new Error('fenced');
+  return result.outcomes.map((o) => o.code);
+};
+const version = async () => (await store.readWorker(SHARD, W1))!.resourceVersion;
+
+describe('backlog_commit', () => {
+  it('queues once per request key, refuses another key and a full backlog, and is fenced', async () => {
+    const c1 = idIn('c', HOME);
+    expect(await outcomes(HOME, [queueOp(c1)])).toEqual(['QUEUED']);
+    const record = await store.readContainer(c1);
+    expect(record).toMatchObject({ status: 'queued', priority: 3, shard: HOME, pool: 'p', requestKey: `k-${c1}` });
+    expect(record!.expiresAt! - record!.queuedAt!).toBe(60_000);
+    expect(await redis.zcard(store.keys.backlog(HOME))).toBe(1);
+    // The same request again: the same queued request, nothing new.
+    const before = await snapshotKeys(redis, prefix);
+    expect(await outcomes(HOME, [queueOp(c1)])).toEqual(['QUEUED']);
+    expect(await outcomes(HOME, [queueOp(c1, 'other-key')])).toEqual(['QUEUED_BY']);
+    expect(await snapshotKeys(redis, prefix)).toEqual(before);
+    // Fenced: a stale epoch writes nothing.
+    const stale = await store.commitBacklog(HOME, homeEpoch - 1 || 99, [queueOp(idIn('c2', HOME))]);
+    expect(stale).toEqual({ fenced: true, currentEpoch: homeEpoch });
+    expect(await snapshotKeys(redis, prefix)).toEqual(before);
+    // Full: a backlog bound of 1 refuses a second container.
+    const bounded = storeFor(redis, prefix, 10_000, SHARDS);
+    Object.assign(bounded.options as object, { maxQueuedPerShard: 1 });
+    const full = await bounded.commitBacklog(HOME, homeEpoch, [queueOp(idIn('c3', HOME))]);
+    expect(full.fenced === false && full.outcomes[0]!.code).toBe('FULL');
+    expect(await snapshotKeys(redis, prefix)).toEqual(before);
+  });
+
+  it('ends a queued container (cancel, expiry) into a tombstone, only while it is queued; drops only what is not queued', async () => {
+    const c1 = idIn('e', HOME);
+    const c2 = idIn('e2', HOME);
+    expect(await outcomes(HOME, [queueOp(c1), queueOp(c2)])).toEqual(['QUEUED', 'QUEUED']);
+    expect(await outcomes(HOME, [{ kind: 'drop', containerId: c1 }])).toEqual(['STILL_QUEUED']);
+    expect(await outcomes(HOME, [{ kind: 'end', containerId: c1, status: 'released', reason: 'CANCELLED' }])).toEqual(['ENDED_NOW']);
+    expect(await store.readContainer(c1)).toMatchObject({ status: 'released', reason: 'CANCELLED', workerId: null, placedAt: null, priority: null });
+    expect(await redis.zscore(store.keys.backlog(HOME), c1)).toBeNull();
+    const before = await snapshotKeys(redis, prefix);
+    expect(await outcomes(HOME, [{ kind: 'end', containerId: c1, status: 'failed', reason: 'EXPIRED' }])).toEqual(['NOT_QUEUED']);
+    // An ended id cannot be queued again, nor placed.
+    expect(await outcomes(HOME, [queueOp(c1)])).toEqual(['ENDED']);
+    const placed = await store.commitBacklog(HOME, homeEpoch, [queueOp(c1, 'k-new')]);
+    expect(placed.fenced === false && placed.outcomes[0]).toEqual({ code: 'ENDED', extra: `released k-${c1}` });
+    const refused = await store.commitBatch(SHARD, epoch, [place(c1, await version())]);
+    expect(refused.fenced === false && refused.outcomes[0]).toMatchObject({ code: 'NOT_PLACEABLE', extra: `released k-${c1}` });
+    expect(await snapshotKeys(redis, prefix)).toEqual(before);
+    // Placed elsewhere: the backlog may drop it.
+    const result = await store.commitBatch(SHARD, epoch, [place(c2, await version())]);
+    expect(result.fenced === false && result.outcomes[0]!.code).toBe('PLACED');
+    expect(await outcomes(HOME, [{ kind: 'drop', containerId: c2 }])).toEqual(['DROPPED']);
+    expect(await redis.zcard(store.keys.backlog(HOME))).toBe(0);
+  });
+});
+
+describe('commit_batch: the container lifecycle', () => {
+  it('places a queued record only with its request key, keeping its queue time and priority', async () => {
+    const c1 = idIn('q', HOME);
+    await outcomes(HOME, [queueOp(c1)]);
+    const queued = await store.readContainer(c1);
+    const before = await snapshotKeys(redis, prefix);
+    const other = await store.commitBatch(SHARD, epoch, [place(c1, await version(), 'not-its-key')]);
+    expect(other.fenced === false && other.outcomes[0]).toMatchObject({ code: 'NOT_PLACEABLE', extra: `queued k-${c1}` });
+    expect(await snapshotKeys(redis, prefix)).toEqual(before);
+    const own = await store.commitBatch(SHARD, epoch, [place(c1, await version())]);
+    expect(own.fenced === false && own.outcomes[0]!.code).toBe('PLACED');
+    expect(await store.readContainer(c1)).toMatchObject({ status: 'placed', workerId: W1, queuedAt: queued!.queuedAt, priority: 3, spec: '{"command":["true"],"env":null}' });
+    // A second attempt (another owner, a stale one) finds it placed.
+    const again = await store.commitBatch(SHARD, epoch, [place(c1, await version())]);
+    expect(again.fenced === false && again.outcomes[0]).toMatchObject({ code: 'ALREADY_PLACED', extra: `${W1} k-${c1}` });
+  });
+
+  it('moves placed -> running -> stopping -> released, refusing steps from the wrong status, writing nothing then', async () => {
+    const c1 = idIn('t', HOME);
+    await store.commitBatch(SHARD, epoch, [place(c1, await version())]);
+    const transition = (from: Array<'placed' | 'running'>, to: 'running' | 'stopping') => ({ kind: 'transition' as const, containerId: c1, workerId: W1, expectedVersion: 0, from, to });
+    let result = await store.commitBatch(SHARD, epoch, [transition(['placed'], 'running')]);
+    expect(result.fenced === false && result.outcomes[0]!.code).toBe('TRANSITIONED');
+    const before = await snapshotKeys(redis, prefix);
+    result = await store.commitBatch(SHARD, epoch, [transition(['placed'], 'running')]);
+    expect(result.fenced === false && result.outcomes[0]).toMatchObject({ code: 'NOT_IN_STATE', extra: 'running' });
+    expect(await snapshotKeys(redis, prefix)).toEqual(before);
+    result = await store.commitBatch(SHARD, epoch, [transition(['placed', 'running'], 'stopping')]);
+    expect(result.fenced === false && result.outcomes[0]!.code).toBe('TRANSITIONED');
+    const running = await store.readContainer(c1);
+    expect(running).toMatchObject({ status: 'stopping' });
+    expect(running!.runningAt).not.toBeNull();
+    result = await store.commitBatch(SHARD, epoch, [{ kind: 'release', containerId: c1, workerId: W1, expectedVersion: await version(), final: 'released', reason: 'RELEASED', exitCode: 143 }]);
+    expect(result.fenced === false && result.outcomes[0]!.code).toBe('RELEASED');
+    expect(await store.readContainer(c1)).toMatchObject({ status: 'released', reason: 'RELEASED', exitCode: 143, runningAt: running!.runningAt });
+    expect((await store.readWorker(SHARD, W1))!.freeCpu).toBe(2_000);
+  });
+
+  it('ends a running container as exited with its exit code, or lost', async () => {
+    const c1 = idIn('x', HOME);
+    const c2 = idIn('x2', HOME);
+    await store.commitBatch(SHARD, epoch, [place(c1, await version()), place(c2, await version())]);
+    const v = await version();
+    const result = await store.commitBatch(SHARD, epoch, [
+      { kind: 'release', containerId: c1, workerId: W1, expectedVersion: v, final: 'exited', exitCode: 3 },
+      { kind: 'release', containerId: c2, workerId: W1, expectedVersion: v, final: 'lost', reason: 'WORKER_LOST' },
+    ]);
+    expect(result.fenced === false && result.outcomes.map((o) => o.code)).toEqual(['RELEASED', 'RELEASED']);
+    expect(await store.readContainer(c1)).toMatchObject({ status: 'exited', exitCode: 3, reason: null });
+    expect(await store.readContainer(c2)).toMatchObject({ status: 'lost', reason: 'WORKER_LOST', exitCode: null });
+  });
+
+  it('requeues a placed container its worker never ran: capacity back, record queued with its priority and constraints, id in the outbox until acked', async () => {
+    const c1 = idIn('r', HOME);
+    await store.commitBatch(SHARD, epoch, [place(c1, await version())]);
+    expect((await store.readWorker(SHARD, W1))!.freeCpu).toBe(1_500);
+    const requeue = { kind: 'requeue' as const, containerId: c1, workerId: W1, expectedVersion: await version(), homeShard: HOME };
+    let result = await store.commitBatch(SHARD, epoch, [requeue]);
+    expect(result.fenced === false && result.outcomes[0]).toMatchObject({ code: 'REQUEUED', extra: '500 512 0' });
+    const record = await store.readContainer(c1);
+    expect(record).toMatchObject({ status: 'queued', workerId: null, shard: HOME, priority: 9, pool: 'p', requestKey: `k-${c1}` });
+    expect(record!.expiresAt! - Date.now()).toBeGreaterThan(3_000);
+    expect((await store.readWorker(SHARD, W1))!.freeCpu).toBe(2_000);
+    expect(await store.requeueOutbox(SHARD)).toEqual([c1]);
+    expect(await redis.sismember(store.keys.workerContainers(SHARD, W1), c1)).toBe(0);
+    // A running one is not requeued (it ran: it is lost instead), and writes nothing.
+    const c2 = idIn('r2', HOME);
+    await store.commitBatch(SHARD, epoch, [place(c2, await version())]);
+    await store.commitBatch(SHARD, epoch, [{ kind: 'transition', containerId: c2, workerId: W1, expectedVersion: 0, from: ['placed'], to: 'running' }]);
+    const before = await snapshotKeys(redis, prefix);
+    result = await store.commitBatch(SHARD, epoch, [{ ...requeue, containerId: c2, expectedVersion: await version() }]);
+    expect(result.fenced === false && result.outcomes[0]).toMatchObject({ code: 'NOT_IN_STATE', extra: 'running' });
+    expect(await snapshotKeys(redis, prefix)).toEqual(before);
+    // Its home backlog takes it again (same key), then the outbox forgets it.
+    expect(await outcomes(HOME, [queueOp(c1)])).toEqual(['QUEUED']);
+    expect(await redis.zscore(store.keys.backlog(HOME), c1)).not.toBeNull();
+    result = await store.commitBatch(SHARD, epoch, [{ kind: 'outbox-ack', containerId: c1, workerId: '', expectedVersion: 0 }]);
+    expect(result.fenced === false && result.outcomes[0]!.code).toBe('ACKED');
+    expect(await store.requeueOutbox(SHARD)).toEqual([]);
+    // Fenced like every op.
+    const fenced = await store.commitBatch(SHARD, epoch + 5, [{ kind: 'outbox-ack', containerId: c1, workerId: '', expectedVersion: 0 }]);
+    expect(fenced.fenced).toBe(true);
+  });
+});
