@@ -36,6 +36,8 @@ export interface DroverConfig {
   readonly backlogMax: number;
   /** An agent's worker that does not report for this long is lost (agents report every third of it). */
   readonly workerTtlMs: number;
+  /** A queued request waiting longer than this gets a worker held for it (protection from starvation). */
+  readonly backlogHoldAfterMs: number;
 }
 
 export const PREFIX_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/;
@@ -82,5 +84,6 @@ export function loadConfig(env: Env = process.env, overrides: Partial<DroverConf
     maxQueuedOpsPerShard: overrides.maxQueuedOpsPerShard ?? integerVar(env, 'DROVER_MAX_QUEUED_OPS', 20_000, 1, 1_000_000),
     backlogMax: overrides.backlogMax ?? integerVar(env, 'DROVER_BACKLOG_MAX', 1_000_000, 1, 100_000_000),
     workerTtlMs: overrides.workerTtlMs ?? integerVar(env, 'DROVER_WORKER_TTL_MS', 10_000, 300, 3_600_000),
+    backlogHoldAfterMs: overrides.backlogHoldAfterMs ?? integerVar(env, 'DROVER_BACKLOG_HOLD_AFTER_MS', 30_000, 100, 86_400_000),
   };
 }

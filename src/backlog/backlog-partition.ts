@@ -31,6 +31,10 @@ export interface QueuedEntry {
   gone: boolean;
   /** Told when the attempt in flight ends (a cancel waits for it). */
   settled: Array<() => void>;
+  /** The shard holding a worker for it (it waited past the hold bound), if any. */
+  holdShard?: number;
+  /** A hold request for it is in flight. */
+  holding?: boolean;
 }
 
 export type QueueResult =

@@ -37,6 +37,13 @@ const RETRY_FIRST_MS = 250;
 const RETRY_MAX_MS = 5_000;
 /** Cancels that wait for an attempt in flight, then look again; bounded. */
 const MAX_CANCEL_WAITS = 4;
+/** Holds are renewed (and checked for room) this often, and live this long unless renewed. */
+const HOLD_RENEW_MS = 1_000;
+const HOLD_TTL_MS = 5_000;
+/** Starving requests holding (or asking for) a worker at once, per replica. */
+const MAX_HOLDS = 32;
+/** Shards asked for a hold per request per round, when it holds none yet. */
+const HOLD_SHARDS_PER_ROUND = 4;
 
 export type AttemptOutcome =
   | { readonly outcome: 'placed'; readonly workerId: string }
@@ -51,6 +58,12 @@ export interface BacklogSchedulerOptions {
   readonly view: CapacityView;
   readonly replicaId: string;
   readonly attempt: (entry: QueuedEntry) => Promise<AttemptOutcome>;
+  /** A request waiting longer than this gets a worker held for it (see `holds`). */
+  readonly holdAfterMs: number;
+  /** Ask shard `shard` to hold a worker for the entry until `until`: the worker, and whether it fits now; null if it cannot. */
+  readonly hold: (entry: QueuedEntry, shard: number, until: number) => Promise<{ held: string; fits: boolean } | null>;
+  /** Place the entry in shard `shard` (where a worker is held for it). */
+  readonly placeOn: (entry: QueuedEntry, shard: number) => Promise<AttemptOutcome>;
   readonly log: Logger;
   readonly maxAttemptsInFlight?: number;
 }
@@ -137,6 +150,8 @@ export interface BacklogStats {
   expired: number;
   cancelled: number;
   wakes: number;
+  holds: number;
+  heldPlacements: number;
 }
 
 export class BacklogScheduler {
@@ -149,7 +164,7 @@ export class BacklogScheduler {
   private timers: NodeJS.Timeout[] = [];
   private retryTimer: NodeJS.Timeout | null = null;
   private readonly maxInFlight: number;
-  readonly stats: BacklogStats = { attempts: 0, placed: 0, noRoom: 0, unavailable: 0, notOurs: 0, expired: 0, cancelled: 0, wakes: 0 };
+  readonly stats: BacklogStats = { attempts: 0, placed: 0, noRoom: 0, unavailable: 0, notOurs: 0, expired: 0, cancelled: 0, wakes: 0, holds: 0, heldPlacements: 0 };
 
   constructor(private readonly options: BacklogSchedulerOptions) {
     this.maxInFlight = options.maxAttemptsInFlight ?? MAX_ATTEMPTS_IN_FLIGHT;
@@ -159,6 +174,7 @@ export class BacklogScheduler {
     this.timers.push(
       setInterval(() => this.expire(), EXPIRY_SWEEP_MS),
       setInterval(() => this.safetySweep(), SAFETY_SWEEP_MS),
+      setInterval(() => this.renewHolds(), HOLD_RENEW_MS),
     );
     for (const timer of this.timers) timer.unref();
   }
@@ -351,14 +367,15 @@ export class BacklogScheduler {
     }
   }
 
-  private async run(shape: Shape, entry: QueuedEntry): Promise<void> {
+  private async run(shape: Shape, entry: QueuedEntry, heldIn: number | null = null): Promise<void> {
     entry.attempting = true;
     this.inFlight += 1;
     this.stats.attempts += 1;
     const versionBefore = this.options.view.version;
     let result: AttemptOutcome;
     try {
-      result = await this.options.attempt(entry);
+      result = heldIn === null ? await this.options.attempt(entry) : await this.options.placeOn(entry, heldIn);
+      if (heldIn !== null && result.outcome === 'placed') this.stats.heldPlacements += 1;
     } catch (error) {
       this.options.log.error({ err: error, container: entry.id }, 'backlog placement attempt failed');
       result = { outcome: 'unavailable' };
@@ -414,6 +431,53 @@ export class BacklogScheduler {
     this.retryTimer.unref();
   }
 
+  /**
+   * Starvation. A request that does not fit while smaller ones keep taking the room that frees
+   * could wait forever. One that has waited longer than `holdAfterMs` (the oldest, best-priority
+   * head of a shape that does not fit) gets a worker held for it: its shard's owner places nothing
+   * else there, so the worker empties as its containers end, and the request is placed there when
+   * it fits (checked at every renewal). At most MAX_HOLDS per replica; a hold lapses HOLD_TTL_MS
+   * after its last renewal (the request was placed, cancelled, or this replica went away).
+   */
+  private renewHolds(): void {
+    if (this.stopped) return;
+    const now = Date.now();
+    const starving: Array<{ shape: Shape; entry: QueuedEntry }> = [];
+    for (const shape of this.shapes.values()) {
+      const head = shape.head();
+      if (head !== null && !head.attempting && now - head.queuedAt >= this.options.holdAfterMs) starving.push({ shape, entry: head });
+    }
+    starving.sort((a, b) => (before(a.entry, b.entry) ? -1 : 1));
+    for (const { shape, entry } of starving.slice(0, MAX_HOLDS)) void this.holdFor(shape, entry, now);
+  }
+
+  private async holdFor(shape: Shape, entry: QueuedEntry, now: number): Promise<void> {
+    if (entry.holding === true) return;
+    entry.holding = true;
+    try {
+      const candidates = entry.holdShard !== undefined
+        ? [entry.holdShard]
+        : shuffle(this.options.view.shardsWithWorkersFor(entry.request)).slice(0, HOLD_SHARDS_PER_ROUND);
+      for (const shard of candidates) {
+        const held = await this.options.hold(entry, shard, now + HOLD_TTL_MS);
+        if (held === null) {
+          if (entry.holdShard === shard) delete entry.holdShard;
+          continue;
+        }
+        if (entry.holdShard !== shard) this.stats.holds += 1;
+        entry.holdShard = shard;
+        // Room on the held worker: place it there now (not through the router's choice).
+        if (held.fits && !entry.gone && !entry.attempting && shape.head() === entry) {
+          shape.pop();
+          void this.run(shape, entry, shard);
+        }
+        return;
+      }
+    } finally {
+      entry.holding = false;
+    }
+  }
+
   /** Fail every queued container whose maxWaitMs has passed (not while an attempt of it is in flight). */
   private expire(): void {
     const now = Date.now();
@@ -444,5 +508,13 @@ export class BacklogScheduler {
 }
 
 const NONE: ReadonlySet<number> = new Set();
+
+function shuffle<T>(items: T[]): T[] {
+  for (let i = items.length - 1; i > 0; i -= 1) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [items[i], items[j]] = [items[j]!, items[i]!];
+  }
+  return items;
+}
 /** Shapes listed in a backlog report (the deepest first). */
 const MAX_REPORTED_SHAPES = 50;

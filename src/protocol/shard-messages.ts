@@ -44,6 +44,11 @@ export type ShardOp =
   | { readonly k: 'cancel'; readonly id: string }
   /** To the container's home shard: its record says queued again (its worker was lost); hold it again. */
   | { readonly k: 'requeue'; readonly id: string }
+  /**
+   * From a backlog whose container has waited too long: hold a worker that can take it (when
+   * empty enough) until `until`; nothing else is placed there meanwhile. Renewed while it waits.
+   */
+  | { readonly k: 'hold'; readonly id: string; readonly request: PlacementRequest; readonly until: number }
   /** A worker agent's heartbeat and report, to its worker's shard. */
   | { readonly k: 'report'; readonly report: AgentReport }
   | { readonly k: 'release'; readonly id: string; readonly workerId: string }
@@ -79,6 +84,8 @@ export type ShardOpResult =
   /** A release of a container its agent runs: the agent is told to stop it; capacity frees when it has. */
   | { readonly ok: true; readonly stopping: true; readonly workerId: string }
   | { readonly ok: true; readonly agent: AgentInstructions }
+  /** The worker held for the container, and whether the container fits there now. */
+  | { readonly ok: true; readonly held: string; readonly fits: boolean }
   | {
       readonly ok: false;
       readonly code: ShardErrorCode;
@@ -239,6 +246,15 @@ export function parseShardOp(value: unknown): ShardOp {
     case 'requeue':
       onlyFields(value, ['k', 'id'], 'requeue op');
       return { k: 'requeue', id: id(value, 'id', 'requeue op') };
+    case 'hold': {
+      onlyFields(value, ['k', 'id', 'request', 'until'], 'hold op');
+      const { containerId, request } = placementOf(value, 'hold op');
+      const until = value.until;
+      if (typeof until !== 'number' || !Number.isInteger(until) || until < MIN_DEADLINE_MS || until > MAX_DEADLINE_MS) {
+        throw invalid('hold op: "until" must be a time in Unix milliseconds');
+      }
+      return { k: 'hold', id: containerId, request, until };
+    }
     case 'report':
       onlyFields(value, ['k', 'report'], 'report op');
       if (!isObject(value.report)) throw invalid('report op: "report" must be an object');

@@ -137,6 +137,12 @@ export class Replica {
       view: this.router.view,
       replicaId: config.replicaId,
       attempt: (entry) => this.attemptQueued(entry),
+      holdAfterMs: config.backlogHoldAfterMs,
+      hold: async (entry, shard, until) => {
+        const result = await this.router.ask(shard, { k: 'hold', id: entry.id, request: entry.request, until });
+        return result.ok && 'held' in result ? { held: result.held, fits: result.fits } : null;
+      },
+      placeOn: (entry, shard) => this.placeHeld(entry, shard),
       log,
     });
     this.router.view.onUpdate((shard) => this.backlog.capacityChanged(shard));
@@ -391,6 +397,31 @@ export class Replica {
       if (acked.ok) return;
     }
     this.log.warn({ shard, container: containerId }, 'requeued container not yet handed to its home shard; the outbox keeps it');
+  }
+
+  /** A starving container placed on the worker held for it in `shard` (the owner's choice allows only it there). */
+  private async placeHeld(entry: QueuedEntry, shard: number): Promise<AttemptOutcome> {
+    const result = await this.router.ask(shard, {
+      k: 'place',
+      id: entry.id,
+      request: entry.request,
+      requestKey: entry.requestKey,
+      deadline: Date.now() + this.config.shardRequestTimeoutMs,
+      spec: '',
+      priority: entry.priority,
+      maxWaitMs: Math.max(1, entry.expiresAt - entry.queuedAt),
+    });
+    if (result.ok) return { outcome: 'placed', workerId: (result as { workerId: string }).workerId };
+    switch (result.code) {
+      case 'ALREADY_PLACED':
+        return result.requestKey === entry.requestKey ? { outcome: 'placed', workerId: result.workerId ?? '' } : { outcome: 'not-ours', message: result.message };
+      case 'NOT_PLACEABLE':
+        return { outcome: 'not-ours', message: result.message };
+      case 'NO_FIT':
+        return { outcome: 'no-room' };
+      default:
+        return { outcome: 'unavailable' };
+    }
   }
 
   /** One placement attempt of a queued container, through this replica's router like a submit. */

@@ -138,6 +138,15 @@ export class CapacityView {
     return true;
   }
 
+  /** Shards whose last summary has workers of the request's pool and GPU type (in any status). */
+  shardsWithWorkersFor(request: PlacementRequest): number[] {
+    const shards: number[] = [];
+    this.shards.forEach((entry, shard) => {
+      if (entry !== undefined && entry.owner !== null && entry.groups.some((group) => group.registered > 0 && groupMatches(group, request))) shards.push(shard);
+    });
+    return shards;
+  }
+
   /** Called after every summary taken (the backlog wakes the queued containers it may fit). */
   onUpdate(listener: (shard: number) => void): void {
     this.listeners.push(listener);

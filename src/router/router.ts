@@ -534,6 +534,11 @@ export class Router {
     return { ok: true, ...(result as { agent: AgentInstructions }).agent };
   }
 
+  /** One op to one shard's owner (local or over NATS), for the backlog's holds and held placements. */
+  ask(shard: number, op: ShardOp): Promise<ShardOpResult> {
+    return this.send(shard, op);
+  }
+
   /** Hand a requeued container to its home shard's backlog; whether it has it now. */
   async requeue(containerId: string): Promise<boolean> {
     const result = await this.sendBound(this.shardOf(containerId), { k: 'requeue', id: containerId });

@@ -77,6 +77,15 @@ export interface ShardOwnerOptions {
 /** The ops a shard owner serves: its workers' (the backlog's go to the shard's backlog partition). */
 export type WorkerShardOp = Exclude<ShardOp, { k: 'enqueue' } | { k: 'cancel' } | { k: 'requeue' }>;
 
+/** Workers one shard holds for starving containers at once. */
+const MAX_HOLDS = 16;
+
+/** Whether the worker's free capacity (reservations counted) takes the request now. */
+function fitsNow(actor: WorkerActor, request: PlacementRequest): boolean {
+  const c = actor.getSnapshot().context;
+  return c.freeCpu - c.reservedCpu >= request.cpu && c.freeMemory - c.reservedMemory >= request.memory && c.freeGpuCount - c.reservedGpuCount >= request.gpuCount;
+}
+
 /** What a placement stores beyond its resources: for the agent (spec) and for a requeue. */
 interface KeptWithPlacement {
   readonly spec: string;
@@ -98,6 +107,8 @@ export class ShardOwner {
   private readonly workers = new ShardWorkers();
   private readonly commits: GroupCommit;
   private readonly agents: AgentKeepalive;
+  /** Workers held for starving containers (see hold). */
+  private readonly holds = new Map<string, { readonly actor: WorkerActor; until: number }>();
   private ownerState: ShardOwnerState = 'serving';
   /** Registrations of this turn wait for one capacity announcement (see announceGrowth). */
   private growthAnnounced: Promise<void> | null = null;
@@ -162,7 +173,7 @@ export class ShardOwner {
     if (this.ownerState !== 'serving') return unavailable(`shard ${this.shard} is ${this.ownerState} on this replica`);
     // Anyone on the bus can publish on a shard subject: an op naming a worker of another shard
     // would otherwise create or change a second record of that machine here.
-    const workerId = op.k === 'place' ? null : op.k === 'register' ? op.worker.id : op.k === 'report' ? op.report.workerId : op.workerId;
+    const workerId = op.k === 'place' || op.k === 'hold' ? null : op.k === 'register' ? op.worker.id : op.k === 'report' ? op.report.workerId : op.workerId;
     if (workerId !== null) {
       const home = shardOf(workerId, this.options.shards);
       if (home !== this.shard) {
@@ -186,6 +197,53 @@ export class ShardOwner {
         return this.register(op.worker);
       case 'report':
         return this.agents.report(op.report);
+      case 'hold':
+        return this.hold(op.id, op.request, op.until);
+    }
+  }
+
+  /**
+   * Hold a worker for a container that has waited too long in a backlog (starving behind smaller
+   * ones that keep taking the room that frees): among available workers whose whole capacity can
+   * take it, the one with the most free now. Until `until` (renewed while it waits), nothing but
+   * that container is placed there, so the worker empties as its containers end. One worker per
+   * container, at most MAX_HOLDS per shard.
+   */
+  private hold(containerId: string, request: PlacementRequest, until: number): ShardOpResult {
+    const now = Date.now();
+    this.pruneHolds(now);
+    const existing = this.holds.get(containerId);
+    if (existing !== undefined && this.workers.get(existing.actor.getSnapshot().context.spec.id) === existing.actor) {
+      existing.until = until;
+      return { ok: true, held: existing.actor.getSnapshot().context.spec.id, fits: fitsNow(existing.actor, request) };
+    }
+    if (this.holds.size >= MAX_HOLDS) return { ok: false, code: 'NO_FIT', message: `shard ${this.shard} holds ${this.holds.size} workers already` };
+    let best: WorkerActor | null = null;
+    let bestFree = -1;
+    for (const [, actor] of this.workers.entries()) {
+      const { context, value } = actor.getSnapshot();
+      const spec = context.spec;
+      if (value !== 'available' || this.workers.holderOf(actor) !== undefined) continue;
+      if (request.pool !== null && spec.pool !== request.pool) continue;
+      if (request.gpuCount > 0 && (spec.gpu === null || (request.gpu !== null && spec.gpu !== request.gpu) || spec.gpuCount < request.gpuCount)) continue;
+      if (spec.cpu < request.cpu || spec.memory < request.memory) continue;
+      const free = Math.min(context.freeCpu / spec.cpu, context.freeMemory / spec.memory);
+      if (free > bestFree) {
+        best = actor;
+        bestFree = free;
+      }
+    }
+    if (best === null) return { ok: false, code: 'NO_FIT', message: `no worker in shard ${this.shard} can ever take ${containerId}` };
+    this.workers.hold(best, containerId);
+    this.holds.set(containerId, { actor: best, until });
+    return { ok: true, held: best.getSnapshot().context.spec.id, fits: fitsNow(best, request) };
+  }
+
+  private pruneHolds(now: number): void {
+    for (const [containerId, hold] of this.holds) {
+      if (hold.until > now) continue;
+      this.holds.delete(containerId);
+      if (this.workers.holderOf(hold.actor) === containerId) this.workers.hold(hold.actor, null);
     }
   }
 
@@ -212,7 +270,14 @@ export class ShardOwner {
   }
 
   private place(containerId: string, request: PlacementRequest, requestKey: string, deadline: number, kept: KeptWithPlacement, redecided = false): ShardOpResult | Promise<ShardOpResult> {
-    const actor = this.workers.choose(request, this.options.strategy);
+    if (this.holds.size > 0) this.pruneHolds(Date.now());
+    const actor = this.workers.choose(request, this.options.strategy, containerId);
+    // A held container being placed gives its hold up (if the write fails, its backlog asks again).
+    const held = this.holds.get(containerId);
+    if (held !== undefined && actor !== null) {
+      this.holds.delete(containerId);
+      if (this.workers.holderOf(held.actor) === containerId) this.workers.hold(held.actor, null);
+    }
     if (actor === null) return { ok: false, code: 'NO_FIT', message: `no worker in shard ${this.shard} fits` };
     const before = actor.getSnapshot().context.reservations;
     this.workers.tell(actor, { type: 'RESERVE', containerId, request });

@@ -36,9 +36,17 @@ export class ShardWorkers {
     return this.createdAt.get(actor) ?? 0;
   }
 
-  /** The best worker for the request by the strategy, from the actors' local state. */
-  choose(request: PlacementRequest, strategy: PlacementStrategy): WorkerActor | null {
-    return this.index.choose(request, strategy);
+  /** The best worker for the request by the strategy, from the actors' local state (workers held for another container left out). */
+  choose(request: PlacementRequest, strategy: PlacementStrategy, containerId: string | null = null): WorkerActor | null {
+    return this.index.choose(request, strategy, containerId);
+  }
+
+  hold(actor: WorkerActor, containerId: string | null): void {
+    this.index.hold(actor, containerId);
+  }
+
+  holderOf(actor: WorkerActor): string | undefined {
+    return this.index.holderOf(actor);
   }
 
   summary(): CapacityGroup[] {

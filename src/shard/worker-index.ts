@@ -33,6 +33,8 @@ export class WorkerIndex {
   private pool = new Int32Array(INITIAL_CAPACITY);
   private gpu = new Int32Array(INITIAL_CAPACITY);
   private readonly names = new Map<string, number>();
+  /** Workers held for one waiting container (see ShardOwner.hold): nothing else is placed there. */
+  private readonly heldFor = new Map<WorkerActor, string>();
 
   get count(): number {
     return this.size;
@@ -97,11 +99,13 @@ export class WorkerIndex {
     this.gpu[slot] = this.gpu[last]!;
     this.slotOf.set(moved, slot);
     this.slotOf.delete(actor);
+    this.heldFor.delete(actor);
     this.actors.length = last;
     this.size = last;
   }
 
   clear(): void {
+    this.heldFor.clear();
     this.size = 0;
     this.actors = [];
     this.slotOf.clear();
@@ -122,7 +126,17 @@ export class WorkerIndex {
    * The best worker for the request, or null: the same filter as placementRefusal and the same
    * score as placementScore (ties go to the lowest slot).
    */
-  choose(request: PlacementRequest, strategy: PlacementStrategy): WorkerActor | null {
+  /** Keep every placement but `containerId`'s off this worker (null: take the hold away). */
+  hold(actor: WorkerActor, containerId: string | null): void {
+    if (containerId === null) this.heldFor.delete(actor);
+    else if (this.slotOf.has(actor)) this.heldFor.set(actor, containerId);
+  }
+
+  holderOf(actor: WorkerActor): string | undefined {
+    return this.heldFor.get(actor);
+  }
+
+  choose(request: PlacementRequest, strategy: PlacementStrategy, containerId: string | null = null): WorkerActor | null {
     const wantPool = request.pool === null ? -1 : (this.names.get(request.pool) ?? -2);
     const wantGpu = request.gpu === null ? -1 : (this.names.get(request.gpu) ?? -2);
     if (wantPool === -2 || (request.gpuCount > 0 && wantGpu === -2)) return null;
@@ -142,6 +156,10 @@ export class WorkerIndex {
       const freeCpu = this.freeCpu[slot]!;
       const freeMemory = this.freeMemory[slot]!;
       if (freeCpu < cpu || freeMemory < memory) continue;
+      if (this.heldFor.size > 0) {
+        const holder = this.heldFor.get(this.actors[slot]!);
+        if (holder !== undefined && holder !== containerId) continue;
+      }
       const left = (freeCpu - cpu) / this.totalCpu[slot]! + (freeMemory - memory) / this.totalMemory[slot]!;
       const score = (gpuCount === 0 && workerGpu !== NO_NAME ? 2 : 0) + (bestFit ? left : 2 - left);
       if (score < bestScore) {
