@@ -16,6 +16,8 @@
 import { auditAccounting } from '../audit/accounting.js';
 import type { DroverStore } from '../store/store.js';
 import type { RequestRecord } from './request-log.js';
+import { CONTAINER_STATUSES, containerTransition, type ContainerEvent as LifecycleEvent, type ContainerStatus } from '../../actors/container-machine.js';
+import type { BacklogRecord } from './backlog-load.js';
 
 export type ViolationKind =
   | 'double-placement'
@@ -25,7 +27,11 @@ export type ViolationKind =
   | 'missing'
   | 'false-refusal'
   | 'accounting'
-  | 'history-incomplete';
+  | 'history-incomplete'
+  /** A request answered queued or placed that never ended (the backlog lost or stranded it). */
+  | 'stuck'
+  /** A container's events came in an order its lifecycle does not allow, or its record contradicts them. */
+  | 'event-order';
 
 export interface Violation {
   readonly kind: ViolationKind;
@@ -222,4 +228,74 @@ async function streamCounts(store: DroverStore, key: string): Promise<{ length: 
   } catch {
     return null; // no stream: no writes in this shard
   }
+}
+
+/** Every lifecycle event, to walk which statuses can follow which. */
+const LIFECYCLE_EVENTS: LifecycleEvent[] = [
+  { type: 'PLACED', workerId: 'w' },
+  { type: 'EXPIRED' },
+  { type: 'CANCELLED' },
+  { type: 'STARTED' },
+  { type: 'STOP_REQUESTED' },
+  { type: 'RELEASED' },
+  { type: 'EXITED', exitCode: 0 },
+  { type: 'WORKER_LOST' },
+];
+
+/** Statuses reachable from `from` in zero or more steps of the container machine. */
+export function reachableStatuses(from: ContainerStatus): Set<ContainerStatus> {
+  const seen = new Set<ContainerStatus>([from]);
+  const queue: ContainerStatus[] = [from];
+  while (queue.length > 0) {
+    const status = queue.shift()!;
+    for (const event of LIFECYCLE_EVENTS) {
+      const next = containerTransition({ status, workerId: status === 'queued' ? null : 'w', reason: null, exitCode: null }, event);
+      if (next !== null && !seen.has(next.status)) {
+        seen.add(next.status);
+        queue.push(next.status);
+      }
+    }
+  }
+  return seen;
+}
+
+const REACHABLE = new Map(CONTAINER_STATUSES.map((status) => [status, reachableStatuses(status)]));
+
+/**
+ * The scheduling loop's checks: every request answered queued or placed ended (released, or
+ * failed/expired), none stuck; the events each container published came in an order its machine
+ * allows (events are at most once, so a step may be missing, never reversed); and the record Redis
+ * holds at the end is where its last event could lead.
+ */
+export async function checkBacklogRun(store: DroverStore, records: readonly BacklogRecord[], stillOpen: readonly string[]): Promise<Violation[]> {
+  const violations: Violation[] = [];
+  const report = (kind: ViolationKind, message: string) => {
+    if (violations.length < MAX_VIOLATIONS_PER_KIND * 2) violations.push({ kind, message });
+  };
+  for (const id of stillOpen.slice(0, MAX_VIOLATIONS_PER_KIND)) {
+    const container = await store.readContainer(id).catch(() => null);
+    report('stuck', `container ${id} was acknowledged but never ended: Redis has it ${container?.status ?? 'nowhere'}`);
+  }
+  const acked = records.filter((r) => r.submit === 'queued' || r.submit === 'placed');
+  for (let i = 0; i < acked.length; i += 500) {
+    const slice = acked.slice(i, i + 500);
+    const containers = await store.readContainers(slice.map((r) => r.id));
+    slice.forEach((record, index) => {
+      const container = containers[index] ?? null;
+      if (container === null) {
+        report('lost', `container ${record.id} was answered ${record.submit} but Redis has no record of it`);
+        return;
+      }
+      for (let step = 1; step < record.events.length; step += 1) {
+        const before = record.events[step - 1]!;
+        const after = record.events[step]!;
+        if (!REACHABLE.get(before)!.has(after)) report('event-order', `container ${record.id}: event ${after} after ${before} (events ${record.events.join(' -> ')})`);
+      }
+      const last = record.events[record.events.length - 1];
+      if (last !== undefined && !REACHABLE.get(last)!.has(container.status)) {
+        report('event-order', `container ${record.id}: Redis has it ${container.status}, not reachable from its last event ${last} (events ${record.events.join(' -> ')})`);
+      }
+    });
+  }
+  return violations;
 }

@@ -12,7 +12,8 @@ import { startNats, startRedis, type ServerProcess } from '../../infra/servers.j
 import { DroverClient, type ReplicaStatus } from '../client/drover-client.js';
 import { DroverStore } from '../store/store.js';
 import { renderTable } from '../util/table.js';
-import { checkRun, type CheckReport, type Violation } from './checker.js';
+import { checkBacklogRun, checkRun, type CheckReport, type Violation } from './checker.js';
+import { BacklogLoad } from './backlog-load.js';
 import { ChaosLoad, seededRandom } from './load.js';
 import { ProcessCluster, type ReplicaProcess } from '../replica/process-cluster.js';
 import { shardOf } from '../shard/shard-map.js';
@@ -79,12 +80,19 @@ export interface ChaosResult {
   readonly report: CheckReport;
   readonly problems: string[];
   readonly durationMs: number;
+  /** What the backlog load did: submitted, answered queued, placed at once, events, cancelled while queued. */
+  readonly backlog: { submitted: number; queued: number; placed: number; events: number; requeuedOrCancelled: number };
 }
 
 const RECOVERY_TIMEOUT_MS = 60_000;
 /** Every shard is probed this often, and a probe without an answer this long failed. */
 const PROBE_INTERVAL_MS = 100;
 const PROBE_TIMEOUT_MS = 1_000;
+/** The backlog load's pool: four workers of two cores, eight of its containers at once. */
+const BACKLOG_POOL = 'chaos-queue';
+const BACKLOG_WORKERS = 4;
+/** After the load stops, every queued or placed container must end within this. */
+const BACKLOG_DRAIN_MS = 60_000;
 
 interface Context {
   readonly options: ChaosOptions;
@@ -353,6 +361,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   const log = new RequestLog();
   let observer: DroverClient | null = null;
   let load: ChaosLoad | null = null;
+  let backlogLoad: BacklogLoad | null = null;
   let probe: ShardProbe | null = null;
   const storeRedis = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 20 });
   try {
@@ -388,6 +397,16 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       releaseChance: 0.45, maxAttempts: 60, requestTimeoutMs: 3_000, seed: options.seed,
     });
     await load.start();
+    // Requests that wait: a small pool that the backlog load keeps overfull.
+    for (let i = 0; i < BACKLOG_WORKERS; i += 1) {
+      const reply = await observer.registerWorker({ id: `queue-worker-${i}`, cpu: 2_000, memory: 4_096, pool: BACKLOG_POOL });
+      if (!reply.ok) throw new Error(`registering queue-worker-${i}: ${reply.error.message}`);
+    }
+    backlogLoad = new BacklogLoad({
+      natsUrl: nats.url, prefix, pool: BACKLOG_POOL, rate: 15, holdMs: 400, cancelChance: 0.1, random: seededRandom(options.seed + 2), requestTimeoutMs: 3_000,
+    });
+    await backlogLoad.start();
+    out(`chaos: backlog load: ${BACKLOG_WORKERS} workers in pool ${BACKLOG_POOL} (8 containers fit), 15 submits/s held 400 ms once placed, 10 % of the queued cancelled`);
     await new Promise((r) => setTimeout(r, options.settleMs));
 
     const plan: FaultName[] = [...options.scenarios];
@@ -424,12 +443,27 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     out('chaos: stopping load and waiting for every request to end');
     await load.stop();
     load = null;
+    out('chaos: stopping the backlog load; releasing until every queued or placed container has ended');
+    const stillOpen = await backlogLoad.drain(BACKLOG_DRAIN_MS);
+    const backlogRecords = [...backlogLoad.records.values()];
+    await backlogLoad.stop();
+    backlogLoad = null;
     await probe.stop();
     probe = null;
     await storeRedis.connect();
     const store = new DroverStore(storeRedis, { prefix, shards: options.shards, historyCap: 0, releasedRetentionSeconds: 0 });
     out(`chaos: checking ${log.records.length} requests against Redis`);
     const report = await checkRun(store, options.shards, log.records);
+    report.violations.push(...(await checkBacklogRun(store, backlogRecords, stillOpen)));
+    const backlogCounts = {
+      submitted: backlogRecords.length,
+      queued: backlogRecords.filter((r) => r.submit === 'queued').length,
+      placed: backlogRecords.filter((r) => r.submit === 'placed').length,
+      events: backlogRecords.reduce((n, r) => n + r.events.length, 0),
+      requeuedOrCancelled: backlogRecords.filter((r) => r.events.includes('released') && !r.events.includes('placed')).length,
+    };
+    out(`chaos: backlog load: ${backlogCounts.submitted} submitted, ${backlogCounts.queued} answered queued, ${backlogCounts.placed} placed at once, ` +
+      `${backlogCounts.events} events, ${backlogCounts.requeuedOrCancelled} cancelled while queued; ${stillOpen.length} never ended`);
 
     const problems: string[] = [];
     for (const f of faults) {
@@ -442,7 +476,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     for (const [id, code] of exitCodes) if (code !== 0) problems.push(`replica ${id} exited ${code} on SIGTERM at the end`);
 
     printResult(out, faults, report, problems);
-    const result: ChaosResult = { faults, report, problems, durationMs: Date.now() - began };
+    const result: ChaosResult = { faults, report, problems, durationMs: Date.now() - began, backlog: backlogCounts };
     if (options.resultsFile !== null) {
       writeFileSync(options.resultsFile, JSON.stringify({ options: { ...options, out: undefined }, ...result, log: undefined }, null, 2));
       out(`chaos: results written to ${options.resultsFile}`);
@@ -455,6 +489,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     throw error;
   } finally {
     await load?.stop().catch(() => undefined);
+    await backlogLoad?.stop().catch(() => undefined);
     await probe?.stop().catch(() => undefined);
     await observer?.close().catch(() => undefined);
     for (const replicaLinks of links.values()) {

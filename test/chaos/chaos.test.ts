@@ -2,7 +2,9 @@
  * The short form of `npm run chaos`, inside `npm test`: three replica processes under continuous
  * load, each fault once (SIGKILL, SIGSTOP past twice the lease TTL, join, SIGTERM leave, NATS
  * restart, Redis restart, and a replica stopped while Redis restarts), then two mixed faults; the checker must find nothing and every fault
- * must recover. The long form runs more faults for longer with the same code.
+ * must recover. Beside the main load, a backlog load keeps a small pool overfull, so requests
+ * queue, wait, are cancelled and are placed through every fault; each must end, and its events
+ * must come in an order its lifecycle allows. The long form runs more faults for longer with the same code.
  */
 import { describe, expect, it } from 'vitest';
 import { ALL_FAULTS, runChaos } from '../../src/chaos/run.js';
@@ -35,6 +37,9 @@ describe('chaos (short form)', () => {
     expect(result.report.counts.requests).toBeGreaterThan(2_000);
     expect(result.report.counts.placedAcks).toBeGreaterThan(1_000);
     expect(result.report.counts.releasedAcks).toBeGreaterThan(500);
+    // Requests that waited, through every fault: each ended (none stuck), events in a valid order.
+    expect(result.backlog.queued).toBeGreaterThan(200);
+    expect(result.backlog.events).toBeGreaterThan(result.backlog.submitted);
     expect(lines.at(-1)).toBe('chaos: PASS');
   }, 600_000);
 });

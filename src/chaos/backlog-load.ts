@@ -1,0 +1,213 @@
+/**
+ * The chaos suite's scheduling-loop load: requests that wait. It submits containers into a small
+ * pool (more than fit, so about half are queued), releases each one some time after it is placed
+ * (so the backlog keeps draining into freed room), and cancels some while they wait. Every submit
+ * and release is retried with the same request key until it gets an explicit answer, like the
+ * main load. Container events are recorded for the checker (their order must be one the container
+ * machine allows).
+ *
+ * At the end it keeps releasing until every container it was told about (queued or placed) has
+ * ended. A container that never ends is a request the backlog lost or stranded: the checker
+ * reports it (`stuck`).
+ */
+import type { Subscription } from '@nats-io/transport-node';
+import { DroverClient, type ContainerEvent } from '../client/drover-client.js';
+import { TERMINAL_STATUSES, type ContainerStatus } from '../../actors/container-machine.js';
+
+export interface BacklogLoadOptions {
+  readonly natsUrl: string;
+  readonly prefix: string;
+  readonly pool: string;
+  /** Submits per second. */
+  readonly rate: number;
+  /** How long a placed container is kept before it is released. */
+  readonly holdMs: number;
+  /** Chance that a queued container is cancelled instead of waiting. */
+  readonly cancelChance: number;
+  readonly random: () => number;
+  readonly requestTimeoutMs: number;
+}
+
+/** What one container's requests were told. */
+export interface BacklogRecord {
+  readonly id: string;
+  /** The submit's final answer: queued, placed, or an error code ('lost': no explicit answer). */
+  submit: string;
+  /** Whether a release was answered (released or stopping). */
+  released: boolean;
+  /** Events received, in order. */
+  readonly events: ContainerStatus[];
+}
+
+const MAX_ATTEMPTS = 60;
+const MAX_BACKOFF_MS = 1_000;
+/** Containers not yet ended are looked up this often (events are at most once). */
+const SWEEP_MS = 1_000;
+/** Lookups a sweep sends at once. */
+const SWEEP_BATCH = 50;
+
+export class BacklogLoad {
+  readonly records = new Map<string, BacklogRecord>();
+  private client: DroverClient | null = null;
+  private subscription: Subscription | null = null;
+  private running = false;
+  private submitting: Promise<void> = Promise.resolve();
+  private sweeper: NodeJS.Timeout | null = null;
+  private readonly releasing = new Set<string>();
+  /** Releases in flight now. */
+  private readonly releasingNow = new Set<string>();
+  /** Containers acknowledged (queued or placed) and not yet known to have ended. */
+  private readonly open = new Set<string>();
+  private readonly pending = new Set<Promise<unknown>>();
+  private sequence = 0;
+
+  constructor(private readonly options: BacklogLoadOptions) {}
+
+  async start(): Promise<void> {
+    this.client = await DroverClient.connect(this.options.natsUrl, this.options.prefix, this.options.requestTimeoutMs, 'chaos-backlog');
+    this.subscription = this.client.nc.subscribe(`${this.options.prefix}.events.containers.*`, {
+      callback: (error, msg) => {
+        if (error) return;
+        const event = msg.json<ContainerEvent>();
+        const record = this.records.get(event.id);
+        if (record === undefined) return;
+        record.events.push(event.status);
+        if (event.status === 'placed') this.releaseLater(event.id);
+        if (TERMINAL_STATUSES.has(event.status)) this.open.delete(event.id);
+      },
+    });
+    await this.client.nc.flush();
+    this.running = true;
+    this.submitting = this.submitLoop();
+    this.sweeper = setInterval(() => this.track(this.sweep()), SWEEP_MS);
+  }
+
+  /** Stop submitting, then release until every container it was told about has ended (or the time runs out). */
+  async drain(timeoutMs: number): Promise<string[]> {
+    this.running = false;
+    await this.submitting;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const open = await this.sweep();
+      if (open.length === 0 || Date.now() > deadline) {
+        await Promise.all([...this.pending]);
+        return open;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    if (this.sweeper !== null) clearInterval(this.sweeper);
+    await this.submitting;
+    await Promise.all([...this.pending]);
+    this.subscription?.unsubscribe();
+    await this.client?.close().catch(() => undefined);
+  }
+
+  private track<T>(promise: Promise<T>): void {
+    this.pending.add(promise);
+    void promise.finally(() => this.pending.delete(promise)).catch(() => undefined);
+  }
+
+  private async submitLoop(): Promise<void> {
+    const every = 1_000 / this.options.rate;
+    while (this.running) {
+      this.sequence += 1;
+      this.track(this.submit(`q-${this.sequence}`));
+      await new Promise((resolve) => setTimeout(resolve, every));
+    }
+  }
+
+  private async submit(id: string): Promise<void> {
+    const client = this.client!;
+    const record: BacklogRecord = { id, submit: 'lost', released: false, events: [] };
+    this.records.set(id, record);
+    const key = DroverClient.newRequestKey();
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt += 1) {
+      if (attempt > 0) await backoff(attempt);
+      let reply;
+      try {
+        reply = await client.submit({ id, cpu: 1_000, memory: 1_024, pool: this.options.pool, maxWaitMs: 600_000 }, key);
+      } catch {
+        continue; // no answer: retry with the same key
+      }
+      if (!reply.ok && reply.error.code === 'UNAVAILABLE') continue;
+      record.submit = reply.ok ? reply.status : reply.error.code;
+      if (reply.ok) this.open.add(id);
+      if (reply.ok && reply.status === 'placed') this.releaseLater(id);
+      if (reply.ok && reply.status === 'queued' && this.options.random() < this.options.cancelChance) this.track(this.release(id));
+      return;
+    }
+  }
+
+  private releaseLater(id: string): void {
+    if (this.releasing.has(id)) return;
+    this.releasing.add(id);
+    this.track(new Promise((resolve) => setTimeout(resolve, this.options.holdMs)).then(() => this.release(id)));
+  }
+
+  private async release(id: string): Promise<void> {
+    if (this.releasingNow.has(id)) return;
+    this.releasingNow.add(id);
+    try {
+      await this.releaseOnce(id);
+    } finally {
+      this.releasingNow.delete(id);
+    }
+  }
+
+  private async releaseOnce(id: string): Promise<void> {
+    const client = this.client!;
+    const key = DroverClient.newRequestKey();
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt += 1) {
+      if (attempt > 0) await backoff(attempt);
+      let reply;
+      try {
+        reply = await client.release(id, key);
+      } catch {
+        continue;
+      }
+      if (!reply.ok && reply.error.code === 'UNAVAILABLE') continue;
+      if (reply.ok) this.records.get(id)!.released = true;
+      return;
+    }
+  }
+
+  /**
+   * Read every container not known to have ended: release the placed ones (their event may have
+   * been lost, or the release did not take), and return the ids still open.
+   */
+  private async sweep(): Promise<string[]> {
+    const client = this.client;
+    if (client === null) return [];
+    const ids = [...this.open];
+    for (let i = 0; i < ids.length; i += SWEEP_BATCH) {
+      await Promise.all(ids.slice(i, i + SWEEP_BATCH).map(async (id) => {
+        let reply;
+        try {
+          reply = await client.getContainer(id);
+        } catch {
+          return;
+        }
+        if (!reply.ok) return;
+        const status = reply.container.status;
+        if (TERMINAL_STATUSES.has(status)) {
+          this.open.delete(id);
+          return;
+        }
+        // Placed, but its release is not under way (its event was lost, or the load stopped).
+        if (status === 'placed' && !this.releasingNow.has(id) && (!this.releasing.has(id) || !this.running)) {
+          this.releasing.add(id);
+          this.track(this.release(id));
+        }
+      }));
+    }
+    return [...this.open];
+  }
+}
+
+function backoff(attempt: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, Math.min(MAX_BACKOFF_MS, 25 * 2 ** attempt)));
+}
