@@ -5,6 +5,9 @@
  */
 import type { DroverStore } from '../store/store.js';
 
+/** The statuses of a container that holds capacity on its worker. */
+const HOLDING: ReadonlySet<string> = new Set(['placed', 'running', 'stopping']);
+
 export interface AccountingReport {
   readonly workers: number;
   readonly livePlacements: number;
@@ -28,7 +31,8 @@ export async function auditAccounting(store: DroverStore, shards: number): Promi
       replies.forEach(([error, value], index) => {
         const id = ids[index]!;
         const [status, workerId, c, m, g] = (value ?? []) as Array<string | null>;
-        if (error || status !== 'placed' || workerId !== worker.id) {
+        // Placed, running (its agent confirmed it) and stopping (a release waiting for the agent) all hold capacity.
+        if (error || !HOLDING.has(status ?? '') || workerId !== worker.id) {
           violations.push(`worker ${worker.id} lists container ${id}, which is ${status ?? 'missing'} on ${workerId ?? 'no worker'}`);
           return;
         }

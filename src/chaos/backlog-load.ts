@@ -26,6 +26,13 @@ export interface BacklogLoadOptions {
   readonly cancelChance: number;
   readonly random: () => number;
   readonly requestTimeoutMs: number;
+  /** Ids start with this ("q-" by default): each load has its own. */
+  readonly idPrefix?: string;
+  /**
+   * For containers run by worker agents: the command of container number n, and the exit code
+   * it must end with. Such containers are not released: they end on their own.
+   */
+  readonly command?: (n: number) => { argv: string[]; exitCode: number };
 }
 
 /** What one container's requests were told. */
@@ -37,6 +44,8 @@ export interface BacklogRecord {
   released: boolean;
   /** Events received, in order. */
   readonly events: ContainerStatus[];
+  /** The exit code its command ends with, when an agent runs it. */
+  readonly expectedExitCode?: number;
 }
 
 const MAX_ATTEMPTS = 60;
@@ -72,7 +81,7 @@ export class BacklogLoad {
         const record = this.records.get(event.id);
         if (record === undefined) return;
         record.events.push(event.status);
-        if (event.status === 'placed') this.releaseLater(event.id);
+        if (event.status === 'placed' && this.options.command === undefined) this.releaseLater(event.id);
         if (TERMINAL_STATUSES.has(event.status)) this.open.delete(event.id);
       },
     });
@@ -115,28 +124,29 @@ export class BacklogLoad {
     const every = 1_000 / this.options.rate;
     while (this.running) {
       this.sequence += 1;
-      this.track(this.submit(`q-${this.sequence}`));
+      this.track(this.submit(`${this.options.idPrefix ?? 'q-'}${this.sequence}`, this.sequence));
       await new Promise((resolve) => setTimeout(resolve, every));
     }
   }
 
-  private async submit(id: string): Promise<void> {
+  private async submit(id: string, n: number): Promise<void> {
     const client = this.client!;
-    const record: BacklogRecord = { id, submit: 'lost', released: false, events: [] };
+    const command = this.options.command?.(n);
+    const record: BacklogRecord = { id, submit: 'lost', released: false, events: [], ...(command !== undefined ? { expectedExitCode: command.exitCode } : {}) };
     this.records.set(id, record);
     const key = DroverClient.newRequestKey();
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt += 1) {
       if (attempt > 0) await backoff(attempt);
       let reply;
       try {
-        reply = await client.submit({ id, cpu: 1_000, memory: 1_024, pool: this.options.pool, maxWaitMs: 600_000 }, key);
+        reply = await client.submit({ id, cpu: 1_000, memory: 1_024, pool: this.options.pool, maxWaitMs: 600_000, ...(command !== undefined ? { command: command.argv } : {}) }, key);
       } catch {
         continue; // no answer: retry with the same key
       }
       if (!reply.ok && reply.error.code === 'UNAVAILABLE') continue;
       record.submit = reply.ok ? reply.status : reply.error.code;
       if (reply.ok) this.open.add(id);
-      if (reply.ok && reply.status === 'placed') this.releaseLater(id);
+      if (reply.ok && reply.status === 'placed' && command === undefined) this.releaseLater(id);
       if (reply.ok && reply.status === 'queued' && this.options.random() < this.options.cancelChance) this.track(this.release(id));
       return;
     }
@@ -198,7 +208,7 @@ export class BacklogLoad {
           return;
         }
         // Placed, but its release is not under way (its event was lost, or the load stopped).
-        if (status === 'placed' && !this.releasingNow.has(id) && (!this.releasing.has(id) || !this.running)) {
+        if (this.options.command === undefined && status === 'placed' && !this.releasingNow.has(id) && (!this.releasing.has(id) || !this.running)) {
           this.releasing.add(id);
           this.track(this.release(id));
         }

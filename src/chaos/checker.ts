@@ -31,7 +31,9 @@ export type ViolationKind =
   /** A request answered queued or placed that never ended (the backlog lost or stranded it). */
   | 'stuck'
   /** A container's events came in an order its lifecycle does not allow, or its record contradicts them. */
-  | 'event-order';
+  | 'event-order'
+  /** A container run by an agent exited with another code than its command's. */
+  | 'wrong-exit-code';
 
 export interface Violation {
   readonly kind: ViolationKind;
@@ -103,64 +105,80 @@ export async function checkRun(store: DroverStore, shards: number, records: read
     if (workers.size > 1) report('conflicting-acks', `container ${id} was acknowledged on ${workers.size} workers: ${[...workers].join(', ')}`);
   }
 
-  // 2. What Redis committed, in order, per shard.
+  // 2. What Redis committed, in order. Every shard's history stream is read, then all entries are
+  // replayed in the order of their ids (Redis's clock, one server): a container requeued in one
+  // shard may be placed again in another.
   const placements = new Map<string, HistoryPlace[]>();
   let historyEntries = 0;
   let workers = 0;
+  const capacity = new Map<string, { cpu: number; memory: number; gpuCount: number }>();
+  const entries: Array<{ id: string; ms: number; seq: number; entry: Record<string, string> }> = [];
   for (let shard = 0; shard < shards; shard += 1) {
     const key = store.keys.history(shard);
     const info = await streamCounts(store, key);
     if (info !== null && info.added !== info.length) {
       report('history-incomplete', `shard ${shard} history holds ${info.length} of ${info.added} entries; raise DROVER_HISTORY_CAP`);
     }
-    const capacity = new Map<string, { cpu: number; memory: number; gpuCount: number }>();
-    for (const worker of await store.loadShard(shard)) capacity.set(worker.id, { cpu: worker.cpu, memory: worker.memory, gpuCount: worker.gpuCount });
-    workers += capacity.size;
-    const held = new Map<string, { cpu: number; memory: number; gpuCount: number }>();
-    const liveOn = new Map<string, string>();
+    for (const worker of await store.loadShard(shard)) {
+      capacity.set(worker.id, { cpu: worker.cpu, memory: worker.memory, gpuCount: worker.gpuCount });
+      workers += 1;
+    }
     let start = '-';
     for (let page = 0; page < 100_000; page += 1) {
-      const entries = await store.redis.xrange(key, start, '+', 'COUNT', HISTORY_PAGE);
-      for (const [id, fields] of entries) {
+      const read = await store.redis.xrange(key, start, '+', 'COUNT', HISTORY_PAGE);
+      for (const [id, fields] of read) {
         historyEntries += 1;
         const entry: Record<string, string> = {};
         for (let i = 0; i + 1 < fields.length; i += 2) entry[fields[i]!] = fields[i + 1]!;
-        const op = entry.op;
-        if (op !== 'place' && op !== 'release') continue;
-        const container = entry.container!;
-        const worker = entry.worker!;
-        const cpu = Number(entry.cpu);
-        const memory = Number(entry.memory);
-        const gpuCount = Number(entry.gpuCount);
-        const sign = op === 'place' ? 1 : -1;
-        if (op === 'place') {
-          let list = placements.get(container);
-          if (list === undefined) placements.set(container, (list = []));
-          list.push({ worker, cpu, memory, gpuCount });
-          if (list.length === 2) {
-            report('double-placement', `container ${container} was placed twice: on ${list[0]!.worker} and on ${worker} (history ${id})`);
-          }
-          liveOn.set(container, worker);
-        } else {
-          if (liveOn.get(container) !== worker) report('accounting', `history ${id}: release of ${container} from ${worker}, where it was not live`);
-          liveOn.delete(container);
-        }
-        const total = held.get(worker) ?? { cpu: 0, memory: 0, gpuCount: 0 };
-        const next = { cpu: total.cpu + sign * cpu, memory: total.memory + sign * memory, gpuCount: total.gpuCount + sign * gpuCount };
-        held.set(worker, next);
-        const limit = capacity.get(worker);
-        if (limit === undefined) {
-          report('accounting', `history ${id}: ${op} on unknown worker ${worker}`);
-        } else if (next.cpu > limit.cpu || next.memory > limit.memory || next.gpuCount > limit.gpuCount) {
-          report(
-            'over-commit',
-            `worker ${worker} held cpu ${next.cpu}/${limit.cpu}, memory ${next.memory}/${limit.memory}, ` +
-              `gpu ${next.gpuCount}/${limit.gpuCount} after ${op} of ${container} (history ${id})`,
-          );
-        }
+        if (entry.op !== 'place' && entry.op !== 'release' && entry.op !== 'requeue') continue;
+        const [ms = '0', seq = '0'] = id.split('-');
+        entries.push({ id, ms: Number(ms), seq: Number(seq), entry });
       }
-      if (entries.length < HISTORY_PAGE) break;
-      start = `(${entries[entries.length - 1]![0]}`;
+      if (read.length < HISTORY_PAGE) break;
+      start = `(${read[read.length - 1]![0]}`;
+    }
+  }
+  entries.sort((x, y) => x.ms - y.ms || x.seq - y.seq);
+  const held = new Map<string, { cpu: number; memory: number; gpuCount: number }>();
+  const liveOn = new Map<string, string>();
+  /** Containers whose last placement a requeue ended (they may be placed again, anywhere). */
+  const requeued = new Set<string>();
+  for (const { id, entry } of entries) {
+    const op = entry.op!;
+    const container = entry.container!;
+    const worker = entry.worker!;
+    const cpu = Number(entry.cpu);
+    const memory = Number(entry.memory);
+    const gpuCount = Number(entry.gpuCount);
+    const sign = op === 'place' ? 1 : -1;
+    if (op === 'place') {
+      let list = placements.get(container);
+      if (list === undefined) placements.set(container, (list = []));
+      list.push({ worker, cpu, memory, gpuCount });
+      // Placed again: only after a requeue ended the placement before (never while live, never after a release).
+      if (list.length >= 2 && (liveOn.has(container) || !requeued.has(container))) {
+        report('double-placement', `container ${container} was placed twice: on ${list[list.length - 2]!.worker} and on ${worker} (history ${id})`);
+      }
+      requeued.delete(container);
+      liveOn.set(container, worker);
+    } else {
+      // A requeue (its worker lost before running it) frees its capacity like a release.
+      if (op === 'requeue') requeued.add(container);
+      if (liveOn.get(container) !== worker) report('accounting', `history ${id}: ${op} of ${container} from ${worker}, where it was not live`);
+      liveOn.delete(container);
+    }
+    const total = held.get(worker) ?? { cpu: 0, memory: 0, gpuCount: 0 };
+    const next = { cpu: total.cpu + sign * cpu, memory: total.memory + sign * memory, gpuCount: total.gpuCount + sign * gpuCount };
+    held.set(worker, next);
+    const limit = capacity.get(worker);
+    if (limit === undefined) {
+      report('accounting', `history ${id}: ${op} on unknown worker ${worker}`);
+    } else if (next.cpu > limit.cpu || next.memory > limit.memory || next.gpuCount > limit.gpuCount) {
+      report(
+        'over-commit',
+        `worker ${worker} held cpu ${next.cpu}/${limit.cpu}, memory ${next.memory}/${limit.memory}, ` +
+          `gpu ${next.gpuCount}/${limit.gpuCount} after ${op} of ${container} (history ${id})`,
+      );
     }
   }
 
@@ -174,7 +192,10 @@ export async function checkRun(store: DroverStore, shards: number, records: read
       const workerId = containers[index]?.workerId;
       const acked = [...acks.get(id)!][0]!;
       if (status === undefined) report('missing', `container ${id} was acknowledged on ${acked} but Redis has no record of it`);
-      else if (workerId !== acked) report('missing', `container ${id} was acknowledged on ${acked} but Redis has it on ${workerId}`);
+      // Placed elsewhere after its worker was lost before running it (requeued): allowed.
+      else if (workerId !== acked && !(placements.get(id) ?? []).some((p, i, all) => p.worker === acked && i < all.length - 1)) {
+        report('missing', `container ${id} was acknowledged on ${acked} but Redis has it on ${workerId}`);
+      }
       else if (status === 'released' && !releasedAcks.has(id)) report('missing', `container ${id} is released in Redis but no client released it`);
       else if (status === 'placed' && releasedAcks.has(id)) report('missing', `container ${id} was acknowledged released but Redis still has it placed`);
       if (!placements.has(id)) report('missing', `container ${id} was acknowledged but no placement of it is in the history`);
@@ -290,6 +311,9 @@ export async function checkBacklogRun(store: DroverStore, records: readonly Back
         const before = record.events[step - 1]!;
         const after = record.events[step]!;
         if (!REACHABLE.get(before)!.has(after)) report('event-order', `container ${record.id}: event ${after} after ${before} (events ${record.events.join(' -> ')})`);
+      }
+      if (container.status === 'exited' && record.expectedExitCode !== undefined && container.exitCode !== record.expectedExitCode) {
+        report('wrong-exit-code', `container ${record.id} exited with ${container.exitCode}; its command exits ${record.expectedExitCode}`);
       }
       const last = record.events[record.events.length - 1];
       if (last !== undefined && !REACHABLE.get(last)!.has(container.status)) {

@@ -14,6 +14,7 @@ import { DroverStore } from '../store/store.js';
 import { renderTable } from '../util/table.js';
 import { checkBacklogRun, checkRun, type CheckReport, type Violation } from './checker.js';
 import { BacklogLoad } from './backlog-load.js';
+import { AgentFleet } from './agent-fleet.js';
 import { ChaosLoad, seededRandom } from './load.js';
 import { ProcessCluster, type ReplicaProcess } from '../replica/process-cluster.js';
 import { shardOf } from '../shard/shard-map.js';
@@ -28,7 +29,9 @@ export const FAULTS = ['kill', 'pause', 'join', 'leave', 'nats-restart', 'redis-
 export const OVERLAPPING_FAULTS = ['pause-redis-restart'] as const;
 /** One replica's link, through its fault proxy: silently cut, or slow. */
 export const PARTITION_FAULTS = ['nats-cut', 'redis-cut', 'redis-slow'] as const;
-export const ALL_FAULTS = [...FAULTS, ...OVERLAPPING_FAULTS, ...PARTITION_FAULTS] as const;
+/** A worker machine's agent SIGKILLed: its worker is lost, then the agent restarts and adopts what runs. */
+export const AGENT_FAULTS = ['agent-kill'] as const;
+export const ALL_FAULTS = [...FAULTS, ...OVERLAPPING_FAULTS, ...PARTITION_FAULTS, ...AGENT_FAULTS] as const;
 /** Latency each way for `redis-slow`: longer than every Redis command timeout of a replica at a 2 s lease. */
 const SLOW_LINK_MS = 400;
 export type FaultName = (typeof ALL_FAULTS)[number];
@@ -93,6 +96,10 @@ const BACKLOG_POOL = 'chaos-queue';
 const BACKLOG_WORKERS = 4;
 /** After the load stops, every queued or placed container must end within this. */
 const BACKLOG_DRAIN_MS = 60_000;
+/** Worker agents: three machines of two cores in their own pool, lost after 2 s of silence. */
+const AGENT_POOL = 'chaos-agents';
+const AGENTS = 3;
+const AGENT_WORKER_TTL_MS = 2_000;
 
 interface Context {
   readonly options: ChaosOptions;
@@ -104,6 +111,7 @@ interface Context {
   readonly random: () => number;
   /** Each replica's fault proxies to NATS and to Redis. */
   readonly links: ReadonlyMap<string, { readonly nats: FaultProxy; readonly redis: FaultProxy }>;
+  readonly agents: AgentFleet;
 }
 
 /** What runFault hands back; the rest of a FaultResult is measured around it. */
@@ -232,6 +240,23 @@ async function runFault(ctx: Context, fault: FaultName): Promise<FaultRun> {
         note: 'append-only file, fsync always',
       };
     }
+    case 'agent-kill': {
+      const victim = pick(ctx, ctx.agents.ids);
+      await ctx.agents.kill(victim);
+      const status = async () => {
+        const reply = await ctx.observer.getWorker(victim).catch(() => null);
+        return reply?.ok === true ? reply.worker.status : null;
+      };
+      const lost = await waitFor(async () => (await status()) === 'lost', start);
+      const restartAt = Date.now();
+      ctx.agents.start(victim);
+      const back = await waitFor(async () => (await status()) === 'available', restartAt);
+      return {
+        fault, replica: victim, start, end: Date.now(), ok: lost !== null && back !== null, healedAt: restartAt, victimShards: [],
+        timings: { 'SIGKILL to worker lost': lost, 'agent restart to available': back },
+        note: `worker TTL ${AGENT_WORKER_TTL_MS} ms; its running containers lost, the never-run ones requeued`,
+      };
+    }
     case 'nats-cut':
       return partitionFault(ctx, fault, start, 'silent blackhole of its NATS connection', (links) => links.nats.blackhole(), (links) => links.nats.heal());
     case 'redis-cut':
@@ -348,6 +373,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     DROVER_HISTORY_CAP: '100000000',
     DROVER_SHARD_TIMEOUT_MS: '1000',
     DROVER_LOG_LEVEL: 'info',
+    DROVER_WORKER_TTL_MS: String(AGENT_WORKER_TTL_MS),
   };
   // Each replica reaches Redis and NATS through its own fault proxies (forwarding untouched until a
   // partition fault cuts one), so one replica's link can be cut while the servers stay up.
@@ -362,13 +388,15 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   let observer: DroverClient | null = null;
   let load: ChaosLoad | null = null;
   let backlogLoad: BacklogLoad | null = null;
+  let agentLoad: BacklogLoad | null = null;
+  const agents = new AgentFleet({ natsUrl: nats.url, prefix, pool: AGENT_POOL, count: AGENTS, cpu: 2_000, memory: 4_096 });
   let probe: ShardProbe | null = null;
   const storeRedis = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 20 });
   try {
     out(`chaos: Redis ${redis.url} (append-only, fsync always), NATS ${nats.url}, prefix ${prefix}, lease TTL ${options.leaseTtlMs} ms`);
     for (let i = 0; i < options.replicas; i += 1) await cluster.add();
     observer = await DroverClient.connect(nats.url, prefix, 5_000, 'chaos-observer');
-    const ctx: Context = { options, cluster, redis, nats, observer, log, random: seededRandom(options.seed + 1), links };
+    const ctx: Context = { options, cluster, redis, nats, observer, log, random: seededRandom(options.seed + 1), links, agents };
     if ((await waitFor(() => balanced(ctx, cluster.live()), Date.now())) === null) throw new Error('the cluster never balanced at start');
     out(`chaos: ${options.replicas} replica processes balanced over ${options.shards} shards`);
 
@@ -406,6 +434,20 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       natsUrl: nats.url, prefix, pool: BACKLOG_POOL, rate: 15, holdMs: 400, cancelChance: 0.1, random: seededRandom(options.seed + 2), requestTimeoutMs: 3_000,
     });
     await backlogLoad.start();
+    // Containers run by worker agents: each runs a short command whose exit code the checker knows.
+    agents.startAll();
+    for (const id of agents.ids) {
+      if ((await waitFor(async () => {
+        const reply = await observer!.getWorker(id).catch(() => null);
+        return reply?.ok === true && reply.worker.status === 'available';
+      }, Date.now(), 20_000)) === null) throw new Error(`agent ${id} did not come up`);
+    }
+    agentLoad = new BacklogLoad({
+      natsUrl: nats.url, prefix, pool: AGENT_POOL, rate: 10, holdMs: 0, cancelChance: 0.05, random: seededRandom(options.seed + 3), requestTimeoutMs: 3_000,
+      idPrefix: 'a-', command: (n) => ({ argv: ['sh', '-c', `sleep 0.3; exit ${n % 4}`], exitCode: n % 4 }),
+    });
+    await agentLoad.start();
+    out(`chaos: ${AGENTS} worker agents in pool ${AGENT_POOL} (6 containers fit), 10 submits/s of 'sleep 0.3; exit n%4'`);
     out(`chaos: backlog load: ${BACKLOG_WORKERS} workers in pool ${BACKLOG_POOL} (8 containers fit), 15 submits/s held 400 ms once placed, 10 % of the queued cancelled`);
     await new Promise((r) => setTimeout(r, options.settleMs));
 
@@ -444,10 +486,13 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     await load.stop();
     load = null;
     out('chaos: stopping the backlog load; releasing until every queued or placed container has ended');
-    const stillOpen = await backlogLoad.drain(BACKLOG_DRAIN_MS);
-    const backlogRecords = [...backlogLoad.records.values()];
+    const [queuedOpen, agentOpen] = await Promise.all([backlogLoad.drain(BACKLOG_DRAIN_MS), agentLoad.drain(BACKLOG_DRAIN_MS)]);
+    const stillOpen = [...queuedOpen, ...agentOpen];
+    const backlogRecords = [...backlogLoad.records.values(), ...agentLoad.records.values()];
     await backlogLoad.stop();
+    await agentLoad.stop();
     backlogLoad = null;
+    agentLoad = null;
     await probe.stop();
     probe = null;
     await storeRedis.connect();
@@ -490,6 +535,8 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   } finally {
     await load?.stop().catch(() => undefined);
     await backlogLoad?.stop().catch(() => undefined);
+    await agentLoad?.stop().catch(() => undefined);
+    await agents.stopAll().catch(() => undefined);
     await probe?.stop().catch(() => undefined);
     await observer?.close().catch(() => undefined);
     for (const replicaLinks of links.values()) {
