@@ -666,6 +666,19 @@ export async function memoryScenario(ctx: BenchContext): Promise<ScenarioResult>
     if (full === undefined || full.workers !== WORKERS) throw new Error(`the replica holds ${full?.workers} workers, expected ${WORKERS}`);
     // What the actors hold after a full GC: the JS heap, plus memory outside it (`external`, which
     // includes array buffers such as the worker index's typed arrays).
+    // Then requests that wait: submitted into a pool no worker has, so each is queued in its home
+    // shard's backlog (this one replica holds them all).
+    const QUEUED = 20_000;
+    const requests = Array.from({ length: QUEUED }, (_, i) => ({ id: `mq-${String(i).padStart(9, '0')}`, cpu: 100, memory: 128, pool: 'none-such', command: ['sleep', '60'] }));
+    for (let i = 0; i < requests.length; i += 500) {
+      const reply = await cluster.client.submitBatch(requests.slice(i, i + 500));
+      if (!reply.ok || reply.results.some((r) => !r.ok || r.status !== 'queued')) throw new Error('memory: a request was not queued');
+    }
+    await new Promise((r) => setTimeout(r, 1_000));
+    const [waiting] = await cluster.statuses();
+    if (waiting === undefined) throw new Error('the replica did not answer');
+    const livePerQueued = (waiting.memory.heapUsed + waiting.memory.external - full.memory.heapUsed - full.memory.external) / QUEUED;
+    ctx.out(`memory: ${QUEUED} queued requests: ${Math.round(livePerQueued)} B live per queued request in the replica`);
     const heapPerActor = (full.memory.heapUsed - empty.memory.heapUsed) / WORKERS;
     const externalPerActor = (full.memory.external - empty.memory.external) / WORKERS;
     const livePerActor = heapPerActor + externalPerActor;
@@ -686,13 +699,14 @@ export async function memoryScenario(ctx: BenchContext): Promise<ScenarioResult>
       targetMet: livePerActor < 8 * 1024 && rssMiB < 300,
       note: `${WORKERS} actors: ${Math.round(livePerActor)} B live per actor (heap ${Math.round(heapPerActor)}, external ` +
         `${Math.round(externalPerActor)}), RSS growth ${Math.round(rssPerActor)} B per actor; ` +
-        `RSS ${round(empty.memory.rss / 1024 / 1024, 1)} MiB empty, ${round(rssMiB, 1)} MiB with the actors`,
+        `RSS ${round(empty.memory.rss / 1024 / 1024, 1)} MiB empty, ${round(rssMiB, 1)} MiB with the actors; ` +
+        `then ${QUEUED} queued requests: ${Math.round(livePerQueued)} B live per queued request`,
     };
     return {
       name: 'memory',
       rows: [row],
       details: { workers: WORKERS, empty: empty.memory, full: full.memory, liveBytesPerActor: Math.round(livePerActor), heapBytesPerActor: Math.round(heapPerActor),
-        externalBytesPerActor: Math.round(externalPerActor), rssBytesPerActor: Math.round(rssPerActor) },
+        externalBytesPerActor: Math.round(externalPerActor), rssBytesPerActor: Math.round(rssPerActor), liveBytesPerQueuedRequest: Math.round(livePerQueued) },
     };
   } finally {
     await cluster.stop();
@@ -768,8 +782,24 @@ export async function redisMemoryScenario(ctx: BenchContext): Promise<ScenarioRe
       const perWorker = Math.round((registered - before) / WORKERS);
       const perLive = Math.round((placed - registered) / CONTAINERS);
       const perTombstone = Math.round((released - registered) / CONTAINERS);
+      // Queued requests: a record with status queued and the id in its home shard's backlog set
+      // (backlog_commit.lua, as a home shard's owner writes it), with a 2-argument command.
+      const queueIds = Array.from({ length: CONTAINERS }, (_, i) => `queued-${String(i).padStart(9, '0')}`);
+      for (let shard = 0; shard < SHARDS; shard += 1) {
+        const mine = queueIds.filter((id) => shardOf(id, SHARDS) === shard);
+        for (let start = 0; start < mine.length; start += BATCH) {
+          const ops = mine.slice(start, start + BATCH).map((containerId) => ({
+            kind: 'queue' as const, containerId, requestKey: `k-${containerId.padStart(24, '0')}`, priority: 0, maxWaitMs: 3_600_000,
+            cpu: 100, memory: 128, gpu: null, gpuCount: 0, pool: null, spec: JSON.stringify({ command: ['sleep', '60'], env: null }),
+          }));
+          const result = await store.commitBacklog(shard, epochs[shard]!, ops);
+          if (result.fenced || result.outcomes.some((o) => o.code !== 'QUEUED')) throw new Error('redis-memory: queueing failed');
+        }
+      }
+      const queued = await usedMemory(redis);
+      const perQueued = Math.round((queued - released) / CONTAINERS);
       const history = historyCap === 0 ? 'history off' : `history on (cap ${historyCap} per shard)`;
-      ctx.out(`redis-memory: ${history}: ${perWorker} B per worker, ${perLive} B per live container, ${perTombstone} B per released container`);
+      ctx.out(`redis-memory: ${history}: ${perWorker} B per worker, ${perLive} B per live container, ${perTombstone} B per released container, ${perQueued} B per queued request`);
       rows.push({
         ...blankRow,
         scenario: 'redis-memory',
@@ -777,9 +807,9 @@ export async function redisMemoryScenario(ctx: BenchContext): Promise<ScenarioRe
         placements: CONTAINERS,
         seconds: 0,
         placementsPerSecond: 0,
-        note: `${perWorker} B per worker, ${perLive} B per live container, ${perTombstone} B per released container (tombstone)`,
+        note: `${perWorker} B per worker, ${perLive} B per live container, ${perTombstone} B per released container (tombstone), ${perQueued} B per queued request`,
       });
-      details[historyCap === 0 ? 'historyOff' : 'historyOn'] = { perWorker, perLiveContainer: perLive, perReleasedContainer: perTombstone };
+      details[historyCap === 0 ? 'historyOff' : 'historyOn'] = { perWorker, perLiveContainer: perLive, perReleasedContainer: perTombstone, perQueuedRequest: perQueued };
     }
     return { name: 'redis-memory', rows, details };
   });
