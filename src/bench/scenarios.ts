@@ -962,7 +962,7 @@ export async function backlogScenario(ctx: BenchContext): Promise<ScenarioResult
         note: 'release of the holder sent -> the waiting request placed (its event received), one at a time on a quiet cluster',
       },
     ];
-    return { name: 'backlog', rows, details: { referenceRate, queueSeconds, drainSeconds, registeredSeconds, drainRate: Math.round(drainRate), ratio: round(ratio, 3), wake: wakeSummary, counters: d, processes: stats } };
+    return { name: 'backlog', rows, details: { referenceRate, queueSeconds, drainSeconds, registeredSeconds, drainRate: Math.round(drainRate), drainShareOfScale: round(ratio, 3), wake: wakeSummary, counters: d, processes: stats } };
   } finally {
     await cluster.stop();
   }
