@@ -146,3 +146,32 @@ export function containerTransition(from: ContainerContext, event: ContainerEven
 }
 
 export const queuedContainer: ContainerContext = { status: 'queued', workerId: null, reason: null, exitCode: null };
+
+/** One event of each type (the payloads do not change which status follows), for walking the machine. */
+export const EVERY_CONTAINER_EVENT: readonly ContainerEvent[] = [
+  { type: 'PLACED', workerId: 'w' },
+  { type: 'EXPIRED' },
+  { type: 'CANCELLED' },
+  { type: 'STARTED' },
+  { type: 'STOP_REQUESTED' },
+  { type: 'RELEASED' },
+  { type: 'EXITED', exitCode: 0 },
+  { type: 'WORKER_LOST' },
+];
+
+/** The statuses a container in `from` can reach in zero or more steps. */
+export function reachableStatuses(from: ContainerStatus): Set<ContainerStatus> {
+  const seen = new Set<ContainerStatus>([from]);
+  const queue: ContainerStatus[] = [from];
+  while (queue.length > 0) {
+    const status = queue.shift()!;
+    for (const event of EVERY_CONTAINER_EVENT) {
+      const next = containerTransition({ status, workerId: status === 'queued' ? null : 'w', reason: null, exitCode: null }, event);
+      if (next !== null && !seen.has(next.status)) {
+        seen.add(next.status);
+        queue.push(next.status);
+      }
+    }
+  }
+  return seen;
+}

@@ -16,7 +16,7 @@
 import { auditAccounting } from '../audit/accounting.js';
 import type { DroverStore } from '../store/store.js';
 import type { RequestRecord } from './request-log.js';
-import { CONTAINER_STATUSES, containerTransition, type ContainerEvent as LifecycleEvent, type ContainerStatus } from '../../actors/container-machine.js';
+import { CONTAINER_STATUSES, reachableStatuses } from '../../actors/container-machine.js';
 import type { BacklogRecord } from './backlog-load.js';
 
 export type ViolationKind =
@@ -249,35 +249,6 @@ async function streamCounts(store: DroverStore, key: string): Promise<{ length: 
   } catch {
     return null; // no stream: no writes in this shard
   }
-}
-
-/** Every lifecycle event, to walk which statuses can follow which. */
-const LIFECYCLE_EVENTS: LifecycleEvent[] = [
-  { type: 'PLACED', workerId: 'w' },
-  { type: 'EXPIRED' },
-  { type: 'CANCELLED' },
-  { type: 'STARTED' },
-  { type: 'STOP_REQUESTED' },
-  { type: 'RELEASED' },
-  { type: 'EXITED', exitCode: 0 },
-  { type: 'WORKER_LOST' },
-];
-
-/** Statuses reachable from `from` in zero or more steps of the container machine. */
-export function reachableStatuses(from: ContainerStatus): Set<ContainerStatus> {
-  const seen = new Set<ContainerStatus>([from]);
-  const queue: ContainerStatus[] = [from];
-  while (queue.length > 0) {
-    const status = queue.shift()!;
-    for (const event of LIFECYCLE_EVENTS) {
-      const next = containerTransition({ status, workerId: status === 'queued' ? null : 'w', reason: null, exitCode: null }, event);
-      if (next !== null && !seen.has(next.status)) {
-        seen.add(next.status);
-        queue.push(next.status);
-      }
-    }
-  }
-  return seen;
 }
 
 const REACHABLE = new Map(CONTAINER_STATUSES.map((status) => [status, reachableStatuses(status)]));

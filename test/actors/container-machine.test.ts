@@ -11,6 +11,7 @@ import {
   TERMINAL_STATUSES,
   containerMachine,
   containerTransition,
+  reachableStatuses,
   type ContainerContext,
   type ContainerEvent,
   type ContainerStatus,
@@ -106,5 +107,13 @@ describe('container machine, walked as a model', () => {
     for (const terminal of TERMINAL_STATUSES) {
       for (const event of EVENTS) expect(containerTransition(start(terminal), event)).toBeNull();
     }
+  });
+
+  it('knows which statuses can follow which (the chaos checker judges event order with it)', () => {
+    expect([...reachableStatuses('queued')].sort()).toEqual([...CONTAINER_STATUSES].sort());
+    expect(reachableStatuses('running').has('queued')).toBe(false);
+    expect(reachableStatuses('placed').has('queued')).toBe(true);
+    expect([...reachableStatuses('stopping')].sort()).toEqual(['released', 'stopping']);
+    for (const terminal of TERMINAL_STATUSES) expect([...reachableStatuses(terminal)]).toEqual([terminal]);
   });
 });
