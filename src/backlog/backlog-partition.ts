@@ -17,6 +17,9 @@ import type { Logger } from '../util/log.js';
 import type { ContainerEventPublisher } from '../events/container-events.js';
 
 /** A queued container as the backlog holds it in memory (about 300 bytes; see README, "Backlog"). */
+/** Placed ids are removed from the Redis backlog set at most this long after their placement. */
+const DROP_DELAY_MS = 100;
+
 export interface QueuedEntry {
   readonly id: string;
   readonly shard: number;
@@ -75,6 +78,9 @@ export class BacklogPartition {
   readonly epoch: number;
   readonly entries = new Map<string, QueuedEntry>();
   private writes: PendingWrite[] = [];
+  /** Ids placed (or found ended) whose removal from the Redis set waits for the next drop batch. */
+  private drops: string[] = [];
+  private dropTimer: NodeJS.Timeout | null = null;
   private committing = false;
   private flushScheduled = false;
   private closed = false;
@@ -178,7 +184,21 @@ export class BacklogPartition {
   forget(entry: QueuedEntry): void {
     entry.gone = true;
     if (this.entries.get(entry.id) === entry) this.entries.delete(entry.id);
-    if (!this.closed) void this.write({ kind: 'drop', containerId: entry.id });
+    if (this.closed) return;
+    // Dropped in Redis in batches (every DROP_DELAY_MS, or at MAX_BATCH_OPS): one script call for
+    // many placements instead of one per few. Until then the set holds an id whose record says
+    // placed, which a next owner drops itself.
+    this.drops.push(entry.id);
+    if (this.drops.length >= MAX_BATCH_OPS) this.flushDrops();
+    else if (this.dropTimer === null) this.dropTimer = setTimeout(() => this.flushDrops(), DROP_DELAY_MS);
+  }
+
+  private flushDrops(): void {
+    if (this.dropTimer !== null) clearTimeout(this.dropTimer);
+    this.dropTimer = null;
+    const drops = this.drops;
+    this.drops = [];
+    for (const containerId of drops) void this.write({ kind: 'drop', containerId });
   }
 
   /** End a queued entry without a placement: a client's cancel, or its maxWaitMs passed. */
@@ -204,6 +224,9 @@ export class BacklogPartition {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.dropTimer !== null) clearTimeout(this.dropTimer);
+    this.dropTimer = null;
+    this.drops = [];
     const writes = this.writes;
     this.writes = [];
     for (const write of writes) write.resolve(null);
@@ -213,6 +236,7 @@ export class BacklogPartition {
 
   /** Let queued and in-flight writes finish, then close (a graceful hand-over). */
   async drain(): Promise<void> {
+    if (!this.closed && this.drops.length > 0) this.flushDrops();
     if (this.committing || this.writes.length > 0 || this.flushScheduled) {
       await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     }
