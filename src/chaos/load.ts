@@ -20,6 +20,8 @@ export interface LoadOptions {
   readonly maxAttempts: number;
   readonly requestTimeoutMs: number;
   readonly seed: number;
+  /** The pool its containers ask for (its workers'), so it stays off the other loads' workers. */
+  readonly pool?: string;
 }
 
 const SHAPES = [
@@ -95,7 +97,7 @@ export class ChaosLoad {
       if (attempt > 0) await backoff(attempt);
       let reply: PlaceReply;
       try {
-        reply = await client.submit({ id, cpu, memory, queue: false }, requestKey);
+        reply = await client.submit({ id, cpu, memory, queue: false, ...(this.options.pool !== undefined ? { pool: this.options.pool } : {}) }, requestKey);
       } catch (error) {
         record.attempts.push({ at: Date.now(), outcome: { kind: 'transport', message: (error as Error).message } });
         continue;

@@ -91,6 +91,12 @@ const RECOVERY_TIMEOUT_MS = 60_000;
 /** Every shard is probed this often, and a probe without an answer this long failed. */
 const PROBE_INTERVAL_MS = 100;
 const PROBE_TIMEOUT_MS = 1_000;
+/**
+ * Each load has its own pool. The main load's containers are held until it releases them, and a
+ * submit without a pool may use any worker: in the backlog's or the agents' pool they would take
+ * the room those loads must drain into (seen: 197 agent containers stuck behind placeholders).
+ */
+const MAIN_POOL = 'chaos-main';
 /** The backlog load's pool: four workers of two cores, eight of its containers at once. */
 const BACKLOG_POOL = 'chaos-queue';
 const BACKLOG_WORKERS = 4;
@@ -401,7 +407,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     out(`chaos: ${options.replicas} replica processes balanced over ${options.shards} shards`);
 
     for (let i = 0; i < options.workers; i += 1) {
-      const reply = await observer.registerWorker({ id: `worker-${i}`, cpu: 4_000, memory: 8_192 });
+      const reply = await observer.registerWorker({ id: `worker-${i}`, cpu: 4_000, memory: 8_192, pool: MAIN_POOL });
       if (!reply.ok) throw new Error(`registering worker-${i}: ${reply.error.message}`);
     }
     // One worker of each shard answers the shard probe (a worker in a shard that got none is added).
@@ -411,7 +417,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       for (let n = 0; id === undefined; n += 1) {
         if (shardOf(`probe-${n}`, options.shards) !== shard) continue;
         id = `probe-${n}`;
-        const reply = await observer.registerWorker({ id, cpu: 4_000, memory: 8_192 });
+        const reply = await observer.registerWorker({ id, cpu: 4_000, memory: 8_192, pool: MAIN_POOL });
         if (!reply.ok) throw new Error(`registering ${id}: ${reply.error.message}`);
       }
       probeWorkers.push(id);
@@ -422,7 +428,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       `starting load (${options.clients} clients x ${options.lanesPerClient} lanes)`);
     load = new ChaosLoad({
       natsUrl: nats.url, prefix, log, clients: options.clients, lanesPerClient: options.lanesPerClient,
-      releaseChance: 0.45, maxAttempts: 60, requestTimeoutMs: 3_000, seed: options.seed,
+      releaseChance: 0.45, maxAttempts: 60, requestTimeoutMs: 3_000, seed: options.seed, pool: MAIN_POOL,
     });
     await load.start();
     // Requests that wait: a small pool that the backlog load keeps overfull.
