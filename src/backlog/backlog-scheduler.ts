@@ -44,6 +44,8 @@ const HOLD_TTL_MS = 5_000;
 const MAX_HOLDS = 32;
 /** Shards asked for a hold per request per round, when it holds none yet. */
 const HOLD_SHARDS_PER_ROUND = 4;
+/** Heap entries the safety sweep rebuilds at most per run (a rebuild is O(n log n)). */
+const MAX_COMPACTED_PER_SWEEP = 50_000;
 
 export type AttemptOutcome =
   | { readonly outcome: 'placed'; readonly workerId: string }
@@ -196,11 +198,10 @@ export class BacklogScheduler {
 
   /** The partition was closed (hand-over, lease lost, fenced): its entries are gone from the shapes. */
   remove(shard: number): void {
-    if (!this.partitions.delete(shard)) return;
-    for (const [key, shape] of this.shapes) {
-      shape.compact();
-      if (shape.heap.length === 0) this.dropShape(key, shape);
-    }
+    // Its entries are marked gone (the partition closed): the heaps skip them when they come up,
+    // and the sweep compacts them away in bounded steps. Compacting every heap here would stall
+    // the event loop for a hand-over of many shards with a deep backlog (lease renewals with it).
+    this.partitions.delete(shard);
   }
 
   partition(shard: number): BacklogPartition | null {
@@ -493,8 +494,14 @@ export class BacklogScheduler {
 
   /** The safety net: wake every shape the view says may fit, and drop removed entries. */
   private safetySweep(): void {
+    // Compaction is bounded per sweep (entries of closed partitions, cancels and expiries linger
+    // in the heaps until then); the shapes are visited in turn across sweeps.
+    let compacted = 0;
     for (const [key, shape] of this.shapes) {
-      shape.compact();
+      if (compacted < MAX_COMPACTED_PER_SWEEP && shape.heap.length > 0 && shape.heap.some((entry) => entry.gone)) {
+        compacted += shape.heap.length;
+        shape.compact();
+      }
       if (shape.heap.length === 0 && shape.asleep) {
         this.dropShape(key, shape);
         continue;
