@@ -9,7 +9,7 @@
  * two agree. The rules are the same as `placementRefusal` and `placementScore` in
  * actors/capacity.ts; test/shard/worker-index.test.ts checks both pick the same worker.
  */
-import type { PlacementRequest, PlacementStrategy, WorkerAvailability, WorkerStatus } from '../../actors/capacity.js';
+import type { PlacementRequest, PlacementStrategy, WorkerAvailability, WorkerSpec, WorkerStatus } from '../../actors/capacity.js';
 import type { Actor } from 'xstate';
 import type { workerMachine } from '../../actors/worker-machine.js';
 
@@ -22,6 +22,8 @@ export class WorkerIndex {
   private size = 0;
   private capacity = INITIAL_CAPACITY;
   private actors: WorkerActor[] = [];
+  /** Each slot's spec (fixed at registration), so summaries need not read the actors' snapshots. */
+  private specs: WorkerSpec[] = [];
   private readonly slotOf = new Map<WorkerActor, number>();
   private available = new Uint8Array(INITIAL_CAPACITY);
   private freeCpu = new Float64Array(INITIAL_CAPACITY);
@@ -75,6 +77,7 @@ export class WorkerIndex {
     this.actors[slot] = actor;
     this.slotOf.set(actor, slot);
     const spec = actor.getSnapshot().context.spec;
+    this.specs[slot] = spec;
     this.totalCpu[slot] = spec.cpu;
     this.totalMemory[slot] = spec.memory;
     this.pool[slot] = this.nameId(spec.pool);
@@ -89,6 +92,7 @@ export class WorkerIndex {
     const last = this.size - 1;
     const moved = this.actors[last]!;
     this.actors[slot] = moved;
+    this.specs[slot] = this.specs[last]!;
     this.available[slot] = this.available[last]!;
     this.freeCpu[slot] = this.freeCpu[last]!;
     this.freeMemory[slot] = this.freeMemory[last]!;
@@ -101,6 +105,7 @@ export class WorkerIndex {
     this.slotOf.delete(actor);
     this.heldFor.delete(actor);
     this.actors.length = last;
+    this.specs.length = last;
     this.size = last;
   }
 
@@ -108,6 +113,7 @@ export class WorkerIndex {
     this.heldFor.clear();
     this.size = 0;
     this.actors = [];
+    this.specs = [];
     this.slotOf.clear();
   }
 
@@ -170,17 +176,21 @@ export class WorkerIndex {
     return best < 0 ? null : this.actors[best]!;
   }
 
-  /** The availability of every worker, available or not, for capacity summaries. */
+  /**
+   * The availability of every worker, available or not, for capacity summaries. From the columns
+   * alone (a summary is made after every commit): one object, refilled per worker, so the consumer
+   * must read it before asking for the next. A worker that is not available is reported 'pending'
+   * (summaries only tell available workers from the others).
+   */
   *workers(): Generator<WorkerAvailability> {
+    const current = { spec: this.specs[0]!, status: 'pending' as WorkerStatus, freeCpu: 0, freeMemory: 0, freeGpuCount: 0 };
     for (let slot = 0; slot < this.size; slot += 1) {
-      const snapshot = this.actors[slot]!.getSnapshot();
-      yield {
-        spec: snapshot.context.spec,
-        status: this.available[slot] === 1 ? 'available' : (snapshot.value as WorkerStatus),
-        freeCpu: this.freeCpu[slot]!,
-        freeMemory: this.freeMemory[slot]!,
-        freeGpuCount: this.freeGpu[slot]!,
-      };
+      current.spec = this.specs[slot]!;
+      current.status = this.available[slot] === 1 ? 'available' : 'pending';
+      current.freeCpu = this.freeCpu[slot]!;
+      current.freeMemory = this.freeMemory[slot]!;
+      current.freeGpuCount = this.freeGpu[slot]!;
+      yield current;
     }
   }
 }
