@@ -46,6 +46,11 @@ export interface PlacementRequest {
   readonly pool: string | null;
 }
 
+/** Only a request's placement fields, from anything that carries them (a submit, a record, an entry). */
+export function placementOf(request: PlacementRequest): PlacementRequest {
+  return { cpu: request.cpu, memory: request.memory, gpu: request.gpu, gpuCount: request.gpuCount, pool: request.pool };
+}
+
 /** The capacity a worker can still promise right now: committed free minus in-flight reservations. */
 export interface WorkerAvailability {
   readonly spec: WorkerSpec;

@@ -175,10 +175,6 @@ export class Agent {
 
   /** Report now (a poke, a start, an exit); one report in flight at a time, the next right after. */
   private reportSoon(): void {
-    if (this.reporting) {
-      this.reportAgain = true;
-      return;
-    }
     void this.report();
   }
 

@@ -9,7 +9,7 @@
  * carrying every op queued meanwhile (up to MAX_BATCH_OPS). An epoch refusal closes the partition
  * at once: another replica owns the shard's backlog now.
  */
-import type { PlacementRequest } from '../../actors/capacity.js';
+import { placementOf, type PlacementRequest } from '../../actors/capacity.js';
 import { MAX_BATCH_OPS, type BacklogOp, type BacklogOutcome, type DroverStore } from '../store/store.js';
 import type { ContainerRecord } from '../store/records.js';
 import type { Incident } from '../util/incident.js';
@@ -17,6 +17,11 @@ import type { Logger } from '../util/log.js';
 import type { ContainerEventPublisher } from '../events/container-events.js';
 
 /** A queued container as the backlog holds it in memory (about 300 bytes; see README, "Backlog"). */
+/** How long a queued entry may wait in all: what it was queued with (kept with its placement, for a requeue). */
+export function maxWaitOf(entry: QueuedEntry): number {
+  return Math.max(1, entry.expiresAt - entry.queuedAt);
+}
+
 /** Placed ids are removed from the Redis backlog set at most this long after their placement. */
 const DROP_DELAY_MS = 100;
 
@@ -141,7 +146,7 @@ export class BacklogPartition {
       case 'QUEUED': {
         const current = this.entries.get(request.id);
         if (current !== undefined) return { outcome: 'queued', entry: current, created: false };
-        const { id, cpu, memory, gpu, gpuCount, pool, priority } = request;
+        const { id, priority } = request;
         const entry: QueuedEntry = {
           id,
           shard: this.shard,
@@ -149,7 +154,7 @@ export class BacklogPartition {
           priority,
           queuedAt: Number(outcome.extra),
           expiresAt: Number(outcome.extra) + request.maxWaitMs,
-          request: { cpu, memory, gpu, gpuCount, pool },
+          request: placementOf(request),
           attempting: false,
           gone: false,
           settled: [],
@@ -307,7 +312,7 @@ function entryFromRecord(shard: number, record: ContainerRecord): QueuedEntry {
     priority: record.priority ?? 0,
     queuedAt: record.queuedAt ?? 0,
     expiresAt: record.expiresAt ?? Number.MAX_SAFE_INTEGER,
-    request: { cpu: record.cpu, memory: record.memory, gpu: record.gpu, gpuCount: record.gpuCount, pool: record.pool },
+    request: placementOf(record),
     attempting: false,
     gone: false,
     settled: [],

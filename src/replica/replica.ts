@@ -35,7 +35,7 @@ import { DroverStore } from '../store/store.js';
 import { Incident } from '../util/incident.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import { LinkMonitor } from './link-monitor.js';
-import { BacklogPartition, type QueuedEntry } from '../backlog/backlog-partition.js';
+import { BacklogPartition, maxWaitOf, type QueuedEntry } from '../backlog/backlog-partition.js';
 import { BacklogScheduler, type AttemptOutcome } from '../backlog/backlog-scheduler.js';
 import { NatsContainerEvents } from '../events/container-events.js';
 import { ShardEndpoint } from './shard-endpoint.js';
@@ -409,7 +409,7 @@ export class Replica {
       deadline: Date.now() + this.config.shardRequestTimeoutMs,
       spec: '',
       priority: entry.priority,
-      maxWaitMs: Math.max(1, entry.expiresAt - entry.queuedAt),
+      maxWaitMs: maxWaitOf(entry),
     });
     if (result.ok) return { outcome: 'placed', workerId: (result as { workerId: string }).workerId };
     switch (result.code) {
@@ -426,7 +426,7 @@ export class Replica {
 
   /** One placement attempt of a queued container, through this replica's router like a submit. */
   private async attemptQueued(entry: QueuedEntry): Promise<AttemptOutcome> {
-    const request = { id: entry.id, ...entry.request, priority: entry.priority, maxWaitMs: Math.max(1, entry.expiresAt - entry.queuedAt) };
+    const request = { id: entry.id, ...entry.request, priority: entry.priority, maxWaitMs: maxWaitOf(entry) };
     const reply = await this.router.place(request, null, entry.requestKey);
     if (reply.ok) return { outcome: 'placed', workerId: reply.workerId };
     switch (reply.error.code) {
@@ -497,6 +497,11 @@ export class Replica {
   }
 
   private async openShard(shard: number, epoch: number): Promise<void> {
+    // Redis refused this ownership's epoch (in a worker write or a backlog write): another replica has the shard.
+    const onFenced = (fencedShard: number) => {
+      this.leases.forget(fencedShard);
+      this.dropShard(fencedShard, 'fenced by a newer epoch');
+    };
     const owner = await ShardOwner.open({
       store: this.store,
       shard,
@@ -507,10 +512,7 @@ export class Replica {
       redisWrites: this.redisWrites,
       maxQueuedOps: this.config.maxQueuedOpsPerShard,
       leaseHeld: () => this.leases.holds(shard),
-      onFenced: (fencedShard) => {
-        this.leases.forget(fencedShard);
-        this.dropShard(fencedShard, 'fenced by a newer epoch');
-      },
+      onFenced,
       onCapacityChange: (changed, grew) => this.markCapacityDirty(changed, grew),
       events: this.events,
       workerTtlMs: this.config.workerTtlMs,
@@ -528,10 +530,7 @@ export class Replica {
         log: this.log,
         redisWrites: this.redisWrites,
         leaseHeld: () => this.leases.holds(shard),
-        onFenced: (fencedShard) => {
-          this.leases.forget(fencedShard);
-          this.dropShard(fencedShard, 'fenced by a newer epoch');
-        },
+        onFenced,
         events: this.events,
         maxQueuedOps: this.config.maxQueuedOpsPerShard,
       });
@@ -562,7 +561,6 @@ export class Replica {
     this.log.debug({ shard, reason }, 'shard dropped');
     served.subscription.unsubscribe();
     served.owner.close();
-    served.backlog.close();
     this.retire(shard, served);
   }
 

@@ -3,6 +3,7 @@
  * shard's backlog (its BacklogPartition, ops for containers whose id hashes to this shard). Both
  * were opened under the same lease epoch and are closed together.
  */
+import { placementOf } from '../../actors/capacity.js';
 import type { BacklogPartition } from '../backlog/backlog-partition.js';
 import type { BacklogScheduler } from '../backlog/backlog-scheduler.js';
 import type { ShardOp, ShardOpResult } from '../protocol/shard-messages.js';
@@ -50,10 +51,9 @@ export class ShardEndpoint {
       return { ok: false, code: 'UNAVAILABLE', message: `could not read container ${id}; retry` };
     }
     if (record === null || record.status !== 'queued') return { ok: true, requeued: true };
-    const { cpu, memory, gpu, gpuCount, pool } = record;
     const queuedAt = record.queuedAt ?? Date.now();
     const maxWaitMs = Math.max(1, (record.expiresAt ?? queuedAt + 1) - queuedAt);
-    const result = await this.backlog.queue({ id, cpu, memory, gpu, gpuCount, pool, priority: record.priority ?? 0, maxWaitMs, spec: record.spec }, record.requestKey);
+    const result = await this.backlog.queue({ id, ...placementOf(record), priority: record.priority ?? 0, maxWaitMs, spec: record.spec }, record.requestKey);
     if (result.outcome === 'queued') {
       if (result.created) this.scheduler.queued(result.entry);
       return { ok: true, requeued: true };

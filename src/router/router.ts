@@ -27,7 +27,8 @@ import {
 import { containerView } from '../protocol/container-view.js';
 import { DEFAULT_MAX_WAIT_MS } from '../protocol/limits.js';
 import { TERMINAL_STATUSES } from '../../actors/container-machine.js';
-import type { PlacementRequest } from '../../actors/capacity.js';
+// Only what a placement needs travels to owners: not the rest of a submit (priority, command, ...).
+import { placementOf } from '../../actors/capacity.js';
 import { shardOf } from '../shard/shard-map.js';
 import { CorruptRecordError } from '../store/records.js';
 import type { DroverStore } from '../store/store.js';
@@ -643,11 +644,6 @@ export class Router {
         return new DroverError('INTERNAL', `unexpected shard answer ${result.code}: ${result.message}`);
     }
   }
-}
-
-/** Only what a placement needs: the rest of a submit (priority, command, ...) does not travel to owners. */
-function placementOf(request: PlacementRequest): PlacementRequest {
-  return { cpu: request.cpu, memory: request.memory, gpu: request.gpu, gpuCount: request.gpuCount, pool: request.pool };
 }
 
 function respond(msg: Msg, body: unknown): void {
