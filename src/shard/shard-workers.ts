@@ -2,9 +2,9 @@
  * The worker actors of one shard and the index of their capacity columns: the only way an actor is
  * created, told an event or removed, so the index never lags behind an actor.
  */
-import { createActor, type Actor } from 'xstate';
+import type { Actor } from 'xstate';
 import type { PlacementRequest, PlacementStrategy, WorkerRecord, WorkerStatus } from '../../actors/capacity.js';
-import { workerMachine, type WorkerEvent } from '../../actors/worker-machine.js';
+import { restoreWorkerActor, type workerMachine, type WorkerEvent } from '../../actors/worker-machine.js';
 import { workerView, type CapacityGroup, type WorkerView } from '../protocol/shard-messages.js';
 import { summarizeCapacity } from './capacity-summary.js';
 import { WorkerIndex } from './worker-index.js';
@@ -54,8 +54,7 @@ export class ShardWorkers {
   }
 
   add(record: WorkerRecord): WorkerActor {
-    const actor = createActor(workerMachine, { input: record });
-    actor.start();
+    const actor = restoreWorkerActor(record);
     this.actors.set(record.id, actor);
     this.index.add(actor);
     this.generation += 1;

@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { createActor } from 'xstate';
 import { getAdjacencyMap, getShortestPaths } from 'xstate/graph';
 import { WORKER_STATUSES, type PlacementRequest, type WorkerRecord, type WorkerStatus } from '../../actors/capacity.js';
-import { workerMachine, type WorkerContext, type WorkerEvent } from '../../actors/worker-machine.js';
+import { restoreWorkerActor, workerMachine, type WorkerContext, type WorkerEvent } from '../../actors/worker-machine.js';
 
 const record = (status: WorkerStatus, overrides: Partial<WorkerRecord> = {}): WorkerRecord => ({
   id: 'w1',
@@ -225,6 +225,24 @@ describe('worker machine, by hand', () => {
   it.each(WORKER_STATUSES)('is restored into the status Redis recorded: %s', (status) => {
     const actor = createActor(workerMachine, { input: record(status) }).start();
     expect(actor.getSnapshot().value).toBe(status);
+  });
+
+  it.each(WORKER_STATUSES)('restoreWorkerActor resolves the same snapshot the restoring step reaches: %s', (status) => {
+    const recorded = record(status, { freeCpu: 1_250, freeGpuCount: 1, resourceVersion: 11 });
+    const stepped = createActor(workerMachine, { input: recorded }).start().getSnapshot();
+    const resolved = restoreWorkerActor(recorded).getSnapshot();
+    expect(resolved.value).toBe(status);
+    expect(resolved.status).toBe('active');
+    expect(serializeState(resolved)).toBe(serializeState(stepped));
+    // And it behaves the same afterwards: a reservation is decided by the same guard.
+    const events: WorkerEvent[] = [{ type: 'RESERVE', containerId: 'c', request: fits }, { type: 'DRAIN' }, { type: 'ENABLE' }];
+    const a = createActor(workerMachine, { input: recorded }).start();
+    const b = restoreWorkerActor(recorded);
+    for (const event of events) {
+      a.send(event);
+      b.send(event);
+      expect(serializeState(b.getSnapshot())).toBe(serializeState(a.getSnapshot()));
+    }
   });
 
   it.each(refusedRequests)('refuses a reservation with %s and changes nothing', (_, request) => {
