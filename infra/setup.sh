@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Drover needs and is missing, and nothing else; safe to run again.
 #   - redis-server and nats-server from Debian's packages (only when not found)
+#   - chromium from Debian's packages (only when not found): the debug page's browser test drives
+#     it with playwright-core, since browser downloads are not possible on these machines
 #   - the npm dependencies from package-lock.json (npm ci, which also builds dist/)
 # It does not start or stop any system service: Drover's demo, tests and benchmark start their
 # own private servers on free ports unless REDIS_URL / NATS_URL are set.
@@ -20,6 +22,7 @@ fi
 missing=()
 have redis-server || missing+=(redis-server)
 have nats-server || missing+=(nats-server)
+have chromium || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]} from Debian's packages"
   sudo=""
@@ -28,7 +31,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
-  log "redis-server and nats-server are installed"
+  log "redis-server, nats-server and chromium are installed"
 fi
 
 # npm ci only when node_modules does not match package-lock.json (it also runs the build).

@@ -43,6 +43,7 @@ const USAGE = `usage:
   drover demo [--workers N] [--containers N] [--replicas N] [--concurrency N]
   drover chaos [--quick] [--faults kill,pause,...] [--mixed N] [--replicas N] [--workers N] [--seed N] [--results FILE]
   drover status
+  drover charts [--format svg|dot|mermaid|all] [--out DIR]   draw every machine in actors/ (default svg into docs/charts)
   drover bench [seed|scale|million|churn|rebalance|memory|redis-memory|backlog ...] [--out FILE] [--baseline-seconds N]
   drover bench --report FILE          the README's results table from a results file
   drover submit --id ID --cpu MILLICORES --memory MIB [--gpu TYPE] [--gpu-count N] [--pool NAME]
@@ -86,6 +87,7 @@ const OPTIONS = {
   'max-wait': { type: 'string' },
   'no-queue': { type: 'boolean' },
   for: { type: 'string' },
+  format: { type: 'string' },
   'state-dir': { type: 'string' },
   'stop-grace-ms': { type: 'string' },
   'stop-containers-on-exit': { type: 'boolean' },
@@ -114,6 +116,7 @@ const POSITIONAL_LIMITS: Record<string, number> = {
   demo: 1,
   chaos: 1,
   status: 1,
+  charts: 1,
   submit: 1,
   release: 1,
   container: 1,
@@ -399,6 +402,17 @@ async function statusCommand(values: Values): Promise<number> {
   });
 }
 
+async function chartsCommand(values: Values): Promise<number> {
+  const { CHART_FORMATS, writeCharts } = await import('../charts/charts.js');
+  const format = values.format ?? 'svg';
+  if (format !== 'all' && !(CHART_FORMATS as readonly string[]).includes(format)) {
+    throw new UsageError(`unknown chart format "${format}"; known: ${CHART_FORMATS.join(', ')}, all`);
+  }
+  const formats = format === 'all' ? CHART_FORMATS : [format as (typeof CHART_FORMATS)[number]];
+  for (const path of await writeCharts(values.out ?? join('docs', 'charts'), formats)) process.stdout.write(`${path}\n`);
+  return 0;
+}
+
 async function benchCommand(names: string[], values: Values): Promise<number> {
   if (values.report !== undefined) {
     const { benchMarkdown } = await import('../bench/report.js');
@@ -492,6 +506,8 @@ async function run(allArgs: string[]): Promise<number> {
       return benchCommand(positionals.slice(1), values);
     case 'status':
       return statusCommand(values);
+    case 'charts':
+      return chartsCommand(values);
     case 'submit': {
       const spec: ContainerSpec = {
         ...resourceSpec(values),
