@@ -38,6 +38,13 @@ export interface DroverConfig {
   readonly workerTtlMs: number;
   /** A queued request waiting longer than this gets a worker held for it (protection from starvation). */
   readonly backlogHoldAfterMs: number;
+  /**
+   * The replica's HTTP port (metrics, health, the debug page): DROVER_HTTP_PORT, default 9470; 0
+   * takes a free port (shown by `drover status` and logged); "off" serves nothing.
+   */
+  readonly httpPort: number | null;
+  /** The address it binds: DROVER_HTTP_HOST, default 127.0.0.1 (loopback only). */
+  readonly httpHost: string;
 }
 
 export const PREFIX_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/;
@@ -85,5 +92,17 @@ export function loadConfig(env: Env = process.env, overrides: Partial<DroverConf
     backlogMax: overrides.backlogMax ?? integerVar(env, 'DROVER_BACKLOG_MAX', 1_000_000, 1, 100_000_000),
     workerTtlMs: overrides.workerTtlMs ?? integerVar(env, 'DROVER_WORKER_TTL_MS', 10_000, 300, 3_600_000),
     backlogHoldAfterMs: overrides.backlogHoldAfterMs ?? integerVar(env, 'DROVER_BACKLOG_HOLD_AFTER_MS', 30_000, 100, 86_400_000),
+    httpPort: overrides.httpPort !== undefined ? overrides.httpPort : env.DROVER_HTTP_PORT === 'off' ? null : integerVar(env, 'DROVER_HTTP_PORT', DEFAULT_HTTP_PORT, 0, 65_535),
+    httpHost: overrides.httpHost ?? httpHostVar(env.DROVER_HTTP_HOST),
   };
+}
+
+/** The replica's HTTP port unless DROVER_HTTP_PORT says otherwise (Prometheus exporters' range). */
+export const DEFAULT_HTTP_PORT = 9470;
+
+/** An IP address or host name to bind, checked here so a typo fails at start-up with the variable's name. */
+function httpHostVar(value: string | undefined): string {
+  if (value === undefined || value === '') return '127.0.0.1';
+  if (!/^[A-Za-z0-9.:\-\[\]]{1,253}$/.test(value)) throw new Error(`DROVER_HTTP_HOST must be an address or host name; got "${value}"`);
+  return value;
 }

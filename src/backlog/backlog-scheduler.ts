@@ -251,6 +251,24 @@ export class BacklogScheduler {
     return 'unavailable';
   }
 
+  /**
+   * How many queued containers are in each state of the scheduling queue (for the metrics):
+   * `active` (their shape may fit and is being tried), `backoff` (their shard owners did not answer;
+   * retried later), `unschedulable` (asleep until capacity appears) and `in_flight` (an attempt is
+   * running). One pass over the shapes' heaps, skipping entries already removed.
+   */
+  depthByQueue(now = Date.now()): { active: number; backoff: number; unschedulable: number; inFlight: number } {
+    const depth = { active: 0, backoff: 0, unschedulable: 0, inFlight: this.inFlight };
+    for (const shape of this.shapes.values()) {
+      let live = 0;
+      for (const entry of shape.heap) if (!entry.gone) live += 1;
+      if (shape.asleep) depth.unschedulable += live;
+      else if (shape.retryAt > now) depth.backoff += live;
+      else depth.active += live;
+    }
+    return depth;
+  }
+
   /** Depth by pool and by shape, and the oldest queued container, of the partitions held here. */
   describe(now = Date.now()): BacklogReport {
     const byPool = new Map<string, { depth: number; oldestQueuedAt: number }>();

@@ -62,7 +62,9 @@ export async function runDemo(options: DemoOptions): Promise<number> {
     for (let i = 0; i < options.replicas; i += 1) {
       // Agents' workers are lost after 2 s of silence in the demo (10 s by default), so the loss shows quickly.
       const workerTtlMs = process.env.DROVER_WORKER_TTL_MS === undefined ? { workerTtlMs: 2_000 } : {};
-      const config = loadConfig(process.env, { redisUrl, natsUrl, prefix, replicaId: `demo-replica-${i + 1}`, ...workerTtlMs });
+      // Every replica of the demo serves its debug page on a free port (printed below) unless DROVER_HTTP_PORT is set.
+      const httpPort = process.env.DROVER_HTTP_PORT === undefined ? { httpPort: 0 } : {};
+      const config = loadConfig(process.env, { redisUrl, natsUrl, prefix, replicaId: `demo-replica-${i + 1}`, ...workerTtlMs, ...httpPort });
       replicas.push(await Replica.start(config, log));
     }
     out.write(`started ${replicas.length} replica(s) holding ${replicas.reduce((n, r) => n + r.servedShards().length, 0)} ` +

@@ -28,6 +28,8 @@ export interface ContainerEventPublisher {
 
 export class NatsContainerEvents implements ContainerEventPublisher {
   published = 0;
+  /** Events published by this replica since it started, by status (the debug page draws them on the chart). */
+  readonly byStatus: Partial<Record<ContainerStatus, number>> = {};
 
   constructor(
     private readonly nc: NatsConnection,
@@ -39,5 +41,6 @@ export class NatsContainerEvents implements ContainerEventPublisher {
     const published: PublishedContainerEvent = { ...event, at: Date.now() };
     this.nc.publish(this.subjects.containerEvents(event.id), JSON.stringify(published));
     this.published += 1;
+    this.byStatus[event.status] = (this.byStatus[event.status] ?? 0) + 1;
   }
 }

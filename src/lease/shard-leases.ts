@@ -88,6 +88,11 @@ export class ShardLeases {
     return this.held.get(shard)?.epoch ?? null;
   }
 
+  /** When the lease this replica holds on the shard expires unless extended (Unix ms), or null. */
+  expiresAt(shard: number): number | null {
+    return this.held.get(shard)?.lock.expiration ?? null;
+  }
+
   /** The shards this replica should own; the loop acquires missing ones. */
   setDesired(shards: Iterable<number>): void {
     this.desiredShards = new Set(shards);

@@ -27,7 +27,8 @@ export class ReplicaProcess {
     this.id = options.id;
     this.child = spawn(process.execPath, [...(options.nodeArgs ?? []), join(packageRoot(), 'bin', 'drover.js'), 'replica'], {
       // Readiness is read from the "replica started" log line, so the level is at least info.
-      env: { ...process.env, ...options.env, DROVER_REPLICA_ID: options.id, DROVER_LOG_LEVEL: options.env.DROVER_LOG_LEVEL === 'debug' ? 'debug' : 'info' },
+      // Many replicas on one machine: each serves HTTP on a free port unless told otherwise.
+      env: { ...process.env, ...options.env, DROVER_HTTP_PORT: options.env.DROVER_HTTP_PORT ?? '0', DROVER_REPLICA_ID: options.id, DROVER_LOG_LEVEL: options.env.DROVER_LOG_LEVEL === 'debug' ? 'debug' : 'info' },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     this.child.stderr?.on('data', (chunk: Buffer) => {

@@ -39,6 +39,13 @@ import { BacklogPartition, maxWaitOf, type QueuedEntry } from '../backlog/backlo
 import { BacklogScheduler, type AttemptOutcome } from '../backlog/backlog-scheduler.js';
 import { NatsContainerEvents } from '../events/container-events.js';
 import { ShardEndpoint } from './shard-endpoint.js';
+import type { WorkerStatus } from '../../actors/capacity.js';
+import { DroverClient } from '../client/drover-client.js';
+import { containerView } from '../protocol/container-view.js';
+import { shardOf } from '../shard/shard-map.js';
+import { DebugView, type DebugSource, type ShardFacts } from '../observe/debug-view.js';
+import { ObserveServer, type Probe } from '../observe/http-server.js';
+import { ReplicaMetrics } from '../observe/metrics.js';
 
 /** Capacity changes are coalesced for this long before being published. */
 const CAPACITY_COALESCE_MS = 10;
@@ -46,6 +53,8 @@ const CAPACITY_COALESCE_MS = 10;
 const CAPACITY_HEARTBEAT_MS = 1_000;
 /** Round trips in a row, each under the slow bound, before a cut link counts as back. */
 const LINK_BACK_AFTER = 2;
+/** How long the debug page's cluster view waits for every replica's status over NATS. */
+const CLUSTER_STATUS_WAIT_MS = 300;
 
 interface ServedShard {
   readonly owner: ShardOwner;
@@ -77,6 +86,13 @@ export class Replica {
   readonly peers: PeerWatch;
   readonly backlog: BacklogScheduler;
   readonly events: NatsContainerEvents;
+  /** Prometheus metrics (served on /metrics). */
+  readonly metrics: ReplicaMetrics;
+  /** What the debug page shows (served on /debug). */
+  readonly debug: DebugView;
+  /** The HTTP server (metrics, health, debug page), or null when DROVER_HTTP_PORT is off. */
+  private http: ObserveServer | null = null;
+  private handOverCount = 0;
   /**
    * Settles with a message when this replica must stop on its own (another process took its
    * replica id while it was paused); the command exits 1 with it.
@@ -101,6 +117,7 @@ export class Replica {
   private readonly redisWrites: Incident;
   /** Owner counters survive the owners themselves (shards come and go). */
   private readonly retiredOwnerStats = { batches: 0, committedOps: 0, fenceRefusals: 0, versionConflicts: 0, resyncs: 0 };
+  private retiredBacklogFenceRefusals = 0;
 
   private constructor(
     readonly config: DroverConfig,
@@ -129,6 +146,8 @@ export class Replica {
       log,
       localOwner: (shard) => this.served.get(shard)?.endpoint ?? null,
       localCapacity: (shard) => this.capacityOf(shard),
+      onAttempt: (result, seconds) => this.metrics.observeAttempt(result, seconds),
+      onScheduled: (seconds) => this.metrics.observeScheduled(seconds),
       onShardReleased: (shard) => {
         if (this.leases.isDesired(shard) && !this.served.has(shard)) this.leases.acquireSoon();
       },
@@ -146,6 +165,61 @@ export class Replica {
       log,
     });
     this.router.view.onUpdate((shard) => this.backlog.capacityChanged(shard));
+    this.metrics = new ReplicaMetrics({
+      replicaId: config.replicaId,
+      counters: () => {
+        const stats = this.stats();
+        return {
+          placed: stats.router.placed,
+          reroutes: stats.router.reroutes,
+          fenceRefusals: stats.owners.fenceRefusals + this.backlogFenceRefusals(),
+          versionConflicts: stats.owners.versionConflicts,
+          leasesAcquired: stats.leases.acquired,
+          leasesLost: stats.leases.lost,
+          handOvers: this.handOverCount,
+          queuedOnSubmit: stats.router.queued,
+          wakes: stats.backlog.wakes,
+          requeuedNoRoom: stats.backlog.noRoom,
+          backoffs: stats.backlog.unavailable,
+        };
+      },
+      shardsOwned: () => this.served.size,
+      backlogDepth: () => this.backlog.depthByQueue(),
+      forEachWorker: (visit) => {
+        for (const { owner } of this.served.values()) owner.forEachWorker(visit);
+      },
+    });
+    this.debug = new DebugView({
+      replicaId: config.replicaId,
+      prefix: config.prefix,
+      shardCount: config.shards,
+      status: () => this.status(false) as ReturnType<DebugSource['status']>,
+      shards: () => this.shardFacts(),
+      backlogDepth: () => this.backlog.depthByQueue(),
+      containerEventsByStatus: () => ({ ...this.events.byStatus }),
+      findWorker: (id) => {
+        const shard = shardOf(id, config.shards);
+        const actor = this.served.get(shard)?.owner.actorOf(id) ?? null;
+        return { shard, actor, ownerReplica: this.served.has(shard) ? config.replicaId : this.router.view.ownerOf(shard) };
+      },
+      readContainer: async (id) => {
+        const record = await this.store.readContainer(id);
+        return record === null ? null : containerView(record);
+      },
+      subscribeContainer: (id, onEvent) => {
+        const subscription = this.nc.subscribe(this.subjects.containerEvents(id), {
+          callback: (error, msg) => {
+            if (error) return;
+            try {
+              onEvent(msg.json<Record<string, unknown>>());
+            } catch {
+              // a malformed event is not shown
+            }
+          },
+        });
+        return () => subscription.unsubscribe();
+      },
+    });
     this.membership = new Membership({
       store: this.store,
       nc,
@@ -277,7 +351,9 @@ export class Replica {
     this.links.nats.start();
     this.links.redis.start();
     this.peers.start();
-    this.log.info({ shards: this.servedShards(), of: this.config.shards }, 'replica started');
+    this.debug.start();
+    await this.startHttp();
+    this.log.info({ shards: this.servedShards(), of: this.config.shards, http: this.httpAddress() }, 'replica started');
   }
 
   /** The shards this replica should own, by rendezvous hashing over the live members. */
@@ -335,10 +411,11 @@ export class Replica {
     });
   }
 
-  status(): Record<string, unknown> {
+  /** What `drover status` and the debug page show. `collect`: under --expose-gc, collect garbage first (not on the page's 250 ms pushes). */
+  status(collect = true): Record<string, unknown> {
     // Under --expose-gc (the benchmark's memory scenario) report live memory, not garbage.
     const gc = (globalThis as { gc?: () => void }).gc;
-    if (gc !== undefined) gc();
+    if (gc !== undefined && collect) gc();
     const memory = process.memoryUsage();
     return {
       uptimeMs: Date.now() - this.started,
@@ -349,6 +426,7 @@ export class Replica {
       peers: this.peers.stats,
       steppedOut: this.membership.suspended,
       routing: this.router.routing,
+      http: this.httpAddress(),
       ...this.stats(),
     };
   }
@@ -379,6 +457,74 @@ export class Replica {
       leases: this.leases.stats,
       backlog: { ...this.backlog.stats, queued },
     };
+  }
+
+  /** Where this replica serves HTTP (metrics, health, debug page), or null. */
+  httpAddress(): { host: string; port: number; url: string } | null {
+    const address = this.http?.address ?? null;
+    if (address === null) return null;
+    const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+    return { host: address.address, port: address.port, url: `http://${host}:${address.port}/debug` };
+  }
+
+  private async startHttp(): Promise<void> {
+    if (this.config.httpPort === null) return;
+    const server = new ObserveServer({
+      host: this.config.httpHost,
+      port: this.config.httpPort,
+      label: `replica ${this.config.replicaId}`,
+      replica: { metrics: this.metrics, view: this.debug, health: () => this.health(), readiness: () => this.readiness() },
+      cluster: () => new DroverClient(this.nc, this.config.prefix).clusterStatus(CLUSTER_STATUS_WAIT_MS),
+    });
+    try {
+      await server.start();
+    } catch (error) {
+      throw new Error(`cannot serve HTTP on ${this.config.httpHost}:${this.config.httpPort} (DROVER_HTTP_PORT / DROVER_HTTP_HOST): ${(error as Error).message}`);
+    }
+    this.http = server;
+  }
+
+  /** /healthz: the process runs and its links to Redis and NATS answer. */
+  health(): Probe {
+    const redis = this.links.redis.describe();
+    const nats = this.links.nats.describe();
+    const link = (state: typeof redis) => ({
+      ok: !state.cut,
+      detail: state.cut ? `cut: no round trip for ${state.sinceGoodMs} ms` : `last round trip ${state.lastRoundTripMs ?? '-'} ms`,
+    });
+    const checks = { process: { ok: true, detail: `up ${Math.round((Date.now() - this.started) / 1000)} s` }, redis: link(redis), nats: link(nats) };
+    return { ok: checks.redis.ok && checks.nats.ok && !this.nc.isClosed(), checks };
+  }
+
+  /** /readyz: serving — a member, holding every shard it should own, its router in the public queue group. */
+  readiness(): Probe {
+    const desired = this.desired();
+    const missing = desired.filter((shard) => !this.served.has(shard));
+    const member = this.membership.members.includes(this.config.replicaId) && !this.membership.suspended;
+    const checks = {
+      joined: { ok: member, detail: member ? `one of ${this.membership.members.length} members` : 'not among the members (joining, or stepped out while a link is cut)' },
+      shards: { ok: desired.length > 0 && missing.length === 0, detail: desired.length === 0 ? 'owns no shard yet' : missing.length === 0 ? `holds its ${desired.length} shards` : `waiting for ${missing.length} of its ${desired.length} shards` },
+      router: { ok: this.router.routing, detail: this.router.routing ? 'subscribed to the public subjects' : 'not in the public queue group (Redis cut off?)' },
+    };
+    return { ok: checks.joined.ok && checks.shards.ok && checks.router.ok && this.stopping === null, checks };
+  }
+
+  /** Per shard: epoch, lease expiry, workers by state, queued containers (for the debug page). */
+  private shardFacts(): ShardFacts[] {
+    return this.servedShards().map((shard) => {
+      const served = this.served.get(shard)!;
+      const workers: Partial<Record<WorkerStatus, number>> = {};
+      served.owner.forEachWorker((worker) => {
+        workers[worker.status] = (workers[worker.status] ?? 0) + 1;
+      });
+      return { shard, epoch: served.owner.epoch, leaseExpiresAt: this.leases.expiresAt(shard), workers, queued: served.backlog.entries.size };
+    });
+  }
+
+  private backlogFenceRefusals(): number {
+    let refusals = this.retiredBacklogFenceRefusals;
+    for (const { backlog } of this.served.values()) refusals += backlog.stats.fenceRefusals;
+    return refusals;
   }
 
   /**
@@ -428,7 +574,10 @@ export class Replica {
   private async attemptQueued(entry: QueuedEntry): Promise<AttemptOutcome> {
     const request = { id: entry.id, ...entry.request, priority: entry.priority, maxWaitMs: maxWaitOf(entry) };
     const reply = await this.router.place(request, null, entry.requestKey);
-    if (reply.ok) return { outcome: 'placed', workerId: reply.workerId };
+    if (reply.ok) {
+      this.metrics.observeScheduled((Date.now() - entry.queuedAt) / 1_000);
+      return { outcome: 'placed', workerId: reply.workerId };
+    }
     switch (reply.error.code) {
       case 'NO_CAPACITY':
         return { outcome: 'no-room' };
@@ -465,6 +614,8 @@ export class Replica {
     if (this.heartbeatTimer !== null) clearInterval(this.heartbeatTimer);
     if (this.capacityTimer !== null) clearTimeout(this.capacityTimer);
     this.backlog.stop();
+    this.debug.stop();
+    await this.http?.stop();
     await this.closeConnections();
     this.log.info('stopped');
   }
@@ -475,6 +626,7 @@ export class Replica {
     if (running !== undefined) return running;
     const served = this.served.get(shard);
     if (served === undefined) return Promise.resolve();
+    const startedAt = Date.now();
     const handOver = (async () => {
       await served.subscription.drain().catch(() => undefined);
       await Promise.all([served.owner.drain(), served.backlog.drain()]);
@@ -483,6 +635,10 @@ export class Replica {
       if (this.served.get(shard) !== served) return;
       this.retire(shard, served);
       if (this.leases.epochOf(shard) === served.owner.epoch) await this.leases.release(shard);
+      const durationMs = Date.now() - startedAt;
+      this.handOverCount += 1;
+      this.metrics.observeHandOver(durationMs / 1_000);
+      this.debug.recordHandOver({ shard, kind: 'handed-over', at: Date.now(), epoch: served.owner.epoch, durationMs });
     })().finally(() => this.handingOver.delete(shard));
     this.handingOver.set(shard, handOver);
     return handOver;
@@ -499,6 +655,7 @@ export class Replica {
   private async openShard(shard: number, epoch: number): Promise<void> {
     // Redis refused this ownership's epoch (in a worker write or a backlog write): another replica has the shard.
     const onFenced = (fencedShard: number) => {
+      this.debug.recordRefusal({ kind: 'fence', shard: fencedShard, workerId: null, code: 'FENCED', at: Date.now() });
       this.leases.forget(fencedShard);
       this.dropShard(fencedShard, 'fenced by a newer epoch');
     };
@@ -520,6 +677,7 @@ export class Replica {
         if (!this.nc.isClosed()) this.nc.publish(this.subjects.agent(workerId));
       },
       onRequeued: (containerId) => void this.handRequeued(shard, containerId),
+      onRefusal: (refusal) => this.debug.recordRefusal(refusal),
     });
     let backlog: BacklogPartition;
     try {
@@ -548,6 +706,7 @@ export class Replica {
     this.served.set(shard, { owner, backlog, endpoint, subscription, capacity: null });
     this.backlog.add(backlog);
     this.log.debug({ shard, epoch, workers: owner.workerCount }, 'shard opened');
+    this.debug.recordHandOver({ shard, kind: 'acquired', at: Date.now(), epoch });
     this.publishCapacity(shard);
     // Membership may have moved on while the shard was loading: give it to its new owner.
     if (!this.leases.isDesired(shard)) void this.handOver(shard);
@@ -559,6 +718,7 @@ export class Replica {
     if (served === undefined) return;
     // Logged by the caller once for all the shards it drops (lease loss, link cut); per shard at debug.
     this.log.debug({ shard, reason }, 'shard dropped');
+    this.debug.recordHandOver({ shard, kind: 'dropped', at: Date.now(), epoch: served.owner.epoch, reason });
     served.subscription.unsubscribe();
     served.owner.close();
     this.retire(shard, served);
@@ -569,6 +729,7 @@ export class Replica {
       this.retiredOwnerStats[key] += served.owner.stats[key];
     }
     this.served.delete(shard);
+    this.retiredBacklogFenceRefusals += served.backlog.stats.fenceRefusals;
     served.backlog.close();
     this.backlog.remove(shard);
     this.dirtyShards.delete(shard);

@@ -147,6 +147,11 @@ export class CapacityView {
     return shards;
   }
 
+  /** The replica whose summary last said it owns the shard, or null (none yet, or handed over). */
+  ownerOf(shard: number): string | null {
+    return this.shards[shard]?.owner ?? null;
+  }
+
   /** Called after every summary taken (the backlog wakes the queued containers it may fit). */
   onUpdate(listener: (shard: number) => void): void {
     this.listeners.push(listener);

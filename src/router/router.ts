@@ -35,6 +35,7 @@ import type { DroverStore } from '../store/store.js';
 import { Incident } from '../util/incident.js';
 import type { Logger } from '../util/log.js';
 import { mergeBacklogReports, parseBacklogReport, type BacklogReport } from '../backlog/backlog-report.js';
+import type { AttemptResult } from '../observe/metrics.js';
 import { CapacityView } from './capacity-view.js';
 import { ShardClient } from './shard-client.js';
 
@@ -104,6 +105,10 @@ export interface RouterOptions {
   readonly localOwner?: (shard: number) => LocalShard | null;
   /** The current capacity summary of a shard held in this process (what a remote reply carries). */
   readonly localCapacity?: (shard: number) => ShardCapacity | null;
+  /** Every placement attempt's result and duration (the metrics). */
+  readonly onAttempt?: (result: AttemptResult, seconds: number) => void;
+  /** A submitted container placed at once, `seconds` after its submit arrived (the metrics' end-to-end time). */
+  readonly onScheduled?: (seconds: number) => void;
 }
 
 export class Router {
@@ -253,7 +258,9 @@ export class Router {
    */
   async submit(request: SubmitRequest, clientDeadline: number | null, key: string): Promise<SubmitReply> {
     const spec = specJson(request);
+    const started = performance.now();
     const placed = await this.place(request, clientDeadline, key, spec);
+    if (placed.ok) this.options.onScheduled?.((performance.now() - started) / 1_000);
     if (placed.ok || !request.queue) return placed;
     if (placed.error.code !== 'NO_CAPACITY' && placed.error.code !== 'UNAVAILABLE') return placed;
     const result = await this.sendBound(this.shardOf(request.id), {
@@ -309,7 +316,16 @@ export class Router {
    * shard either answered that nothing fits or has a fresh summary proving it; otherwise the
    * answer is UNAVAILABLE (retry), never a "no" that may be false.
    */
+  /** One placement attempt (a submit's, or a queued container's), timed and counted by its result. */
   async place(request: ContainerRequest, clientDeadline: number | null = null, key: string = this.newRequestKey(), spec = ''): Promise<PlaceReply> {
+    const started = performance.now();
+    const reply = await this.attemptPlacement(request, clientDeadline, key, spec);
+    const result: AttemptResult = reply.ok ? 'scheduled' : reply.error.code === 'NO_CAPACITY' ? 'unschedulable' : 'error';
+    this.options.onAttempt?.(result, (performance.now() - started) / 1_000);
+    return reply;
+  }
+
+  private async attemptPlacement(request: ContainerRequest, clientDeadline: number | null, key: string, spec: string): Promise<PlaceReply> {
     const placement = placementOf(request);
     // Kept with the placement, for a requeue should its worker be lost before running it.
     const { priority = 0, maxWaitMs = DEFAULT_MAX_WAIT_MS } = request as Partial<SubmitRequest>;

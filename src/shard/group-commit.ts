@@ -112,6 +112,8 @@ export interface GroupCommitHost {
   fence(currentEpoch: number): void;
   /** Decide a placement once more after its worker resynced (the owner's admission does it). */
   redecide(queued: QueuedPlacement): void;
+  /** Redis refused a write because the worker was not what the actor held (counted, and shown on the debug page). */
+  versionConflict(workerId: string, code: string): void;
 }
 
 export class GroupCommit {
@@ -309,7 +311,7 @@ export class GroupCommit {
         return false;
       }
       // RV_CONFLICT, NO_CAPACITY, NOT_SCHEDULABLE, WORKER_NOT_FOUND: the actor's view was not Redis's.
-      this.host.stats.versionConflicts += 1;
+      this.host.versionConflict(workerId, outcome.code);
       this.host.options.log.warn({ shard: this.host.options.shard, worker: workerId, code: outcome.code }, 'placement refused by Redis; resyncing worker');
       if (queued.redecided) {
         queued.resolve({ ok: false, code: 'RETRY', message: `worker ${workerId} changed under this replica (${outcome.code})` });
@@ -342,7 +344,7 @@ export class GroupCommit {
         queued.resolve({ ok: false, code: 'NOT_FOUND', message: `container ${queued.containerId} is not placed on ${workerId}` });
         return false;
       }
-      this.host.stats.versionConflicts += 1;
+      this.host.versionConflict(workerId, outcome.code);
       queued.resolve({ ok: false, code: 'RETRY', message: `worker ${workerId} changed under this replica (${outcome.code})` });
       return true;
     }
@@ -368,7 +370,7 @@ export class GroupCommit {
         queued.resolve({ ok: false, code: 'CONFLICT', message: `container ${queued.containerId} is ${outcome.extra}` });
         return false;
       }
-      this.host.stats.versionConflicts += 1;
+      this.host.versionConflict(workerId, outcome.code);
       queued.resolve({ ok: false, code: 'RETRY', message: `worker ${workerId} changed under this replica (${outcome.code})` });
       return true;
     }
@@ -382,7 +384,7 @@ export class GroupCommit {
         queued.resolve({ ok: false, code: 'CONFLICT', message: `worker ${workerId} cannot be removed: it is ${outcome.extra.replace('containers', 'holding containers:')}` });
         return true;
       }
-      this.host.stats.versionConflicts += 1;
+      this.host.versionConflict(workerId, outcome.code);
       queued.resolve({ ok: false, code: 'RETRY', message: `worker ${workerId} changed under this replica (${outcome.code})` });
       return true;
     }
@@ -392,7 +394,7 @@ export class GroupCommit {
       tally.afterSettle.push(() => queued.resolve({ ok: true, worker: this.workers.view(queued.actor) }));
       return false;
     }
-    this.host.stats.versionConflicts += 1;
+    this.host.versionConflict(workerId, outcome.code);
     queued.resolve({ ok: false, code: 'RETRY', message: `worker ${workerId} changed under this replica (${outcome.code})` });
     return true;
   }

@@ -20,6 +20,7 @@ import {
   type ShardOp,
   type ShardOpResult,
   type StatusAction,
+  type WorkerView,
 } from '../protocol/shard-messages.js';
 import type { WorkerRegistration } from '../protocol/validate.js';
 import type { ContainerEventPublisher } from '../events/container-events.js';
@@ -72,6 +73,18 @@ export interface ShardOwnerOptions {
   readonly workerTtlMs: number;
   /** Tell a worker's agent to report now (an assignment or a stop waits for it). */
   readonly pokeAgent: (workerId: string) => void;
+  /** A write Redis refused (a newer epoch, or a worker changed under this replica), for the debug page. */
+  readonly onRefusal?: (refusal: WriteRefusal) => void;
+}
+
+/** A fenced write Redis refused: `fence` (another replica's epoch is newer) or `version` (the worker changed). */
+export interface WriteRefusal {
+  readonly kind: 'fence' | 'version';
+  readonly shard: number;
+  readonly workerId: string | null;
+  /** The script's code: FENCED, RV_CONFLICT, NO_CAPACITY, NOT_SCHEDULABLE, WORKER_NOT_FOUND, ... */
+  readonly code: string;
+  readonly at: number;
 }
 
 /** The ops a shard owner serves: its workers' (the backlog's go to the shard's backlog partition). */
@@ -127,6 +140,10 @@ export class ShardOwner {
         closed: () => this.ownerState === 'closed',
         fence: (currentEpoch) => this.fence(currentEpoch),
         redecide: (queued) => this.redecide(queued),
+        versionConflict: (workerId, code) => {
+          this.stats.versionConflicts += 1;
+          options.onRefusal?.({ kind: 'version', shard: this.shard, workerId, code, at: Date.now() });
+        },
       },
       this.workers,
     );
@@ -166,6 +183,16 @@ export class ShardOwner {
 
   get workerCount(): number {
     return this.workers.size;
+  }
+
+  /** Each worker's spec, status and committed free capacity (read-only; for metrics and the debug page). */
+  forEachWorker(visit: (worker: WorkerView) => void): void {
+    for (const [, actor] of this.workers.entries()) visit(this.workers.view(actor));
+  }
+
+  /** The worker's actor, for the debug page's inspection of one worker (never sent events from there). */
+  actorOf(workerId: string): WorkerActor | undefined {
+    return this.workers.get(workerId);
   }
 
   /** Run one op for this shard. Never rejects: every failure is a result the router can act on. */

@@ -44,7 +44,7 @@ async function startNode(prefix: string, replicaId: string, log = silentLogger()
   const nats = await startFaultProxy({ targetPort: port(natsUrl()) });
   const redis = await startFaultProxy({ targetPort: port(redisUrl()) });
   proxies.push(nats, redis);
-  const config = loadConfig({}, { prefix, shards: SHARDS, leaseTtlMs: TTL, replicaId, natsUrl: nats.url('nats'), redisUrl: redis.url('redis') });
+  const config = loadConfig({}, { httpPort: null, prefix, shards: SHARDS, leaseTtlMs: TTL, replicaId, natsUrl: nats.url('nats'), redisUrl: redis.url('redis') });
   const node = { replica: await Replica.start(config, log), nats, redis };
   nodes.push(node);
   return node;
@@ -189,7 +189,7 @@ describe('partitions', () => {
   it('refuses a second replica started with the same replica id', async () => {
     const prefix = testPrefix('pd');
     await startNode(prefix, 'twin');
-    const config = loadConfig({}, { prefix, shards: SHARDS, leaseTtlMs: TTL, replicaId: 'twin', natsUrl: natsUrl(), redisUrl: redisUrl() });
+    const config = loadConfig({}, { httpPort: null, prefix, shards: SHARDS, leaseTtlMs: TTL, replicaId: 'twin', natsUrl: natsUrl(), redisUrl: redisUrl() });
     const started = Date.now();
     await expect(Replica.start(config, silentLogger())).rejects.toThrow(DuplicateReplicaError);
     // It waited for the first one's entry to expire (a crashed predecessor would have), saw it renewed, and gave up.

@@ -22,7 +22,7 @@ export function testPrefix(label = 't'): string {
 }
 
 export function testConfig(overrides: Partial<DroverConfig> = {}): DroverConfig {
-  return loadConfig({}, { redisUrl: redisUrl(), natsUrl: natsUrl(), prefix: testPrefix(), shards: 8, leaseTtlMs: 3_000, ...overrides });
+  return loadConfig({}, { redisUrl: redisUrl(), natsUrl: natsUrl(), prefix: testPrefix(), shards: 8, leaseTtlMs: 3_000, httpPort: null, ...overrides });
 }
 
 export async function startReplica(overrides: Partial<DroverConfig> = {}): Promise<Replica> {

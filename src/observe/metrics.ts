@@ -1,0 +1,256 @@
+/**
+ * A replica's Prometheus metrics (prom-client, text format on /metrics). Names follow
+ * kube-scheduler's where the meaning matches ("pod" there is a container here); the rest are
+ * `drover_*`. Every series carries the replica id as a default label, and no label names a worker
+ * or a container (their number is unbounded): per-worker facts are aggregated by pool and status,
+ * and worker utilization is a histogram.
+ *
+ * Counters that Drover already keeps (router, owners, leases, backlog) are read when scraped, so
+ * the hot paths pay nothing for them; only durations are observed as they happen.
+ *
+ * What the seed's audit asked to watch, from these:
+ *   conflict ratio      sum(rate(scheduler_schedule_attempts_total[5m]))
+ *                         / sum(rate(scheduler_schedule_attempts_total{result="scheduled"}[5m]))
+ *                       and drover_version_conflicts_total, drover_reroutes_total per placement
+ *   time to schedule    scheduler_pod_scheduling_sli_duration_seconds (submit or queue -> placed)
+ *   utilization         drover_worker_utilization (distribution), drover_pool_allocated / drover_pool_capacity
+ *   backlog over time   scheduler_pending_pods{queue}
+ */
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { WorkerView } from '../protocol/shard-messages.js';
+
+export type AttemptResult = 'scheduled' | 'unschedulable' | 'error';
+
+/** What the metrics read from the replica when scraped. */
+export interface MetricsSource {
+  readonly replicaId: string;
+  counters(): {
+    readonly placed: number;
+    readonly reroutes: number;
+    readonly fenceRefusals: number;
+    readonly versionConflicts: number;
+    readonly leasesAcquired: number;
+    readonly leasesLost: number;
+    readonly handOvers: number;
+    readonly queuedOnSubmit: number;
+    readonly wakes: number;
+    readonly requeuedNoRoom: number;
+    readonly backoffs: number;
+  };
+  shardsOwned(): number;
+  backlogDepth(): { active: number; backoff: number; unschedulable: number; inFlight: number };
+  forEachWorker(visit: (worker: WorkerView) => void): void;
+}
+
+const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1_800, 3_600];
+const SHARE_BUCKETS = [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1];
+/** Distinct pools shown as labels; beyond this they are summed under pool="(other)" (bounded series). */
+const MAX_POOL_LABELS = 100;
+
+export class ReplicaMetrics {
+  readonly registry = new Registry();
+  private readonly attemptDuration: Histogram<'result'>;
+  private readonly attempts: Counter<'result'>;
+  private readonly endToEnd: Histogram;
+  private readonly handOverDuration: Histogram;
+
+  constructor(private readonly source: MetricsSource) {
+    const registers = [this.registry];
+    this.registry.setDefaultLabels({ replica: source.replicaId });
+    collectDefaultMetrics({ register: this.registry });
+
+    this.attempts = new Counter({
+      name: 'scheduler_schedule_attempts_total',
+      help: 'Placement attempts by result: scheduled, unschedulable (no worker has room), error (owners unavailable, refused).',
+      labelNames: ['result'],
+      registers,
+    });
+    for (const result of ['scheduled', 'unschedulable', 'error'] as const) this.attempts.inc({ result }, 0);
+    this.attemptDuration = new Histogram({
+      name: 'scheduler_scheduling_attempt_duration_seconds',
+      help: 'Duration of one placement attempt through this replica\'s router, re-routes included.',
+      labelNames: ['result'],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.endToEnd = new Histogram({
+      name: 'scheduler_pod_scheduling_sli_duration_seconds',
+      help: 'From a container\'s submit (or its queueing) until it is placed, backlog wait included.',
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.handOverDuration = new Histogram({
+      name: 'drover_handover_duration_seconds',
+      help: 'Graceful shard hand-overs: from giving the shard up until its writes drained and its lease was released.',
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    });
+
+    const counter = (name: string, help: string, read: (c: ReturnType<MetricsSource['counters']>) => number) =>
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          this.reset();
+          this.inc(read(source.counters()));
+        },
+      });
+    counter('drover_placements_total', 'Containers placed through this replica\'s router (submits and backlog attempts).', (c) => c.placed);
+    counter('drover_reroutes_total', 'Placements a shard owner refused (no fit after all) that the router sent to another shard.', (c) => c.reroutes);
+    counter('drover_fence_refusals_total', 'Writes Redis refused because another replica holds a newer lease epoch for the shard.', (c) => c.fenceRefusals);
+    counter('drover_version_conflicts_total', 'Writes Redis refused because the worker\'s ResourceVersion or capacity was not what the actor held.', (c) => c.versionConflicts);
+    counter('drover_lease_acquisitions_total', 'Shard leases this replica acquired.', (c) => c.leasesAcquired);
+    counter('drover_lease_losses_total', 'Shard leases this replica lost (expired or refused extension).', (c) => c.leasesLost);
+    counter('drover_handovers_total', 'Shards this replica handed over gracefully (rebalancing).', (c) => c.handOvers);
+    new Counter({
+      name: 'scheduler_queue_incoming_pods_total',
+      help: 'Containers entering the backlog\'s active queue, by event: submitted (queued on submit), wake (capacity appeared), no_room (tried, did not fit), backoff (owners did not answer).',
+      labelNames: ['event'],
+      registers,
+      collect() {
+        const c = source.counters();
+        this.reset();
+        this.inc({ event: 'submitted' }, c.queuedOnSubmit);
+        this.inc({ event: 'wake' }, c.wakes);
+        this.inc({ event: 'no_room' }, c.requeuedNoRoom);
+        this.inc({ event: 'backoff' }, c.backoffs);
+      },
+    });
+    new Gauge({
+      name: 'scheduler_pending_pods',
+      help: 'Queued containers in this replica\'s backlog partitions, by queue: active, backoff, unschedulable (asleep until capacity appears), in_flight.',
+      labelNames: ['queue'],
+      registers,
+      collect() {
+        const depth = source.backlogDepth();
+        this.set({ queue: 'active' }, depth.active);
+        this.set({ queue: 'backoff' }, depth.backoff);
+        this.set({ queue: 'unschedulable' }, depth.unschedulable);
+        this.set({ queue: 'in_flight' }, depth.inFlight);
+      },
+    });
+    new Gauge({
+      name: 'drover_shards_owned',
+      help: 'Shards whose lease this replica holds and serves.',
+      registers,
+      collect() {
+        this.set(source.shardsOwned());
+      },
+    });
+
+    // Workers, capacity and utilization: one pass over this replica's workers per scrape.
+    let pass: WorkerPass | null = null;
+    const workerPass = (): WorkerPass => {
+      // The three collectors below run in the same scrape; one pass serves them all.
+      if (pass === null || Date.now() - pass.at > 1_000) pass = passOver(source);
+      return pass;
+    };
+    new Gauge({
+      name: 'drover_workers',
+      help: 'Workers of the shards this replica owns, by pool and status.',
+      labelNames: ['pool', 'status'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [key, count] of workerPass().workers) {
+          const [pool, status] = key.split('\u0000') as [string, string];
+          this.set({ pool, status }, count);
+        }
+      },
+    });
+    const resources = (name: string, help: string, pick: (pool: PoolTotals) => [number, number, number]) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['pool', 'resource'],
+        registers,
+        collect() {
+          this.reset();
+          for (const [pool, totals] of workerPass().pools) {
+            const [cpu, memory, gpu] = pick(totals);
+            this.set({ pool, resource: 'cpu_millicores' }, cpu);
+            this.set({ pool, resource: 'memory_mib' }, memory);
+            this.set({ pool, resource: 'gpu' }, gpu);
+          }
+        },
+      });
+    resources('drover_pool_capacity', 'Capacity of the workers this replica owns that take placements (available or draining), by pool.', (t) => [t.cpu, t.memory, t.gpu]);
+    resources('drover_pool_allocated', 'Capacity allocated to containers on those workers, by pool (utilization = allocated / capacity).', (t) => [t.allocatedCpu, t.allocatedMemory, t.allocatedGpu]);
+    new Histogram({
+      name: 'drover_worker_utilization',
+      help: 'Share of each worker\'s capacity allocated (the higher of CPU and memory), over the workers this replica owns, taken at scrape time.',
+      buckets: SHARE_BUCKETS,
+      registers,
+      collect() {
+        this.reset();
+        for (const share of workerPass().utilization) this.observe(share);
+      },
+    });
+  }
+
+  /** One placement attempt ended (a submit's, or a backlog attempt's). */
+  observeAttempt(result: AttemptResult, seconds: number): void {
+    this.attempts.inc({ result });
+    this.attemptDuration.observe({ result }, seconds);
+  }
+
+  /** A container was placed `seconds` after it was submitted (its whole wait, backlog included). */
+  observeScheduled(seconds: number): void {
+    this.endToEnd.observe(Math.max(0, seconds));
+  }
+
+  observeHandOver(seconds: number): void {
+    this.handOverDuration.observe(seconds);
+  }
+
+  async text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}
+
+interface PoolTotals {
+  cpu: number;
+  memory: number;
+  gpu: number;
+  allocatedCpu: number;
+  allocatedMemory: number;
+  allocatedGpu: number;
+}
+
+interface WorkerPass {
+  readonly at: number;
+  /** "<pool>\0<status>" -> count. */
+  readonly workers: Map<string, number>;
+  readonly pools: Map<string, PoolTotals>;
+  readonly utilization: number[];
+}
+
+function passOver(source: MetricsSource): WorkerPass {
+  const workers = new Map<string, number>();
+  const pools = new Map<string, PoolTotals>();
+  const utilization: number[] = [];
+  source.forEachWorker((worker) => {
+    let pool = worker.pool ?? '';
+    if (!pools.has(pool) && pools.size >= MAX_POOL_LABELS) pool = '(other)';
+    const key = `${pool}\u0000${worker.status}`;
+    workers.set(key, (workers.get(key) ?? 0) + 1);
+    if (worker.status !== 'available' && worker.status !== 'draining') return;
+    let totals = pools.get(pool);
+    if (totals === undefined) pools.set(pool, (totals = { cpu: 0, memory: 0, gpu: 0, allocatedCpu: 0, allocatedMemory: 0, allocatedGpu: 0 }));
+    totals.cpu += worker.cpu;
+    totals.memory += worker.memory;
+    totals.gpu += worker.gpuCount;
+    totals.allocatedCpu += worker.cpu - worker.freeCpu;
+    totals.allocatedMemory += worker.memory - worker.freeMemory;
+    totals.allocatedGpu += worker.gpuCount - worker.freeGpuCount;
+    const cpuShare = worker.cpu > 0 ? (worker.cpu - worker.freeCpu) / worker.cpu : 0;
+    const memoryShare = worker.memory > 0 ? (worker.memory - worker.freeMemory) / worker.memory : 0;
+    utilization.push(Math.max(cpuShare, memoryShare));
+  });
+  return { at: Date.now(), workers, pools, utilization };
+}
