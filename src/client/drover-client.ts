@@ -120,6 +120,10 @@ export interface ReplicaStatus {
   steppedOut?: boolean;
   /** Whether its router is in the public queue group (it leaves it while Redis is cut). */
   routing?: boolean;
+  /** Where it serves metrics, health and its debug page (null: DROVER_HTTP_PORT=off). */
+  http?: { host: string; port: number; url: string } | null;
+  /** Its backlog scheduler's counters and the containers queued in its partitions. */
+  backlog?: Record<string, number>;
 }
 
 export type WaitTarget = 'placed' | 'running' | 'terminal';
