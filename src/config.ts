@@ -101,8 +101,8 @@ export function loadConfig(env: Env = process.env, overrides: Partial<DroverConf
 export const DEFAULT_HTTP_PORT = 9470;
 
 /** An IP address or host name to bind, checked here so a typo fails at start-up with the variable's name. */
-function httpHostVar(value: string | undefined): string {
+export function httpHostVar(value: string | undefined, name = 'DROVER_HTTP_HOST'): string {
   if (value === undefined || value === '') return '127.0.0.1';
-  if (!/^[A-Za-z0-9.:\-\[\]]{1,253}$/.test(value)) throw new Error(`DROVER_HTTP_HOST must be an address or host name; got "${value}"`);
+  if (!/^[A-Za-z0-9.:\-\[\]]{1,253}$/.test(value)) throw new Error(`${name} must be an address or host name; got "${value}"`);
   return value;
 }

@@ -984,6 +984,121 @@ export async function backlogScenario(ctx: BenchContext): Promise<ScenarioResult
   }
 }
 
+// page-cost: the scale workload with and without debug pages open, in one cluster.
+
+/**
+ * What an open debug page costs the replicas: 3 replicas with 10,000 workers (the size the issue
+ * bounds the cost at) place 100,000 containers per round, in rounds alternating without and with
+ * a page open on every replica (off, on, off, on: the fleet fills a little each round, so the two
+ * kinds alternate). "A page open" is what the page's script asks of a replica: the event stream
+ * (a snapshot every 250 ms at most) watching one worker that takes placements on that replica (so
+ * its actor's inspection runs on every event), and the cluster view every 2 s. It is read by this
+ * process instead of a browser: the browser's own work would run on the same two cores and be
+ * counted against the replicas.
+ */
+export async function pageCostScenario(ctx: BenchContext): Promise<ScenarioResult> {
+  const WORKERS = 10_000;
+  const PER_ROUND = 100_000;
+  // A first round warms the replicas up (JIT, connections) and is not counted.
+  const ROUNDS = ['warm-up', 'off', 'on', 'off', 'on'] as const;
+  ctx.out(`page-cost: 3 replicas, ${WORKERS} workers; ${ROUNDS.length} rounds of ${PER_ROUND} placements, alternating without and with a debug page open on every replica`);
+  const cluster = await BenchCluster.start({ redisUrl: ctx.redisUrl, natsUrl: ctx.natsUrl, replicas: 3, shards: 64 });
+  try {
+    const workers = fleet(WORKERS, 128_000, 262_144);
+    await cluster.registerWorkers(workers);
+    const totals = { off: { placed: 0, seconds: 0, failed: 0 }, on: { placed: 0, seconds: 0, failed: 0 } };
+    const rounds: Array<{ page: string; placed: number; seconds: number; rate: number; pushes: number }> = [];
+    for (const [index, page] of ROUNDS.entries()) {
+      const pages = page === 'on' ? await openPages(cluster, workers.map((w) => w.id)) : null;
+      const run = await placeInBatches(cluster.client, containers(PER_ROUND, `page${index}`, 1_000, 1_024), {
+        batchSize: 500,
+        inFlight: 16,
+        latency: new Latency(),
+        label: `page-cost: round ${index + 1} (page ${page})`,
+      });
+      const pushes = pages === null ? 0 : await pages.close();
+      if (page !== 'warm-up') {
+        totals[page].placed += run.placed;
+        totals[page].seconds += run.seconds;
+        totals[page].failed += run.failed;
+      }
+      rounds.push({ page, placed: run.placed, seconds: round(run.seconds, 2), rate: Math.round(run.placed / run.seconds), pushes });
+      ctx.out(`page-cost: round ${index + 1}, page ${page}: ${Math.round(run.placed / run.seconds)}/s${pages === null ? '' : ` (${pushes} pushes received)`}`);
+    }
+    const off = totals.off.placed / totals.off.seconds;
+    const on = totals.on.placed / totals.on.seconds;
+    const loss = 1 - on / off;
+    ctx.out(`page-cost: without a page ${Math.round(off)}/s, with pages open ${Math.round(on)}/s: ${(loss * 100).toFixed(1)} % lost`);
+    const row = (page: 'off' | 'on', rate: number): ResultRow => ({
+      ...blankRow,
+      scenario: page === 'off' ? 'page-cost' : 'page-cost, page open',
+      system: 'drover (3 replicas)',
+      placements: totals[page].placed,
+      seconds: round(totals[page].seconds, 2),
+      placementsPerSecond: Math.round(rate),
+      target: page === 'on' ? 'loses under 5 % with a page open' : null,
+      targetMet: page === 'on' ? loss < 0.05 && totals.on.failed === 0 && totals.off.failed === 0 : null,
+      note: page === 'off'
+        ? `${WORKERS} workers; rounds (page ${rounds.map((r) => `${r.page} ${r.rate}/s`).join(', ')})`
+        : `${(loss * 100).toFixed(1)} % below the rounds without a page; one event stream per replica watching a busy worker, plus the cluster view every 2 s`,
+    });
+    return { name: 'page-cost', rows: [row('off', off), row('on', on)], details: { rounds, offRate: Math.round(off), onRate: Math.round(on), loss: round(loss, 4) } };
+  } finally {
+    await cluster.stop();
+  }
+}
+
+/** One page per replica: its event stream watching a worker of that replica, and the cluster view every 2 s. */
+async function openPages(cluster: BenchCluster, workerIds: readonly string[]): Promise<{ close: () => Promise<number> }> {
+  const controller = new AbortController();
+  let pushes = 0;
+  const readers: Array<Promise<void>> = [];
+  const timers: NodeJS.Timeout[] = [];
+  for (const status of await cluster.statuses()) {
+    const url = status.http?.url;
+    if (url === undefined || url === null) throw new Error(`replica ${status.replicaId} serves no HTTP`);
+    const base = url.replace(/\/debug$/, '');
+    const owned = new Set(status.shards);
+    const watched = workerIds.find((id) => owned.has(shardOf(id, cluster.shards)));
+    if (watched === undefined) throw new Error(`replica ${status.replicaId} owns no worker`);
+    const response = await fetch(`${base}/debug/events?watch=worker:${watched}`, { signal: controller.signal });
+    if (!response.ok || response.body === null) throw new Error(`debug events of ${status.replicaId}: HTTP ${response.status}`);
+    const reader = response.body.getReader();
+    readers.push((async () => {
+      const decoder = new TextDecoder();
+      let buffer = '';
+      try {
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) return;
+          buffer += decoder.decode(value, { stream: true });
+          // The page parses each push; so does this reader.
+          let end;
+          while ((end = buffer.indexOf('\n\n')) >= 0) {
+            const data = /^data: (.*)$/m.exec(buffer.slice(0, end))?.[1];
+            buffer = buffer.slice(end + 2);
+            if (data !== undefined) {
+              JSON.parse(data);
+              pushes += 1;
+            }
+          }
+        }
+      } catch {
+        // aborted when the round ends
+      }
+    })());
+    timers.push(setInterval(() => void fetch(`${base}/debug/cluster`, { signal: controller.signal }).then((r) => r.arrayBuffer()).catch(() => undefined), 2_000));
+  }
+  return {
+    close: async () => {
+      for (const timer of timers) clearInterval(timer);
+      controller.abort();
+      await Promise.all(readers);
+      return pushes;
+    },
+  };
+}
+
 export const SCENARIOS = {
   seed: seedScenario,
   scale: scaleScenario,
@@ -993,5 +1108,6 @@ export const SCENARIOS = {
   memory: memoryScenario,
   'redis-memory': redisMemoryScenario,
   backlog: backlogScenario,
+  'page-cost': pageCostScenario,
 } as const;
 export type ScenarioName = keyof typeof SCENARIOS;

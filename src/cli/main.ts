@@ -24,7 +24,7 @@ import { parseArgs } from 'node:util';
 import { DroverClient, NoReplicaError, type ContainerSpec, type ReplicaStatus, type Reply, type ResourceSpec, type WaitTarget } from '../client/drover-client.js';
 import type { ClusterBacklog } from '../backlog/backlog-report.js';
 import { DEFAULT_MAX_WAIT_MS, MAX_MAX_WAIT_MS, MAX_PRIORITY, MIN_PRIORITY } from '../protocol/limits.js';
-import { loadConfig } from '../config.js';
+import { httpHostVar, loadConfig } from '../config.js';
 // The demo, the chaos suite and the benchmark are loaded only when asked for, so a replica does
 // not carry their modules (HDR histograms, process clusters) in its memory.
 import type { FaultName } from '../chaos/run.js';
@@ -43,6 +43,7 @@ const USAGE = `usage:
   drover demo [--workers N] [--containers N] [--replicas N] [--concurrency N]
   drover chaos [--quick] [--faults kill,pause,...] [--mixed N] [--replicas N] [--workers N] [--seed N] [--results FILE]
   drover status
+  drover console [--port N] [--host ADDR]   the cluster's page, collected over NATS (default 127.0.0.1:9469)
   drover charts [--format svg|dot|mermaid|all] [--out DIR]   draw every machine in actors/ (default svg into docs/charts)
   drover bench [seed|scale|million|churn|rebalance|memory|redis-memory|backlog ...] [--out FILE] [--baseline-seconds N]
   drover bench --report FILE          the README's results table from a results file
@@ -88,6 +89,8 @@ const OPTIONS = {
   'no-queue': { type: 'boolean' },
   for: { type: 'string' },
   format: { type: 'string' },
+  port: { type: 'string' },
+  host: { type: 'string' },
   'state-dir': { type: 'string' },
   'stop-grace-ms': { type: 'string' },
   'stop-containers-on-exit': { type: 'boolean' },
@@ -117,6 +120,7 @@ const POSITIONAL_LIMITS: Record<string, number> = {
   chaos: 1,
   status: 1,
   charts: 1,
+  console: 1,
   submit: 1,
   release: 1,
   container: 1,
@@ -402,6 +406,37 @@ async function statusCommand(values: Values): Promise<number> {
   });
 }
 
+/** Serve the cluster console until interrupted (Ctrl-C or SIGTERM). */
+async function consoleCommand(values: Values): Promise<number> {
+  const { DEFAULT_CONSOLE_PORT, startConsole } = await import('../observe/console.js');
+  const port = wholeNumber(values.port, DEFAULT_CONSOLE_PORT, 'port', 65_535);
+  let host: string;
+  try {
+    host = httpHostVar(values.host, '--host');
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  const config = loadConfig();
+  const client = await DroverClient.connect(config.natsUrl, config.prefix, DEFAULT_TIMEOUT_MS, 'drover-console');
+  let server;
+  try {
+    ({ server } = await startConsole(client, host, port));
+  } catch (error) {
+    await client.close();
+    throw new Error(`cannot serve the console on ${host}:${port}: ${(error as Error).message}`);
+  }
+  const address = server.address!;
+  process.stdout.write(`drover console: http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}/debug ` +
+    `(cluster of prefix ${config.prefix} over ${config.natsUrl}); Ctrl-C stops it\n`);
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  await server.stop();
+  await client.close();
+  return 0;
+}
+
 async function chartsCommand(values: Values): Promise<number> {
   const { CHART_FORMATS, writeCharts } = await import('../charts/charts.js');
   const format = values.format ?? 'svg';
@@ -508,6 +543,8 @@ async function run(allArgs: string[]): Promise<number> {
       return statusCommand(values);
     case 'charts':
       return chartsCommand(values);
+    case 'console':
+      return consoleCommand(values);
     case 'submit': {
       const spec: ContainerSpec = {
         ...resourceSpec(values),

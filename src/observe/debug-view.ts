@@ -98,6 +98,7 @@ export class DebugView {
   private readonly placedSamples: Array<{ at: number; placed: number }> = [];
   private readonly watches = new Map<string, Watch>();
   private sampler: NodeJS.Timeout | null = null;
+  private cached: { at: number; snapshot: Record<string, unknown> } | null = null;
 
   constructor(private readonly source: DebugSource) {}
 
@@ -137,7 +138,18 @@ export class DebugView {
     return Math.round(((last.placed - first.placed) * 1_000) / (last.at - first.at));
   }
 
+  /**
+   * The snapshot, made at most once per PUSH_INTERVAL_MS however many pages are open (each page's
+   * stream asks every PUSH_INTERVAL_MS; they share one).
+   */
   snapshot(now = Date.now()): Record<string, unknown> {
+    if (this.cached !== null && now - this.cached.at < PUSH_INTERVAL_MS) return this.cached.snapshot;
+    const snapshot = this.makeSnapshot(now);
+    this.cached = { at: now, snapshot };
+    return snapshot;
+  }
+
+  private makeSnapshot(now: number): Record<string, unknown> {
     const status = this.source.status();
     const shards = this.source.shards().map((facts) => ({
       ...facts,

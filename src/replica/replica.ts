@@ -39,7 +39,6 @@ import { BacklogPartition, maxWaitOf, type QueuedEntry } from '../backlog/backlo
 import { BacklogScheduler, type AttemptOutcome } from '../backlog/backlog-scheduler.js';
 import { NatsContainerEvents } from '../events/container-events.js';
 import { ShardEndpoint } from './shard-endpoint.js';
-import type { WorkerStatus } from '../../actors/capacity.js';
 import { DroverClient } from '../client/drover-client.js';
 import { containerView } from '../protocol/container-view.js';
 import { shardOf } from '../shard/shard-map.js';
@@ -513,11 +512,7 @@ export class Replica {
   private shardFacts(): ShardFacts[] {
     return this.servedShards().map((shard) => {
       const served = this.served.get(shard)!;
-      const workers: Partial<Record<WorkerStatus, number>> = {};
-      served.owner.forEachWorker((worker) => {
-        workers[worker.status] = (workers[worker.status] ?? 0) + 1;
-      });
-      return { shard, epoch: served.owner.epoch, leaseExpiresAt: this.leases.expiresAt(shard), workers, queued: served.backlog.entries.size };
+      return { shard, epoch: served.owner.epoch, leaseExpiresAt: this.leases.expiresAt(shard), workers: served.owner.countByStatus(), queued: served.backlog.entries.size };
     });
   }
 

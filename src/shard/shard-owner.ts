@@ -190,6 +190,16 @@ export class ShardOwner {
     for (const [, actor] of this.workers.entries()) visit(this.workers.view(actor));
   }
 
+  /** Workers by state, read from the actors' snapshots (no view objects: the debug page asks every 250 ms). */
+  countByStatus(): Partial<Record<WorkerStatus, number>> {
+    const counts: Partial<Record<WorkerStatus, number>> = {};
+    for (const [, actor] of this.workers.entries()) {
+      const status = actor.getSnapshot().value as WorkerStatus;
+      counts[status] = (counts[status] ?? 0) + 1;
+    }
+    return counts;
+  }
+
   /** The worker's actor, for the debug page's inspection of one worker (never sent events from there). */
   actorOf(workerId: string): WorkerActor | undefined {
     return this.workers.get(workerId);

@@ -204,3 +204,50 @@ describe('replica HTTP', () => {
     expect(snapshot.shards.map((s: { shard: number }) => s.shard)).toEqual(status.shards);
   });
 });
+
+describe('drover console', () => {
+  it('serves the cluster over NATS with no replica of its own, and says so', async () => {
+    const { startConsole } = await import('../../src/observe/console.js');
+    const { server, address } = await startConsole(client, '127.0.0.1', 0);
+    try {
+      const consoleBase = `http://127.0.0.1:${address.port}`;
+      expect(await json(fetch(`${consoleBase}/debug/snapshot`))).toEqual({ mode: 'console', source: `console (prefix ${prefix})` });
+      const cluster = await json(fetch(`${consoleBase}/debug/cluster`));
+      expect(cluster.source).toBe(`collected over NATS by console (prefix ${prefix})`);
+      expect(cluster.replicas).toHaveLength(1);
+      expect(cluster.replicas[0]).toMatchObject({ replicaId: replica.config.replicaId, http: { url: `${base}/debug` } });
+      // A console has no metrics or replica to inspect of its own.
+      expect((await fetch(`${consoleBase}/metrics`)).status).toBe(404);
+      expect((await fetch(`${consoleBase}/debug/watch?kind=worker&id=hw-0`)).status).toBe(404);
+      expect((await fetch(`${consoleBase}/debug`)).headers.get('content-security-policy')).toBe(CONTENT_SECURITY_POLICY);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('runs as `drover console` and stops on SIGTERM', async () => {
+    const { spawn } = await import('node:child_process');
+    const child = spawn(process.execPath, [bin, 'console', '--port', '0'], { env: { ...process.env, NATS_URL: natsUrl(), DROVER_PREFIX: prefix } });
+    let out = '';
+    child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+    await eventually(() => /drover console: http:\/\/127\.0\.0\.1:\d+\/debug/.test(out), 10_000, 'console started');
+    const url = /(http:\/\/127\.0\.0\.1:\d+)\/debug/.exec(out)![1]!;
+    const cluster = await json(fetch(`${url}/debug/cluster`));
+    expect(cluster.replicas.map((r: { replicaId: string }) => r.replicaId)).toEqual([replica.config.replicaId]);
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+  });
+
+  it('refuses a bad --host or --port with a usage error', async () => {
+    for (const args of [['--port', '70000'], ['--host', 'not a host!']]) {
+      const result = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+        execFile(process.execPath, [bin, 'console', ...args], { env: { ...process.env, NATS_URL: natsUrl(), DROVER_PREFIX: prefix } }, (error, _stdout, stderr) =>
+          resolve({ code: error === null ? 0 : typeof error.code === 'number' ? error.code : null, stderr }),
+        );
+      });
+      expect(result.code, args.join(' ')).toBe(2);
+      expect(result.stderr).toMatch(/--(port|host)/);
+    }
+  });
+});
