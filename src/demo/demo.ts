@@ -69,6 +69,10 @@ export async function runDemo(options: DemoOptions): Promise<number> {
     }
     out.write(`started ${replicas.length} replica(s) holding ${replicas.reduce((n, r) => n + r.servedShards().length, 0)} ` +
       `of ${replicas[0]!.config.shards} shards\n`);
+    for (const replica of replicas) {
+      const http = replica.httpAddress();
+      if (http !== null) out.write(`  ${replica.config.replicaId}: debug page ${http.url}, metrics http://${http.host}:${http.port}/metrics\n`);
+    }
 
     client = await DroverClient.connect(natsUrl, prefix);
     const fleet = demoFleet(options.workers);

@@ -149,7 +149,7 @@ function renderSnapshot(snapshot) {
   figure(figures, 'workers', status.workers);
   figure(figures, 'members', (status.members || []).length);
   figure(figures, 'placements / s (last 5 s)', snapshot.placementsPerSecond);
-  figure(figures, 'placed (total)', status.router.placed);
+  figure(figures, 'placed through this router', status.router.placed);
   figure(figures, 'backlog depth', snapshot.containerStates.queued);
   figure(figures, 'backlog unschedulable', snapshot.backlog.unschedulable);
   figure(figures, 'attempts in flight', snapshot.backlog.inFlight);
