@@ -59,7 +59,7 @@ const USAGE = `usage:
 client commands (status, submit, release, container, wait, backlog, workers) also take --timeout MS: how long to
   wait for a reply (default 10000, at most 600000); exit 0 ok, 1 error reply or no reply, 2 usage
 environment: NATS_URL, REDIS_URL (replica, demo), DROVER_PREFIX, DROVER_SHARDS, DROVER_REPLICA_ID,
-  DROVER_LEASE_TTL_MS, DROVER_LOG_LEVEL (see README)`;
+  DROVER_LEASE_TTL_MS, DROVER_HTTP_PORT, DROVER_HTTP_HOST, DROVER_LOG_LEVEL (see README)`;
 
 class UsageError extends Error {}
 
