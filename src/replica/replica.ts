@@ -319,6 +319,8 @@ export class Replica {
     try {
       await replica.begin();
     } catch (error) {
+      replica.debug.stop();
+      await replica.http?.stop();
       await replica.closeConnections();
       throw error;
     }
@@ -327,6 +329,10 @@ export class Replica {
 
   private async begin(): Promise<void> {
     await this.store.ensureShardCount(this.config.shards);
+    // HTTP first: a port that cannot be bound fails the start before this replica joins anything.
+    // Until it has joined and holds its shards, /readyz says so.
+    await this.startHttp();
+    this.debug.start();
     this.subscriptions.push(
       this.nc.subscribe(this.subjects.capacityRefresh, { callback: () => this.publishAllCapacity() }),
       this.nc.subscribe(this.subjects.backlogPartitions, {
@@ -350,8 +356,6 @@ export class Replica {
     this.links.nats.start();
     this.links.redis.start();
     this.peers.start();
-    this.debug.start();
-    await this.startHttp();
     this.log.info({ shards: this.servedShards(), of: this.config.shards, http: this.httpAddress() }, 'replica started');
   }
 
