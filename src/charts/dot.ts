@@ -6,7 +6,7 @@
  * state. Every state's SVG group gets the id `state:<state id>`, which the debug page uses to draw
  * live counts and highlight a watched actor's state.
  */
-import { transitionLabel, type ChartState, type StateChart } from './state-chart.js';
+import { indexStates, transitionLabel, type ChartState, type StateChart } from './state-chart.js';
 
 const FONT = 'Helvetica,Arial,sans-serif';
 
@@ -16,14 +16,7 @@ export function stateElementId(stateId: string): string {
 
 export function toDot(chart: StateChart, title: string): string {
   const lines: string[] = [];
-  const byParent = new Map<string | null, ChartState[]>();
-  for (const state of chart.states) {
-    const siblings = byParent.get(state.parent) ?? [];
-    siblings.push(state);
-    byParent.set(state.parent, siblings);
-  }
-  const root = chart.states.find((state) => state.parent === null)!;
-  const stateOf = new Map(chart.states.map((state) => [state.id, state]));
+  const { byParent, root, stateOf } = indexStates(chart);
   const isCluster = (state: ChartState) => state.parent !== null && (state.kind === 'compound' || state.kind === 'parallel');
   // An edge to or from a cluster attaches to the cluster's anchor (an invisible point inside it).
   const endpoint = (id: string) => (isCluster(stateOf.get(id)!) ? `${id}.__anchor` : id);

@@ -4,17 +4,10 @@
  * `[*]`, and the machine's top-level transitions (taken in any state) start from an "any state"
  * pseudo-state, as in the DOT chart.
  */
-import { transitionLabel, type ChartState, type StateChart } from './state-chart.js';
+import { indexStates, transitionLabel, type ChartState, type StateChart } from './state-chart.js';
 
 export function toMermaid(chart: StateChart): string {
-  const byParent = new Map<string | null, ChartState[]>();
-  for (const state of chart.states) {
-    const siblings = byParent.get(state.parent) ?? [];
-    siblings.push(state);
-    byParent.set(state.parent, siblings);
-  }
-  const root = chart.states.find((state) => state.parent === null)!;
-  const stateOf = new Map(chart.states.map((state) => [state.id, state]));
+  const { byParent, root, stateOf } = indexStates(chart);
   // Mermaid ids may not hold dots: the path below the root, joined by "__".
   const idOf = (stateId: string) => stateId.split('.').slice(1).join('__') || 'root';
   const lines = ['stateDiagram-v2', '  direction LR'];

@@ -160,3 +160,16 @@ export function transitionLabel(transition: ChartTransition): string {
   if (transition.actions.length > 0) label += ` / ${transition.actions.join(', ')}`;
   return label;
 }
+
+/** The chart's states by parent (in definition order), its root, and each state by id: what every writer walks. */
+export function indexStates(chart: StateChart): { byParent: Map<string | null, ChartState[]>; root: ChartState; stateOf: Map<string, ChartState> } {
+  const byParent = new Map<string | null, ChartState[]>();
+  for (const state of chart.states) {
+    const siblings = byParent.get(state.parent) ?? [];
+    siblings.push(state);
+    byParent.set(state.parent, siblings);
+  }
+  const root = chart.states.find((state) => state.parent === null);
+  if (root === undefined) throw new Error(`chart ${chart.id} has no root state`);
+  return { byParent, root, stateOf: new Map(chart.states.map((state) => [state.id, state])) };
+}
