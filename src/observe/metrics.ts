@@ -53,6 +53,7 @@ export class ReplicaMetrics {
   private readonly attempts: Counter<'result'>;
   private readonly endToEnd: Histogram;
   private readonly handOverDuration: Histogram;
+  private readonly byResult = new Map<AttemptResult, { attempts: { inc(): void }; duration: { observe(value: number): void } }>();
 
   constructor(private readonly source: MetricsSource) {
     const registers = [this.registry];
@@ -189,10 +190,15 @@ export class ReplicaMetrics {
     });
   }
 
-  /** One placement attempt ended (a submit's, or a backlog attempt's). */
+  /** One placement attempt ended (a submit's, or a backlog attempt's). On the placement path: label children are resolved once. */
   observeAttempt(result: AttemptResult, seconds: number): void {
-    this.attempts.inc({ result });
-    this.attemptDuration.observe({ result }, seconds);
+    let children = this.byResult.get(result);
+    if (children === undefined) {
+      children = { attempts: this.attempts.labels(result), duration: this.attemptDuration.labels(result) };
+      this.byResult.set(result, children);
+    }
+    children.attempts.inc();
+    children.duration.observe(seconds);
   }
 
   /** A container was placed `seconds` after it was submitted (its whole wait, backlog included). */
