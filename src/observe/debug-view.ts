@@ -22,8 +22,13 @@ const MAX_REFUSALS = 50;
 const MAX_HAND_OVERS = 50;
 /** Watches one replica keeps at once (each page watches at most one thing). */
 export const MAX_WATCHES = 64;
+/** How often the page's backlog depth by queue is recounted (it walks every queued entry). */
+const DEPTH_EVERY_MS = 1_000;
 /** Placement rate: the placed counter sampled every second over this many seconds. */
 const RATE_WINDOW_S = 5;
+
+/** More watches than MAX_WATCHES at once (answered 503). */
+export class WatchLimitError extends Error {}
 
 export interface ShardFacts {
   readonly shard: number;
@@ -87,7 +92,10 @@ interface Watch {
   watchers: number;
   view: WatchView;
   events: WatchedEvent[];
-  changed: boolean;
+  /** Counts changes; each page's stream remembers the last version it sent (pages share a watch). */
+  version: number;
+  /** The actor inspected now (a worker watch follows its worker to a new actor after a reload or re-registration). */
+  actor: Actor<AnyStateMachine> | null;
   stop: () => void;
 }
 
@@ -98,7 +106,8 @@ export class DebugView {
   private readonly placedSamples: Array<{ at: number; placed: number }> = [];
   private readonly watches = new Map<string, Watch>();
   private sampler: NodeJS.Timeout | null = null;
-  private cached: { at: number; snapshot: Record<string, unknown> } | null = null;
+  private cached: { at: number; snapshot: Record<string, unknown>; json: string } | null = null;
+  private depth: { at: number; value: ReturnType<DebugSource['backlogDepth']> } | null = null;
 
   constructor(private readonly source: DebugSource) {}
 
@@ -143,10 +152,26 @@ export class DebugView {
    * stream asks every PUSH_INTERVAL_MS; they share one).
    */
   snapshot(now = Date.now()): Record<string, unknown> {
-    if (this.cached !== null && now - this.cached.at < PUSH_INTERVAL_MS) return this.cached.snapshot;
-    const snapshot = this.makeSnapshot(now);
-    this.cached = { at: now, snapshot };
-    return snapshot;
+    return this.cachedSnapshot(now).snapshot;
+  }
+
+  /** The same snapshot as JSON, serialized once for every page that is sent it. */
+  snapshotJson(now = Date.now()): string {
+    return this.cachedSnapshot(now).json;
+  }
+
+  private cachedSnapshot(now: number): { snapshot: Record<string, unknown>; json: string } {
+    if (this.cached === null || now - this.cached.at >= PUSH_INTERVAL_MS) {
+      const snapshot = this.makeSnapshot(now);
+      this.cached = { at: now, snapshot, json: JSON.stringify(snapshot) };
+    }
+    return this.cached;
+  }
+
+  /** The backlog's depth by queue walks every queued entry: at most once a second for the page. */
+  private backlogDepth(now: number): ReturnType<DebugSource['backlogDepth']> {
+    if (this.depth === null || now - this.depth.at >= DEPTH_EVERY_MS) this.depth = { at: now, value: this.source.backlogDepth() };
+    return this.depth.value;
   }
 
   private makeSnapshot(now: number): Record<string, unknown> {
@@ -158,7 +183,7 @@ export class DebugView {
     }));
     const workerStates: Record<string, number> = Object.fromEntries(WORKER_STATUSES.map((s) => [s, 0]));
     for (const shard of shards) for (const [state, count] of Object.entries(shard.workers)) workerStates[state] = (workerStates[state] ?? 0) + (count ?? 0);
-    const depth = this.source.backlogDepth();
+    const depth = this.backlogDepth(now);
     return {
       source: `replica ${this.source.replicaId}`,
       replicaId: this.source.replicaId,
@@ -188,8 +213,8 @@ export class DebugView {
       existing.watchers += 1;
       return key;
     }
-    if (this.watches.size >= MAX_WATCHES) throw new Error(`this replica already serves ${MAX_WATCHES} watches; close a page`);
-    const watch: Watch = { kind, id, watchers: 1, view: emptyView(kind, id), events: [], changed: true, stop: () => undefined };
+    if (this.watches.size >= MAX_WATCHES) throw new WatchLimitError(`this replica already serves ${MAX_WATCHES} watches; close a page`);
+    const watch: Watch = { kind, id, watchers: 1, view: emptyView(kind, id), events: [], version: 1, actor: null, stop: () => undefined };
     this.watches.set(key, watch);
     if (kind === 'worker') this.watchWorker(watch);
     else await this.watchContainer(watch);
@@ -205,12 +230,16 @@ export class DebugView {
     this.watches.delete(key);
   }
 
-  /** The watch's view if it changed since the last call (coalesced pushes), or null. */
-  takeChanged(key: string): WatchView | null {
+  /**
+   * The watch's view and version if it changed after `sinceVersion` (each page's stream keeps its
+   * own), or null. A worker watch first checks its worker still has the same actor here.
+   */
+  changedSince(key: string, sinceVersion: number): { view: WatchView; version: number } | null {
     const watch = this.watches.get(key);
-    if (watch === undefined || !watch.changed) return null;
-    watch.changed = false;
-    return this.viewOf(watch);
+    if (watch === undefined) return null;
+    if (watch.kind === 'worker') this.followWorker(watch);
+    if (watch.version <= sinceVersion) return null;
+    return { view: this.viewOf(watch), version: watch.version };
   }
 
   viewOf(watch: Watch): WatchView {
@@ -219,18 +248,32 @@ export class DebugView {
 
   current(key: string): WatchView | null {
     const watch = this.watches.get(key);
-    return watch === undefined ? null : this.viewOf(watch);
+    if (watch === undefined) return null;
+    if (watch.kind === 'worker') this.followWorker(watch);
+    return this.viewOf(watch);
   }
 
   private remember(watch: Watch, event: WatchedEvent): void {
     watch.events.push(event);
     if (watch.events.length > MAX_WATCH_EVENTS) watch.events.shift();
-    watch.changed = true;
+    watch.version += 1;
+  }
+
+  /** Attach to the worker's current actor, if it changed (shard reloaded, handed over, worker re-registered). */
+  private followWorker(watch: Watch): void {
+    const found = this.source.findWorker(watch.id);
+    if (found.actor === watch.actor && (found.actor !== null || watch.view.ownerReplica === found.ownerReplica)) return;
+    watch.stop();
+    watch.stop = () => undefined;
+    watch.actor = null;
+    this.watchWorker(watch);
   }
 
   private watchWorker(watch: Watch): void {
     const found = this.source.findWorker(watch.id);
+    watch.actor = found.actor;
     if (found.actor === null) {
+      watch.version += 1;
       watch.view = {
         ...emptyView('worker', watch.id),
         shard: found.shard,
@@ -256,7 +299,7 @@ export class DebugView {
         context: contextView(snapshot.context),
         events: [],
       };
-      watch.changed = true;
+      watch.version += 1;
     };
     show();
     // Inspection is attached to this one actor's system while it is watched, and only then.
@@ -277,7 +320,7 @@ export class DebugView {
       watch.view = view === null
         ? { ...emptyView('container', watch.id), message: `container ${watch.id} is not known (or Redis did not answer)` }
         : { kind: 'container', id: watch.id, found: true, shard: null, ownerReplica: null, state: view.status, context: view as unknown as Record<string, unknown>, events: [] };
-      watch.changed = true;
+      watch.version += 1;
     };
     // Subscribe first, then read the record: an event between the two is not missed.
     const unsubscribe = this.source.subscribeContainer(watch.id, (event) => {

@@ -23,7 +23,7 @@ import type { ReplicaStatus } from '../client/drover-client.js';
 import { CHARTED_MACHINES, chartOfMachine, svgOf } from '../charts/charts.js';
 import { toDot } from '../charts/dot.js';
 import { packageRoot } from '../util/package-root.js';
-import { PUSH_INTERVAL_MS, type DebugView } from './debug-view.js';
+import { PUSH_INTERVAL_MS, WatchLimitError, type DebugView } from './debug-view.js';
 import type { ReplicaMetrics } from './metrics.js';
 import { ID_PATTERN } from '../protocol/limits.js';
 
@@ -32,6 +32,12 @@ export const CONTENT_SECURITY_POLICY =
 
 /** Pages open at once per server (each holds one event stream); more are refused with 503. */
 export const MAX_EVENT_STREAMS = 32;
+/** Longer request URLs are refused (414): nothing this server serves needs more. */
+const MAX_URL_LENGTH = 2_048;
+/** How long the cluster view (every replica's status over NATS) is reused across pages. */
+const CLUSTER_CACHE_MS = 1_000;
+const LOOPBACK_BINDS = new Set(['127.0.0.1', '::1', 'localhost']);
+const LOOPBACK_NAMES = new Set(['127.0.0.1', 'localhost', '[::1]']);
 
 export interface Probe {
   readonly ok: boolean;
@@ -66,7 +72,9 @@ const CONTENT_TYPES: Record<string, string> = {
 
 export class ObserveServer {
   private server: Server | null = null;
-  private readonly streams = new Set<ServerResponse>();
+  /** Open event streams and how to close each. */
+  private readonly streams = new Map<ServerResponse, () => void>();
+  private cluster: { at: number; statuses: Promise<ReplicaStatus[]> } | null = null;
   private readonly charts = new Map<string, Promise<string>>();
 
   constructor(private readonly options: ObserveServerOptions) {}
@@ -97,7 +105,7 @@ export class ObserveServer {
   }
 
   async stop(): Promise<void> {
-    for (const stream of this.streams) stream.end();
+    for (const close of [...this.streams.values()]) close();
     this.streams.clear();
     const server = this.server;
     this.server = null;
@@ -112,6 +120,15 @@ export class ObserveServer {
     if (request.method !== 'GET' && request.method !== 'HEAD') {
       response.setHeader('Allow', 'GET, HEAD');
       this.send(response, 405, 'text/plain; charset=utf-8', 'read-only: GET and HEAD only\n');
+      return;
+    }
+    if (!this.hostAllowed(request.headers.host)) {
+      // A page elsewhere that points a name it controls at 127.0.0.1 (DNS rebinding) is not this page.
+      this.send(response, 421, 'text/plain; charset=utf-8', 'this server answers to its own address only (Host header refused)\n');
+      return;
+    }
+    if ((request.url ?? '').length > MAX_URL_LENGTH) {
+      this.send(response, 414, 'text/plain; charset=utf-8', `URL longer than ${MAX_URL_LENGTH} characters\n`);
       return;
     }
     const url = new URL(request.url ?? '/', 'http://localhost');
@@ -159,7 +176,7 @@ export class ObserveServer {
         this.json(response, 200, replica === undefined ? { mode: 'console', source: this.options.label } : { mode: 'replica', ...replica.view.snapshot() });
         return;
       case '/debug/cluster': {
-        const replicas = await this.options.cluster();
+        const replicas = [...(await this.clusterStatus())];
         this.json(response, 200, { source: `collected over NATS by ${this.options.label}`, at: Date.now(), replicas: replicas.sort((a, b) => a.replicaId.localeCompare(b.replicaId)) });
         return;
       }
@@ -170,7 +187,14 @@ export class ObserveServer {
           this.json(response, 400, { ok: false, error: { code: 'INVALID_REQUEST', message: target } });
           return;
         }
-        const key = await replica.view.watch(target.kind, target.id);
+        let key: string;
+        try {
+          key = await replica.view.watch(target.kind, target.id);
+        } catch (error) {
+          if (!(error instanceof WatchLimitError)) throw error;
+          this.json(response, 503, { ok: false, error: { code: 'UNAVAILABLE', message: error.message } });
+          return;
+        }
         try {
           this.json(response, 200, { ok: true, source: this.options.label, watch: replica.view.current(key) });
         } finally {
@@ -186,24 +210,62 @@ export class ObserveServer {
     }
   }
 
-  /** The event stream of one open page: coalesced snapshots, and its watched actor's changes. */
+  /** The event stream of one open page: the shared snapshot every PUSH_INTERVAL_MS, and its watched actor's changes. */
   private async events(request: IncomingMessage, response: ServerResponse, url: URL): Promise<void> {
     const replica = this.options.replica;
     if (replica === undefined) return this.notFound(response);
+    if (request.method === 'HEAD') {
+      response.writeHead(200, { ...this.headers(), 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-store' });
+      response.end();
+      return;
+    }
     if (this.streams.size >= MAX_EVENT_STREAMS) {
       this.send(response, 503, 'text/plain; charset=utf-8', `${MAX_EVENT_STREAMS} pages are open on this replica already\n`);
       return;
     }
-    let key: string | null = null;
     const watchParam = url.searchParams.get('watch');
+    let target: { kind: 'worker' | 'container'; id: string } | null = null;
     if (watchParam !== null && watchParam !== '') {
       const [kind, ...rest] = watchParam.split(':');
-      const target = parseWatch(kind ?? null, rest.join(':'));
-      if (typeof target === 'string') {
-        this.json(response, 400, { ok: false, error: { code: 'INVALID_REQUEST', message: target } });
+      const parsed = parseWatch(kind ?? null, rest.join(':'));
+      if (typeof parsed === 'string') {
+        this.json(response, 400, { ok: false, error: { code: 'INVALID_REQUEST', message: parsed } });
         return;
       }
-      key = await replica.view.watch(target.kind, target.id);
+      target = parsed;
+    }
+    // The slot and the clean-up are taken before anything is awaited: a page that leaves while its
+    // watch is being set up is cleaned up all the same.
+    let key: string | null = null;
+    let timer: NodeJS.Timeout | null = null;
+    let closed = false;
+    const close = () => {
+      if (closed) return;
+      closed = true;
+      if (timer !== null) clearInterval(timer);
+      this.streams.delete(response);
+      if (key !== null) replica.view.unwatch(key);
+      key = null;
+      if (response.headersSent && !response.writableEnded) response.end();
+    };
+    this.streams.set(response, close);
+    // The response closes when the page goes away (the connection ends) or when this server stops.
+    response.on('close', close);
+    if (target !== null) {
+      let watched: string;
+      try {
+        watched = await replica.view.watch(target.kind, target.id);
+      } catch (error) {
+        close();
+        if (error instanceof WatchLimitError) this.json(response, 503, { ok: false, error: { code: 'UNAVAILABLE', message: error.message } });
+        else throw error;
+        return;
+      }
+      if (closed) {
+        replica.view.unwatch(watched);
+        return;
+      }
+      key = watched;
     }
     response.writeHead(200, {
       ...this.headers(),
@@ -211,33 +273,40 @@ export class ObserveServer {
       'Cache-Control': 'no-store',
       Connection: 'keep-alive',
     });
-    this.streams.add(response);
-    const write = (event: string, data: unknown) => response.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
-    if (key !== null) write('watch', replica.view.current(key));
-    let last = '';
+    let sentVersion = 0;
     const push = () => {
-      const snapshot = JSON.stringify(replica.view.snapshot());
-      // Only what changed goes out; the clock alone changing is not a change.
-      const comparable = snapshot.replace(/"at":\d+,/, '');
-      if (comparable !== last) {
-        last = comparable;
-        response.write(`event: snapshot\ndata: ${snapshot}\n\n`);
-      }
+      response.write(`event: snapshot\ndata: ${replica.view.snapshotJson()}\n\n`);
       if (key !== null) {
-        const changed = replica.view.takeChanged(key);
-        if (changed !== null) write('watch', changed);
+        const changed = replica.view.changedSince(key, sentVersion);
+        if (changed !== null) {
+          sentVersion = changed.version;
+          response.write(`event: watch\ndata: ${JSON.stringify(changed.view)}\n\n`);
+        }
       }
     };
     push();
-    const timer = setInterval(push, PUSH_INTERVAL_MS);
-    const close = () => {
-      clearInterval(timer);
-      this.streams.delete(response);
-      if (key !== null) replica.view.unwatch(key);
-      key = null;
-    };
-    request.on('close', close);
-    response.on('close', close);
+    timer = setInterval(push, PUSH_INTERVAL_MS);
+    timer.unref();
+  }
+
+  /** Every replica's status over NATS, asked at most once a second however many pages poll. */
+  private clusterStatus(): Promise<ReplicaStatus[]> {
+    const now = Date.now();
+    if (this.cluster === null || now - this.cluster.at >= CLUSTER_CACHE_MS) {
+      this.cluster = { at: now, statuses: this.options.cluster() };
+    }
+    return this.cluster.statuses;
+  }
+
+  /**
+   * Bound to loopback (the default), only loopback names are accepted as Host; bound to another
+   * address, the operator chose to expose it, and any Host is.
+   */
+  private hostAllowed(host: string | undefined): boolean {
+    if (!LOOPBACK_BINDS.has(this.options.host)) return true;
+    if (host === undefined) return false;
+    const name = host.startsWith('[') ? host.slice(0, host.indexOf(']') + 1) : host.split(':')[0]!;
+    return LOOPBACK_NAMES.has(name.toLowerCase());
   }
 
   private chart(name: string): Promise<string> | null {

@@ -106,7 +106,7 @@ export class ReplicaMetrics {
     counter('drover_handovers_total', 'Shards this replica handed over gracefully (rebalancing).', (c) => c.handOvers);
     new Counter({
       name: 'scheduler_queue_incoming_pods_total',
-      help: 'Containers entering the backlog\'s active queue, by event: submitted (queued on submit), wake (capacity appeared), no_room (tried, did not fit), backoff (owners did not answer).',
+      help: 'Backlog queue movements seen by this replica, by event: submitted (submits this router queued, in whichever replica\'s backlog), wake (a class of queued containers woken because capacity appeared: counts classes, not containers), no_room (a container tried and put back to sleep), backoff (a container put back after its owners did not answer).',
       labelNames: ['event'],
       registers,
       collect() {
@@ -240,9 +240,14 @@ function passOver(source: MetricsSource): WorkerPass {
   const workers = new Map<string, number>();
   const pools = new Map<string, PoolTotals>();
   const utilization: number[] = [];
+  const seenPools = new Set<string>();
   source.forEachWorker((worker) => {
     let pool = worker.pool ?? '';
-    if (!pools.has(pool) && pools.size >= MAX_POOL_LABELS) pool = '(other)';
+    // Every series with a pool label counts against the bound, whatever the workers' status.
+    if (!seenPools.has(pool)) {
+      if (seenPools.size >= MAX_POOL_LABELS) pool = '(other)';
+      seenPools.add(pool);
+    }
     const key = `${pool}\u0000${worker.status}`;
     workers.set(key, (workers.get(key) ?? 0) + 1);
     if (worker.status !== 'available' && worker.status !== 'draining') return;

@@ -72,7 +72,7 @@ export interface ReplicaStats {
   readonly router: Router['stats'];
   readonly owners: { batches: number; committedOps: number; fenceRefusals: number; versionConflicts: number; resyncs: number };
   readonly leases: ShardLeases['stats'];
-  readonly backlog: BacklogScheduler['stats'] & { queued: number };
+  readonly backlog: BacklogScheduler['stats'] & { queued: number; fenceRefusals: number };
 }
 
 export class Replica {
@@ -171,7 +171,7 @@ export class Replica {
         return {
           placed: stats.router.placed,
           reroutes: stats.router.reroutes,
-          fenceRefusals: stats.owners.fenceRefusals + this.backlogFenceRefusals(),
+          fenceRefusals: stats.owners.fenceRefusals + stats.backlog.fenceRefusals,
           versionConflicts: stats.owners.versionConflicts,
           leasesAcquired: stats.leases.acquired,
           leasesLost: stats.leases.lost,
@@ -458,7 +458,7 @@ export class Replica {
       router: this.router.stats,
       owners,
       leases: this.leases.stats,
-      backlog: { ...this.backlog.stats, queued },
+      backlog: { ...this.backlog.stats, queued, fenceRefusals: this.backlogFenceRefusals() },
     };
   }
 
@@ -546,6 +546,16 @@ export class Replica {
 
   /** A starving container placed on the worker held for it in `shard` (the owner's choice allows only it there). */
   private async placeHeld(entry: QueuedEntry, shard: number): Promise<AttemptOutcome> {
+    const started = performance.now();
+    const outcome = await this.askHeld(entry, shard);
+    // Counted like any placement attempt: these are the longest waits, the SLI must include them.
+    const result = outcome.outcome === 'placed' ? 'scheduled' : outcome.outcome === 'no-room' ? 'unschedulable' : 'error';
+    this.metrics.observeAttempt(result, (performance.now() - started) / 1_000);
+    if (outcome.outcome === 'placed') this.metrics.observeScheduled((Date.now() - entry.queuedAt) / 1_000);
+    return outcome;
+  }
+
+  private async askHeld(entry: QueuedEntry, shard: number): Promise<AttemptOutcome> {
     const result = await this.router.ask(shard, {
       k: 'place',
       id: entry.id,
@@ -574,7 +584,7 @@ export class Replica {
     const request = { id: entry.id, ...entry.request, priority: entry.priority, maxWaitMs: maxWaitOf(entry) };
     const reply = await this.router.place(request, null, entry.requestKey);
     if (reply.ok) {
-      this.metrics.observeScheduled((Date.now() - entry.queuedAt) / 1_000);
+      if (!this.router.isRepeat(reply)) this.metrics.observeScheduled((Date.now() - entry.queuedAt) / 1_000);
       return { outcome: 'placed', workerId: reply.workerId };
     }
     switch (reply.error.code) {

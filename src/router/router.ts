@@ -124,6 +124,8 @@ export class Router {
   /** Failed Redis reads: one log line when they start failing, one when they work again. */
   private readonly redisReads: Incident;
   private idleWaiters: Array<() => void> = [];
+  /** Replies that repeat an earlier placement of the same request key (see alreadyPlaced). */
+  private readonly repeated = new WeakSet<PlaceReply>();
 
   constructor(private readonly options: RouterOptions) {
     this.redisReads = new Incident(options.log, 'Redis reads of the router');
@@ -260,7 +262,7 @@ export class Router {
     const spec = specJson(request);
     const started = performance.now();
     const placed = await this.place(request, clientDeadline, key, spec);
-    if (placed.ok) this.options.onScheduled?.((performance.now() - started) / 1_000);
+    if (placed.ok && !this.repeated.has(placed)) this.options.onScheduled?.((performance.now() - started) / 1_000);
     if (placed.ok || !request.queue) return placed;
     if (placed.error.code !== 'NO_CAPACITY' && placed.error.code !== 'UNAVAILABLE') return placed;
     const result = await this.sendBound(this.shardOf(request.id), {
@@ -320,9 +322,15 @@ export class Router {
   async place(request: ContainerRequest, clientDeadline: number | null = null, key: string = this.newRequestKey(), spec = ''): Promise<PlaceReply> {
     const started = performance.now();
     const reply = await this.attemptPlacement(request, clientDeadline, key, spec);
+    if (this.repeated.has(reply)) return reply;
     const result: AttemptResult = reply.ok ? 'scheduled' : reply.error.code === 'NO_CAPACITY' ? 'unschedulable' : 'error';
     this.options.onAttempt?.(result, (performance.now() - started) / 1_000);
     return reply;
+  }
+
+  /** Whether a reply only repeated an earlier placement of the same request (a retry). */
+  isRepeat(reply: PlaceReply): boolean {
+    return this.repeated.has(reply);
   }
 
   private async attemptPlacement(request: ContainerRequest, clientDeadline: number | null, key: string, spec: string): Promise<PlaceReply> {
@@ -427,7 +435,10 @@ export class Router {
   private alreadyPlaced(id: string, key: string, workerId: string, holderKey: string): PlaceReply {
     if (holderKey === key) {
       this.stats.placed += 1;
-      return { ok: true, status: 'placed', id, workerId };
+      const reply: PlaceReply = { ok: true, status: 'placed', id, workerId };
+      // A retry told what its first try did: not a new scheduling, so the metrics leave it out.
+      this.repeated.add(reply);
+      return reply;
     }
     this.stats.alreadyPlaced += 1;
     return errorReply('ALREADY_PLACED', `container ${id} is already placed on worker ${workerId}`, { workerId });

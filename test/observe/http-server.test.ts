@@ -251,3 +251,59 @@ describe('drover console', () => {
     }
   });
 });
+
+describe('replica HTTP limits', () => {
+  it('answers only loopback Host names while bound to loopback (DNS rebinding), and refuses long URLs', async () => {
+    const { request } = await import('node:http');
+    const get = (headers: Record<string, string>, path = '/debug/snapshot') =>
+      new Promise<number>((resolve, reject) => {
+        const req = request({ host: '127.0.0.1', port: replica.httpAddress()!.port, path, headers }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    expect(await get({ Host: 'evil.example:80' })).toBe(421);
+    expect(await get({ Host: 'attacker.test' })).toBe(421);
+    expect(await get({ Host: `localhost:${replica.httpAddress()!.port}` })).toBe(200);
+    expect(await get({ Host: `127.0.0.1:${replica.httpAddress()!.port}` })).toBe(200);
+    expect(await get({ Host: '[::1]' })).toBe(200);
+    expect(await get({ Host: 'localhost' }, `/debug/watch?kind=worker&id=${'a'.repeat(3_000)}`)).toBe(414);
+  });
+
+  it('gives every page watching the same worker each change, and HEAD opens no stream', async () => {
+    const head = await fetch(`${base}/debug/events`, { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    const controllers = [new AbortController(), new AbortController()];
+    const seen: string[][] = [[], []];
+    const readers = controllers.map(async (controller, index) => {
+      const response = await fetch(`${base}/debug/events?watch=worker:hw-2`, { signal: controller.signal });
+      const reader = response.body!.getReader();
+      const decoder = new TextDecoder();
+      let buffer = '';
+      try {
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) return;
+          buffer += decoder.decode(value, { stream: true });
+          let end;
+          while ((end = buffer.indexOf('\n\n')) >= 0) {
+            const block = buffer.slice(0, end);
+            buffer = buffer.slice(end + 2);
+            if (block.startsWith('event: watch')) seen[index]!.push(JSON.parse(/^data: (.*)$/m.exec(block)![1]!).state);
+          }
+        }
+      } catch {
+        // aborted
+      }
+    });
+    await eventually(() => seen.every((states) => states.includes('available')), 5_000, 'both pages see the worker');
+    expect((await client.drainWorker('hw-2')).ok).toBe(true);
+    await eventually(() => seen.every((states) => states.includes('draining')), 5_000, 'both pages see the drain');
+    for (const controller of controllers) controller.abort();
+    await Promise.all(readers);
+    await client.enableWorker('hw-2');
+    await eventually(() => (replica.debug.snapshot() as { watches: number }).watches === 0, 3_000, 'watch released');
+  });
+});

@@ -154,7 +154,8 @@ function renderSnapshot(snapshot) {
   figure(figures, 'backlog unschedulable', snapshot.backlog.unschedulable);
   figure(figures, 'attempts in flight', snapshot.backlog.inFlight);
   figure(figures, 're-routes', status.router.reroutes);
-  figure(figures, 'fence refusals', status.owners.fenceRefusals, status.owners.fenceRefusals > 0);
+  const fenceRefusals = status.owners.fenceRefusals + ((status.backlog && status.backlog.fenceRefusals) || 0);
+  figure(figures, 'fence refusals (owners and backlog)', fenceRefusals, fenceRefusals > 0);
   figure(figures, 'version conflicts', status.owners.versionConflicts, status.owners.versionConflicts > 0);
   figure(figures, 'leases lost', status.leases.lost, status.leases.lost > 0);
   figure(figures, 'NATS link', links.nats ? (links.nats.cut ? 'cut' : 'up') : '-', links.nats && links.nats.cut);
