@@ -283,7 +283,7 @@ async function refreshCluster() {
       cell(row, replica.replicaId, true);
       cell(row, replica.shards.length);
       cell(row, replica.workers);
-      cell(row, (replica.members || []).length);
+      cell(row, (replica.members || []).join(', ') || 'none', true);
       const links = replica.links ? ['nats', 'redis'].map((l) => l + (replica.links[l].cut ? ' cut' : ' up')).join(', ') : '-';
       cell(row, links);
       cell(row, replica.router ? replica.router.placed : '-');
