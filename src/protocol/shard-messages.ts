@@ -98,6 +98,8 @@ export type ShardOpResult =
        * nobody may conclude "not placed" before the op's deadline has passed.
        */
       readonly unknown?: boolean;
+      /** From a replica's ops subject: it does not serve the op's shard (any more); nothing ran. */
+      readonly notServed?: boolean;
     };
 
 export interface ShardRequest {
@@ -311,6 +313,39 @@ function shardRequestKey(value: Record<string, unknown>, where: string): string 
     throw invalid(`${where}: "requestKey" must match ${SHARD_REQUEST_KEY_PATTERN.source}`);
   }
   return key;
+}
+
+/** The reply to a replica's ops subject: one result per op, and the capacity of each shard it serves that the ops touched. */
+export interface ReplicaOpsReply {
+  readonly results: readonly ShardOpResult[];
+  readonly capacities: readonly ShardCapacity[];
+}
+
+/** An op addressed to a shard through its owner's replica subject (`s` is the shard). */
+export interface ReceivedReplicaOp {
+  readonly shard: number;
+  readonly op: ShardOp | InvalidShardOp;
+}
+
+/**
+ * Check a request to a replica's ops subject: `{"ops":[{"s":shard,"op":op}...]}`, 1 to
+ * MAX_SHARD_OPS ops. A malformed frame throws; a malformed op (or shard number) becomes an
+ * InvalidShardOp in its place, as in a shard request.
+ */
+export function parseReplicaOpsRequest(value: unknown, shardCount: number): ReceivedReplicaOp[] {
+  if (!isObject(value) || !Array.isArray(value.ops)) throw new Error('replica ops request without an ops array');
+  if (value.ops.length === 0 || value.ops.length > MAX_SHARD_OPS) throw new Error(`replica ops request with ${value.ops.length} ops`);
+  return value.ops.map((entry: unknown): ReceivedReplicaOp => {
+    if (!isObject(entry) || !Number.isInteger(entry.s) || (entry.s as number) < 0 || (entry.s as number) >= shardCount) {
+      return { shard: -1, op: { k: 'invalid', message: `"s" must be a shard number below ${shardCount}` } };
+    }
+    try {
+      return { shard: entry.s as number, op: parseShardOp(entry.op) };
+    } catch (error) {
+      if (error instanceof DroverError) return { shard: entry.s as number, op: { k: 'invalid', message: error.message } };
+      throw error;
+    }
+  });
 }
 
 /**

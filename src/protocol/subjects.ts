@@ -57,6 +57,13 @@ export class Subjects {
   get backlogPartitions(): string { return `${this.prefix}.control.backlog`; }
   /** Internal: replica membership heartbeats. */
   get membership(): string { return `${this.prefix}.control.membership`; }
+  /**
+   * Internal: ops for several shards at once, to the replica that announced it owns them (a router
+   * groups a turn's ops by owner: one message per owner instead of one per shard). The replica runs
+   * each op only if it serves the op's shard now; otherwise it answers `notServed` and the router
+   * sends that op on the shard's own subject.
+   */
+  replicaOps(replicaId: string): string { return `${this.prefix}.ops.replica.${replicaId}`; }
   /** Internal: one replica's own control subject (peer probes; see src/membership/peer-watch.ts). */
   replicaControl(replicaId: string): string { return `${this.prefix}.control.replica.${replicaId}`; }
 

@@ -23,8 +23,12 @@ import { Membership } from '../membership/membership.js';
 import { PeerWatch } from '../membership/peer-watch.js';
 import { desiredShards } from '../membership/ownership.js';
 import {
+  parseReplicaOpsRequest,
   parseShardRequest,
+  type InvalidShardOp,
+  type ReplicaOpsReply,
   type ShardCapacity,
+  type ShardOp,
   type ShardOpResult,
   type ShardReply,
 } from '../protocol/shard-messages.js';
@@ -340,6 +344,11 @@ export class Replica {
           if (!error) msg.respond(JSON.stringify(this.backlog.describe()));
         },
       }),
+      this.nc.subscribe(this.subjects.replicaOps(this.config.replicaId), {
+        callback: (error, msg) => {
+          if (!error) this.serveReplicaOps(msg);
+        },
+      }),
       this.nc.subscribe(this.subjects.status, {
         callback: (error, msg) => {
           if (!error) msg.respond(JSON.stringify(this.status()));
@@ -430,6 +439,7 @@ export class Replica {
       steppedOut: this.membership.suspended,
       routing: this.router.routing,
       http: this.httpAddress(),
+      shardClient: this.router.shardClient.stats,
       ...this.stats(),
     };
   }
@@ -757,7 +767,6 @@ export class Replica {
   }
 
   private serveShard(shard: number, msg: Msg): void {
-    const served = this.served.get(shard);
     let ops;
     try {
       ops = parseShardRequest(msg.json()).ops;
@@ -766,16 +775,7 @@ export class Replica {
       msg.respond(JSON.stringify({ results: [], capacity: null } satisfies ShardReply));
       return;
     }
-    const results = ops.map((op): ShardOpResult | Promise<ShardOpResult> => {
-      if (op.k === 'invalid') return { ok: false, code: 'INVALID_REQUEST', message: op.message };
-      if (served === undefined) return { ok: false, code: 'UNAVAILABLE', message: `this replica does not serve shard ${shard}` };
-      try {
-        return served.endpoint.execute(op);
-      } catch (error) {
-        this.log.error({ err: error, shard, op: op.k }, 'shard op failed');
-        return { ok: false, code: 'UNAVAILABLE', message: `shard ${shard} failed the op: ${(error as Error).message}` };
-      }
-    });
+    const results = ops.map((op) => this.executeOp(shard, op));
     Promise.all(results).then(
       (settled) => {
         const reply: ShardReply = { results: settled, capacity: this.capacityOf(shard) };
@@ -788,6 +788,56 @@ export class Replica {
         msg.respond(JSON.stringify({ results: ops.map(() => failed), capacity: null } satisfies ShardReply));
       },
     );
+  }
+
+  /**
+   * Ops for several shards, sent to this replica because it announced it owns them. Each runs only
+   * if this replica serves its shard now (the same check as being subscribed to the shard's
+   * subject); otherwise it is answered `notServed` and the router sends it on the shard's subject.
+   */
+  private serveReplicaOps(msg: Msg): void {
+    let ops;
+    try {
+      ops = parseReplicaOpsRequest(msg.json(), this.config.shards);
+    } catch (error) {
+      this.log.warn({ err: error }, 'malformed replica ops request');
+      msg.respond(JSON.stringify({ results: [], capacities: [] } satisfies ReplicaOpsReply));
+      return;
+    }
+    const results = ops.map(({ shard, op }): ShardOpResult | Promise<ShardOpResult> => {
+      if (op.k !== 'invalid' && !this.served.has(shard)) {
+        return { ok: false, code: 'UNAVAILABLE', message: `replica ${this.config.replicaId} does not serve shard ${shard}`, notServed: true };
+      }
+      return this.executeOp(shard, op);
+    });
+    Promise.all(results).then(
+      (settled) => {
+        const capacities: ShardCapacity[] = [];
+        for (const shard of new Set(ops.map((entry) => entry.shard))) {
+          const capacity = shard < 0 ? null : this.capacityOf(shard);
+          if (capacity !== null) capacities.push(capacity);
+        }
+        msg.respond(JSON.stringify({ results: settled, capacities } satisfies ReplicaOpsReply));
+      },
+      (error: unknown) => {
+        this.log.error({ err: error }, 'replica ops request failed');
+        const failed: ShardOpResult = { ok: false, code: 'UNAVAILABLE', message: 'the replica failed the request' };
+        msg.respond(JSON.stringify({ results: ops.map(() => failed), capacities: [] } satisfies ReplicaOpsReply));
+      },
+    );
+  }
+
+  /** One received op on one shard of this replica: its result, never a throw. */
+  private executeOp(shard: number, op: ShardOp | InvalidShardOp): ShardOpResult | Promise<ShardOpResult> {
+    if (op.k === 'invalid') return { ok: false, code: 'INVALID_REQUEST', message: op.message };
+    const served = this.served.get(shard);
+    if (served === undefined) return { ok: false, code: 'UNAVAILABLE', message: `this replica does not serve shard ${shard}` };
+    try {
+      return served.endpoint.execute(op);
+    } catch (error) {
+      this.log.error({ err: error, shard, op: op.k }, 'shard op failed');
+      return { ok: false, code: 'UNAVAILABLE', message: `shard ${shard} failed the op: ${(error as Error).message}` };
+    }
   }
 
   private capacityOf(shard: number): ShardCapacity | null {

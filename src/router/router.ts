@@ -135,6 +135,12 @@ export class Router {
       subjects: options.subjects,
       timeoutMs: options.config.shardRequestTimeoutMs + DEADLINE_GRACE_MS,
       onCapacity: (capacity) => this.view.update(capacity),
+      // Ops go to the replica the view names as owner, grouped; never to this replica itself
+      // (its own shards are served in process, see `send`).
+      ownerOf: (shard) => {
+        const owner = this.view.ownerOf(shard);
+        return owner === options.config.replicaId ? null : owner;
+      },
     });
   }
 

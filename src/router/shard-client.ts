@@ -1,11 +1,24 @@
 /**
- * The router's side of the shard subjects. Ops for the same shard that arrive in the same I/O turn
- * travel in one NATS request (micro-batching), so under load a router sends one message per shard
- * per turn instead of one per container. Every op gets a result: a missing owner (no responders),
- * a timeout or a malformed reply all become UNAVAILABLE, never a lost request.
+ * The router's side of the shard subjects. Ops that arrive in the same I/O turn travel together
+ * (micro-batching): the ops of every shard whose owner the capacity view knows go in one request
+ * to that owner's replica subject, so under load a router sends one message per owner replica per
+ * turn instead of one per shard (a registration batch of 100 workers touches up to 64 shards, and
+ * would otherwise send about 1.5 workers per message). The owner runs an op only while it serves
+ * the op's shard; an op it answers `notServed` (the shard moved since its last summary), and every
+ * op whose owner is unknown or whose owner's subject has no responder, goes on the shard's own
+ * subject, where only the lease holder listens. Every op gets a result: a missing owner (no
+ * responders), a timeout or a malformed reply all become UNAVAILABLE, never a lost request.
  */
 import { errors, type NatsConnection } from '@nats-io/transport-node';
-import { MAX_SHARD_OPS, parseShardCapacity, type ShardCapacity, type ShardOp, type ShardOpResult, type ShardReply } from '../protocol/shard-messages.js';
+import {
+  MAX_SHARD_OPS,
+  parseShardCapacity,
+  type ReplicaOpsReply,
+  type ShardCapacity,
+  type ShardOp,
+  type ShardOpResult,
+  type ShardReply,
+} from '../protocol/shard-messages.js';
 import type { Subjects } from '../protocol/subjects.js';
 
 interface Pending {
@@ -20,13 +33,15 @@ export interface ShardClientOptions {
   readonly timeoutMs: number;
   /** Fresh capacity piggy-backed on replies. */
   readonly onCapacity: (capacity: ShardCapacity) => void;
+  /** The replica the last summary named as the shard's owner, or null (unknown: use the shard subject). */
+  readonly ownerOf?: (shard: number) => string | null;
 }
 
 export class ShardClient {
   private readonly pending = new Map<number, Pending[]>();
   private flushScheduled = false;
   private inFlightRequests = 0;
-  readonly stats = { requests: 0, ops: 0, timeouts: 0, noResponders: 0 };
+  readonly stats = { requests: 0, ops: 0, timeouts: 0, noResponders: 0, ownerRequests: 0, notServed: 0 };
 
   constructor(private readonly options: ShardClientOptions) {}
 
@@ -53,9 +68,78 @@ export class ShardClient {
     this.flushScheduled = false;
     const batches = [...this.pending];
     this.pending.clear();
+    const byOwner = new Map<string, Array<{ shard: number; pending: Pending }>>();
     for (const [shard, list] of batches) {
-      for (let i = 0; i < list.length; i += MAX_SHARD_OPS) void this.request(shard, list.slice(i, i + MAX_SHARD_OPS));
+      const owner = this.options.ownerOf?.(shard) ?? null;
+      if (owner === null) {
+        this.requestShard(shard, list);
+        continue;
+      }
+      let group = byOwner.get(owner);
+      if (group === undefined) byOwner.set(owner, (group = []));
+      for (const pending of list) group.push({ shard, pending });
     }
+    for (const [owner, group] of byOwner) {
+      for (let i = 0; i < group.length; i += MAX_SHARD_OPS) void this.requestOwner(owner, group.slice(i, i + MAX_SHARD_OPS));
+    }
+  }
+
+  private requestShard(shard: number, list: Pending[]): void {
+    for (let i = 0; i < list.length; i += MAX_SHARD_OPS) void this.request(shard, list.slice(i, i + MAX_SHARD_OPS));
+  }
+
+  /**
+   * Ops of several shards in one request to the replica that owns them. Ops it no longer serves,
+   * and all of them when its subject has no responder (it stopped), go on their shards' subjects.
+   */
+  private async requestOwner(owner: string, group: Array<{ shard: number; pending: Pending }>): Promise<void> {
+    const { nc, subjects, timeoutMs } = this.options;
+    this.inFlightRequests += 1;
+    this.stats.requests += 1;
+    this.stats.ownerRequests += 1;
+    this.stats.ops += group.length;
+    let results: readonly ShardOpResult[];
+    const resend = new Map<number, Pending[]>();
+    try {
+      const payload = Buffer.from(JSON.stringify({ ops: group.map(({ shard, pending }) => ({ s: shard, op: pending.op })) }));
+      const reply = await nc.request(subjects.replicaOps(owner), payload, { timeout: timeoutMs });
+      const body = reply.json<ReplicaOpsReply>();
+      if (!Array.isArray(body.results) || body.results.length !== group.length) {
+        throw new Error(`replica ${owner} answered ${Array.isArray(body.results) ? body.results.length : 'no'} results for ${group.length} ops`);
+      }
+      results = body.results;
+      if (Array.isArray(body.capacities)) {
+        for (const received of body.capacities.slice(0, MAX_SHARD_OPS)) {
+          const capacity = parseShardCapacity(received);
+          if (capacity !== null) this.options.onCapacity(capacity);
+        }
+      }
+    } catch (error) {
+      if (error instanceof errors.RequestError && error.isNoResponders()) {
+        // The owner's replica is gone: whoever holds each shard now answers on its subject.
+        this.stats.noResponders += 1;
+        for (const { shard, pending } of group) push(resend, shard, pending);
+        results = [];
+      } else {
+        if (error instanceof errors.TimeoutError) this.stats.timeouts += 1;
+        const message = `replica ${owner}: ${error instanceof errors.TimeoutError ? 'did not answer in time' : `request failed: ${(error as Error).message}`}`;
+        const unknown = error instanceof errors.TimeoutError;
+        results = group.map(() => ({ ok: false as const, code: 'UNAVAILABLE' as const, message, unknown }));
+      }
+    } finally {
+      this.inFlightRequests -= 1;
+    }
+    for (let i = 0; i < results.length; i += 1) {
+      const result = results[i]!;
+      const { shard, pending } = group[i]!;
+      if (!result.ok && result.notServed === true) {
+        this.stats.notServed += 1;
+        push(resend, shard, pending);
+      } else {
+        pending.resolve(result);
+      }
+    }
+    for (const [shard, list] of resend) this.requestShard(shard, list);
   }
 
   private async request(shard: number, list: Pending[]): Promise<void> {
@@ -85,6 +169,12 @@ export class ShardClient {
     }
     for (let i = 0; i < list.length; i += 1) list[i]!.resolve(results[i]!);
   }
+}
+
+function push(map: Map<number, Pending[]>, shard: number, pending: Pending): void {
+  let list = map.get(shard);
+  if (list === undefined) map.set(shard, (list = []));
+  list.push(pending);
 }
 
 function describe(error: unknown, shard: number): string {

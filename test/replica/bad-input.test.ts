@@ -198,6 +198,44 @@ describe('bad input', () => {
     expect(await snapshotKeys(redis, replica.config.prefix)).toEqual(before);
   });
 
+  // The same ops through the replica's ops subject (a router groups ops by owner there): checked
+  // as strictly, each with its shard number.
+  it.each(shardCases)('replica ops subject, %s -> INVALID_REQUEST', async (_name, op, message) => {
+    const shard = (await client.getWorker('w1')) as { worker: { shard: number } };
+    const before = await snapshotKeys(redis, replica.config.prefix);
+    const reply = await client.raw(`${replica.config.prefix}.ops.replica.${replica.config.replicaId}`, JSON.stringify({ ops: [{ s: shard.worker.shard, op }] }));
+    const results = reply.results as Array<{ ok: boolean; code: string; message: string }>;
+    expect(results).toHaveLength(1);
+    expect(results[0]).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });
+    expect(results[0]?.message).toMatch(message);
+    await delay(5);
+    expect(await snapshotKeys(redis, replica.config.prefix)).toEqual(before);
+  });
+
+  const badShardNumbers: Array<[name: string, entry: Record<string, unknown>]> = [
+    ['a negative shard', { s: -1, op: { k: 'cancel', id: 'x' } }],
+    ['a shard past the count', { s: 4_096, op: { k: 'cancel', id: 'x' } }],
+    ['a fractional shard', { s: 0.5, op: { k: 'cancel', id: 'x' } }],
+    ['a shard as a string', { s: '0', op: { k: 'cancel', id: 'x' } }],
+  ];
+  it.each(badShardNumbers)('replica ops subject, %s -> INVALID_REQUEST', async (_name, entry) => {
+    const before = await snapshotKeys(redis, replica.config.prefix);
+    const reply = await client.raw(`${replica.config.prefix}.ops.replica.${replica.config.replicaId}`, JSON.stringify({ ops: [entry] }));
+    expect(reply.results).toEqual([expect.objectContaining({ ok: false, code: 'INVALID_REQUEST', message: expect.stringMatching(/"s" must be a shard number/) })]);
+    expect(await snapshotKeys(redis, replica.config.prefix)).toEqual(before);
+  });
+
+  it.each([
+    ['no ops array', { ops: 'all' }],
+    ['no ops', { ops: [] }],
+    ['too many ops', { ops: Array.from({ length: 1_001 }, () => ({ s: 0, op: { k: 'cancel', id: 'x' } })) }],
+  ])('replica ops subject, a malformed frame (%s) gets an empty answer and changes nothing', async (_name, body) => {
+    const before = await snapshotKeys(redis, replica.config.prefix);
+    const reply = await client.raw(`${replica.config.prefix}.ops.replica.${replica.config.replicaId}`, JSON.stringify(body));
+    expect(reply).toEqual({ results: [], capacities: [] });
+    expect(await snapshotKeys(redis, replica.config.prefix)).toEqual(before);
+  });
+
   it('the replica still serves after all of it', async () => {
     expect(await client.submit({ id: 'after-bad-input', cpu: 100, memory: 100 })).toMatchObject({ ok: true, workerId: 'w1' });
   });
