@@ -21,6 +21,11 @@ import {
 } from '../protocol/shard-messages.js';
 import type { Subjects } from '../protocol/subjects.js';
 
+/** A request's payload stays under this many bytes (and under half the server's maximum payload). */
+const MAX_REQUEST_BYTES = 512 * 1024;
+/** nats-server's default max_payload, when the server did not say. */
+const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
+
 interface Pending {
   readonly op: ShardOp;
   readonly resolve: (result: ShardOpResult) => void;
@@ -80,19 +85,44 @@ export class ShardClient {
       for (const pending of list) group.push({ shard, pending });
     }
     for (const [owner, group] of byOwner) {
-      for (let i = 0; i < group.length; i += MAX_SHARD_OPS) void this.requestOwner(owner, group.slice(i, i + MAX_SHARD_OPS));
+      const encoded = group.map(({ shard, pending }) => `{"s":${shard},"op":${JSON.stringify(pending.op)}}`);
+      for (const [from, to] of this.chunks(encoded)) void this.requestOwner(owner, group.slice(from, to), encoded.slice(from, to));
     }
   }
 
   private requestShard(shard: number, list: Pending[]): void {
-    for (let i = 0; i < list.length; i += MAX_SHARD_OPS) void this.request(shard, list.slice(i, i + MAX_SHARD_OPS));
+    const encoded = list.map((pending) => JSON.stringify(pending.op));
+    for (const [from, to] of this.chunks(encoded)) void this.request(shard, list.slice(from, to), encoded.slice(from, to));
+  }
+
+  /**
+   * Index ranges of encoded ops that fit one request: at most MAX_SHARD_OPS ops and at most half
+   * the server's maximum payload (ops carry commands and environments of up to 16 KiB each, and
+   * a request over the limit would fail whole). An op larger than that alone goes alone.
+   */
+  private chunks(encoded: readonly string[]): Array<[number, number]> {
+    const maxBytes = Math.min(MAX_REQUEST_BYTES, Math.floor((this.options.nc.info?.max_payload ?? DEFAULT_MAX_PAYLOAD) / 2));
+    const ranges: Array<[number, number]> = [];
+    let from = 0;
+    let bytes = 0;
+    for (let i = 0; i < encoded.length; i += 1) {
+      const size = Buffer.byteLength(encoded[i]!) + 1;
+      if (i > from && (i - from >= MAX_SHARD_OPS || bytes + size > maxBytes)) {
+        ranges.push([from, i]);
+        from = i;
+        bytes = 0;
+      }
+      bytes += size;
+    }
+    if (from < encoded.length) ranges.push([from, encoded.length]);
+    return ranges;
   }
 
   /**
    * Ops of several shards in one request to the replica that owns them. Ops it no longer serves,
    * and all of them when its subject has no responder (it stopped), go on their shards' subjects.
    */
-  private async requestOwner(owner: string, group: Array<{ shard: number; pending: Pending }>): Promise<void> {
+  private async requestOwner(owner: string, group: Array<{ shard: number; pending: Pending }>, encoded: readonly string[]): Promise<void> {
     const { nc, subjects, timeoutMs } = this.options;
     this.inFlightRequests += 1;
     this.stats.requests += 1;
@@ -101,7 +131,7 @@ export class ShardClient {
     let results: readonly ShardOpResult[];
     const resend = new Map<number, Pending[]>();
     try {
-      const payload = Buffer.from(JSON.stringify({ ops: group.map(({ shard, pending }) => ({ s: shard, op: pending.op })) }));
+      const payload = Buffer.from(`{"ops":[${encoded.join(',')}]}`);
       const reply = await nc.request(subjects.replicaOps(owner), payload, { timeout: timeoutMs });
       const body = reply.json<ReplicaOpsReply>();
       if (!Array.isArray(body.results) || body.results.length !== group.length) {
@@ -142,14 +172,14 @@ export class ShardClient {
     for (const [shard, list] of resend) this.requestShard(shard, list);
   }
 
-  private async request(shard: number, list: Pending[]): Promise<void> {
+  private async request(shard: number, list: Pending[], encoded: readonly string[]): Promise<void> {
     const { nc, subjects, timeoutMs } = this.options;
     this.inFlightRequests += 1;
     this.stats.requests += 1;
     this.stats.ops += list.length;
     let results: readonly ShardOpResult[];
     try {
-      const payload = Buffer.from(JSON.stringify({ ops: list.map((p) => p.op) }));
+      const payload = Buffer.from(`{"ops":[${encoded.join(',')}]}`);
       const reply = await nc.request(subjects.shard(shard), payload, { timeout: timeoutMs });
       const body = reply.json<ShardReply>();
       if (!Array.isArray(body.results) || body.results.length !== list.length) {

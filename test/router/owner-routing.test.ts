@@ -78,4 +78,20 @@ describe('ops grouped by owner replica', () => {
     expect(shardClient.stats).toMatchObject({ ownerRequests: 1, noResponders: 1 });
     expect(a.owner(shard)?.actorOf(workerId)).toBeDefined();
   });
+
+  it('splits a turn\'s ops into requests under the server\'s payload limit (commands of up to 16 KiB each)', async () => {
+    const shards = new Set(b.servedShards());
+    const ids = [...Array(5_000).keys()].map((i) => `own-big-${i}`).filter((id) => shards.has(shardOf(id, SHARDS))).slice(0, 120);
+    const spec = JSON.stringify({ command: ['sh', '-c', 'x'.repeat(4_000), 'y'.repeat(4_000), 'z'.repeat(4_000)], env: null });
+    const shardClient = new ShardClient({ nc: client.nc, subjects: new Subjects(prefix), timeoutMs: 10_000, onCapacity: () => undefined, ownerOf: () => 'own-b' });
+    // All in one turn: about 1.5 MB of ops for one owner, over the 1 MB the server takes in one message.
+    const results = await Promise.all(ids.map((id) => shardClient.send(shardOf(id, SHARDS), {
+      k: 'place', id, request: { cpu: 10, memory: 10, gpu: null, gpuCount: 0, pool: null }, requestKey: 'own.big', deadline: Date.now() + 10_000, spec, priority: 0, maxWaitMs: 60_000,
+    })));
+    expect(results.filter((result) => !result.ok)).toEqual([]);
+    expect(shardClient.stats.ownerRequests).toBeGreaterThanOrEqual(3);
+    expect(shardClient.stats.ops).toBe(ids.length);
+    const placed = await client.getContainer(ids[0]!);
+    expect(placed).toMatchObject({ ok: true, container: { id: ids[0], status: 'placed' } });
+  });
 });
