@@ -56,6 +56,8 @@ const CAPACITY_COALESCE_MS = 10;
 const CAPACITY_HEARTBEAT_MS = 1_000;
 /** Round trips in a row, each under the slow bound, before a cut link counts as back. */
 const LINK_BACK_AFTER = 2;
+/** Every op's result when a reply was too large to send: the ops ran, the router cannot know how. */
+const tooLarge: ShardOpResult = { ok: false, code: 'UNAVAILABLE', message: 'the reply was too large to send; the outcome is unknown', unknown: true };
 /** How long the debug page's cluster view waits for every replica's status over NATS. */
 const CLUSTER_STATUS_WAIT_MS = 300;
 
@@ -779,7 +781,7 @@ export class Replica {
     Promise.all(results).then(
       (settled) => {
         const reply: ShardReply = { results: settled, capacity: this.capacityOf(shard) };
-        msg.respond(JSON.stringify(reply));
+        this.respond(msg, JSON.stringify(reply), () => JSON.stringify({ results: ops.map(() => tooLarge), capacity: null } satisfies ShardReply));
       },
       (error: unknown) => {
         // Owners answer every op with a result; reaching here is a bug. Answer, never hang.
@@ -817,7 +819,8 @@ export class Replica {
           const capacity = shard < 0 ? null : this.capacityOf(shard);
           if (capacity !== null) capacities.push(capacity);
         }
-        msg.respond(JSON.stringify({ results: settled, capacities } satisfies ReplicaOpsReply));
+        this.respond(msg, JSON.stringify({ results: settled, capacities } satisfies ReplicaOpsReply), () =>
+          JSON.stringify({ results: ops.map(() => tooLarge), capacities: [] } satisfies ReplicaOpsReply));
       },
       (error: unknown) => {
         this.log.error({ err: error }, 'replica ops request failed');
@@ -825,6 +828,20 @@ export class Replica {
         msg.respond(JSON.stringify({ results: ops.map(() => failed), capacities: [] } satisfies ReplicaOpsReply));
       },
     );
+  }
+
+  /**
+   * Answer a shard request. A reply the NATS server would refuse (over its maximum payload) is
+   * replaced by a small one saying so for every op, so the router is answered instead of waiting
+   * for its timeout; the ops did run (their outcome is unknown to the router, as after a timeout).
+   */
+  private respond(msg: Msg, body: string, tooLargeBody: () => string): void {
+    try {
+      msg.respond(body);
+    } catch (error) {
+      this.log.error({ err: error, bytes: body.length }, 'shard reply too large to send; answered UNAVAILABLE (outcome unknown) instead');
+      msg.respond(tooLargeBody());
+    }
   }
 
   /** One received op on one shard of this replica: its result, never a throw. */

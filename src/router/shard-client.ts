@@ -76,13 +76,16 @@ export class ShardClient {
     const byOwner = new Map<string, Array<{ shard: number; pending: Pending }>>();
     for (const [shard, list] of batches) {
       const owner = this.options.ownerOf?.(shard) ?? null;
-      if (owner === null) {
-        this.requestShard(shard, list);
-        continue;
-      }
+      // An agent's report is answered with its assignments (commands of up to 16 KiB each): those
+      // replies stay one shard per message, so a reply grouped over many agents cannot outgrow
+      // the server's payload limit.
+      const grouped = owner === null ? [] : list.filter((pending) => pending.op.k !== 'report');
+      const alone = owner === null ? list : list.filter((pending) => pending.op.k === 'report');
+      if (alone.length > 0) this.requestShard(shard, alone);
+      if (owner === null || grouped.length === 0) continue;
       let group = byOwner.get(owner);
       if (group === undefined) byOwner.set(owner, (group = []));
-      for (const pending of list) group.push({ shard, pending });
+      for (const pending of grouped) group.push({ shard, pending });
     }
     for (const [owner, group] of byOwner) {
       const encoded = group.map(({ shard, pending }) => `{"s":${shard},"op":${JSON.stringify(pending.op)}}`);
