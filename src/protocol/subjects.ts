@@ -67,6 +67,8 @@ export class Subjects {
   /** Internal: one replica's own control subject (peer probes; see src/membership/peer-watch.ts). */
   replicaControl(replicaId: string): string { return `${this.prefix}.control.replica.${replicaId}`; }
 
+  /** Queue group on a replica's ops subject: a twin with the same id never gets a copy too. */
+  replicaOpsQueue(replicaId: string): string { return `${this.prefix}-ops-${replicaId}`; }
   /** Queue group of the routers on the public subjects. */
   get routerQueue(): string { return `${this.prefix}-routers`; }
   /** Queue group on shard subjects: during a hand-over two holders may briefly subscribe; one gets each op. */

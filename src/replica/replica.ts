@@ -56,6 +56,8 @@ const CAPACITY_COALESCE_MS = 10;
 const CAPACITY_HEARTBEAT_MS = 1_000;
 /** Round trips in a row, each under the slow bound, before a cut link counts as back. */
 const LINK_BACK_AFTER = 2;
+/** Capacity summaries carried on one replica-ops reply, at most (bytes of JSON). */
+const REPLY_CAPACITY_BYTES = 128 * 1024;
 /** Every op's result when a reply was too large to send: the ops ran, the router cannot know how. */
 const tooLarge: ShardOpResult = { ok: false, code: 'UNAVAILABLE', message: 'the reply was too large to send; the outcome is unknown', unknown: true };
 /** How long the debug page's cluster view waits for every replica's status over NATS. */
@@ -346,11 +348,6 @@ export class Replica {
           if (!error) msg.respond(JSON.stringify(this.backlog.describe()));
         },
       }),
-      this.nc.subscribe(this.subjects.replicaOps(this.config.replicaId), {
-        callback: (error, msg) => {
-          if (!error) this.serveReplicaOps(msg);
-        },
-      }),
       this.nc.subscribe(this.subjects.status, {
         callback: (error, msg) => {
           if (!error) msg.respond(JSON.stringify(this.status()));
@@ -359,6 +356,17 @@ export class Replica {
     );
     this.backlog.start();
     await this.membership.start();
+    // After membership refused a second process with this replica id (it would never get here), and
+    // in a queue group all the same: a paused twin that wakes still subscribed gets no copy of a
+    // request the real holder also runs (it answers notServed alone, and the router resends).
+    this.subscriptions.push(
+      this.nc.subscribe(this.subjects.replicaOps(this.config.replicaId), {
+        queue: this.subjects.replicaOpsQueue(this.config.replicaId),
+        callback: (error, msg) => {
+          if (!error) this.serveReplicaOps(msg);
+        },
+      }),
+    );
     this.leases.setDesired(this.desired());
     await this.leases.tick();
     this.leases.start();
@@ -814,10 +822,16 @@ export class Replica {
     });
     Promise.all(results).then(
       (settled) => {
+        // The capacities are a courtesy (routers also get them on the capacity subjects): only as
+        // many as keep the reply within REPLY_CAPACITY_BYTES go with it.
         const capacities: ShardCapacity[] = [];
+        let budget = REPLY_CAPACITY_BYTES;
         for (const shard of new Set(ops.map((entry) => entry.shard))) {
           const capacity = shard < 0 ? null : this.capacityOf(shard);
-          if (capacity !== null) capacities.push(capacity);
+          if (capacity === null) continue;
+          budget -= JSON.stringify(capacity).length;
+          if (budget < 0) break;
+          capacities.push(capacity);
         }
         this.respond(msg, JSON.stringify({ results: settled, capacities } satisfies ReplicaOpsReply), () =>
           JSON.stringify({ results: ops.map(() => tooLarge), capacities: [] } satisfies ReplicaOpsReply));
@@ -836,11 +850,15 @@ export class Replica {
    * for its timeout; the ops did run (their outcome is unknown to the router, as after a timeout).
    */
   private respond(msg: Msg, body: string, tooLargeBody: () => string): void {
+    if (this.nc.isClosed()) return;
+    const maxPayload = this.nc.info?.max_payload ?? Number.POSITIVE_INFINITY;
+    const fits = Buffer.byteLength(body) <= maxPayload;
+    if (!fits) this.log.error({ bytes: body.length, maxPayload }, 'shard reply too large to send; answered UNAVAILABLE (outcome unknown) instead');
     try {
-      msg.respond(body);
+      msg.respond(fits ? body : tooLargeBody());
     } catch (error) {
-      this.log.error({ err: error, bytes: body.length }, 'shard reply too large to send; answered UNAVAILABLE (outcome unknown) instead');
-      msg.respond(tooLargeBody());
+      // The connection is closing: the router's request times out and it treats the outcome as unknown.
+      this.log.warn({ err: error }, 'could not answer a shard request');
     }
   }
 

@@ -1,7 +1,7 @@
 /**
  * The router's side of the shard subjects. Ops that arrive in the same I/O turn travel together
- * (micro-batching): the ops of every shard whose owner the capacity view knows go in one request
- * to that owner's replica subject, so under load a router sends one message per owner replica per
+ * (micro-batching): the placements and registrations of every shard whose owner the capacity view
+ * knows go in one request to that owner's replica subject (other ops: one request per shard), so under load a router sends one message per owner replica per
  * turn instead of one per shard (a registration batch of 100 workers touches up to 64 shards, and
  * would otherwise send about 1.5 workers per message). The owner runs an op only while it serves
  * the op's shard; an op it answers `notServed` (the shard moved since its last summary), and every
@@ -21,6 +21,8 @@ import {
 } from '../protocol/shard-messages.js';
 import type { Subjects } from '../protocol/subjects.js';
 
+/** The op kinds grouped by owner replica (see flush). */
+const GROUPED_KINDS: ReadonlySet<ShardOp['k']> = new Set(['place', 'register']);
 /** A request's payload stays under this many bytes (and under half the server's maximum payload). */
 const MAX_REQUEST_BYTES = 512 * 1024;
 /** nats-server's default max_payload, when the server did not say. */
@@ -76,11 +78,13 @@ export class ShardClient {
     const byOwner = new Map<string, Array<{ shard: number; pending: Pending }>>();
     for (const [shard, list] of batches) {
       const owner = this.options.ownerOf?.(shard) ?? null;
-      // An agent's report is answered with its assignments (commands of up to 16 KiB each): those
-      // replies stay one shard per message, so a reply grouped over many agents cannot outgrow
-      // the server's payload limit.
-      const grouped = owner === null ? [] : list.filter((pending) => pending.op.k !== 'report');
-      const alone = owner === null ? list : list.filter((pending) => pending.op.k === 'report');
+      // Only placements and registrations, the ops that come by the thousand, are grouped. The
+      // others keep one shard per message: a report's reply carries assignments with commands of
+      // up to 16 KiB (grouped over many agents it could outgrow the payload limit), and a slow op
+      // (a requeue reading Redis, a status change behind a long commit queue) must not hold the
+      // answers of other shards' ops, nor make their bounded retries repeat ops that ran.
+      const grouped = owner === null ? [] : list.filter((pending) => GROUPED_KINDS.has(pending.op.k));
+      const alone = owner === null ? list : list.filter((pending) => !GROUPED_KINDS.has(pending.op.k));
       if (alone.length > 0) this.requestShard(shard, alone);
       if (owner === null || grouped.length === 0) continue;
       let group = byOwner.get(owner);
@@ -163,7 +167,7 @@ export class ShardClient {
       this.inFlightRequests -= 1;
     }
     for (let i = 0; i < results.length; i += 1) {
-      const result = results[i]!;
+      const result = wellFormed(results[i], owner);
       const { shard, pending } = group[i]!;
       if (!result.ok && result.notServed === true) {
         this.stats.notServed += 1;
@@ -202,6 +206,12 @@ export class ShardClient {
     }
     for (let i = 0; i < list.length; i += 1) list[i]!.resolve(results[i]!);
   }
+}
+
+/** A result entry as received: anything but an object with a boolean `ok` is UNAVAILABLE (outcome unknown), never a throw that would leave other ops unanswered. */
+function wellFormed(result: unknown, owner: string): ShardOpResult {
+  if (typeof result === 'object' && result !== null && typeof (result as { ok?: unknown }).ok === 'boolean') return result as ShardOpResult;
+  return { ok: false, code: 'UNAVAILABLE', message: `replica ${owner} answered a malformed result`, unknown: true };
 }
 
 function push(map: Map<number, Pending[]>, shard: number, pending: Pending): void {

@@ -94,4 +94,22 @@ describe('ops grouped by owner replica', () => {
     const placed = await client.getContainer(ids[0]!);
     expect(placed).toMatchObject({ ok: true, container: { id: ids[0], status: 'placed' } });
   });
+
+  it('answers UNAVAILABLE (outcome unknown) for a malformed result entry, and still answers every other op', async () => {
+    const fake = client.nc.subscribe(`${prefix}.ops.replica.own-fake`, {
+      callback: (_error, msg) => {
+        msg.respond(JSON.stringify({ results: [null, { ok: true, workerId: 'w' }], capacities: [] }));
+      },
+    });
+    await client.nc.flush();
+    try {
+      const shardClient = new ShardClient({ nc: client.nc, subjects: new Subjects(prefix), timeoutMs: 5_000, onCapacity: () => undefined, ownerOf: () => 'own-fake' });
+      const op = (id: string) => ({ k: 'place' as const, id, request: { cpu: 1, memory: 1, gpu: null, gpuCount: 0, pool: null }, requestKey: 'own.fake', deadline: Date.now() + 5_000, spec: '', priority: 0, maxWaitMs: 1_000 });
+      const results = await Promise.all([shardClient.send(0, op('own-f1')), shardClient.send(1, op('own-f2'))]);
+      expect(results[0]).toMatchObject({ ok: false, code: 'UNAVAILABLE', unknown: true });
+      expect(results[1]).toEqual({ ok: true, workerId: 'w' });
+    } finally {
+      fake.unsubscribe();
+    }
+  });
 });
