@@ -10,6 +10,7 @@ import { Progress } from '../util/progress.js';
 import { BenchCluster, NO_COUNTERS, placeInBatches, placeSingly, runLanes, sumCounters, type ClusterCounters } from './drover-bench.js';
 import { Latency, type LatencySummary } from './latency.js';
 import { ProcessWatch, round } from './process-stats.js';
+import { serverSentEvents } from '../observe/event-stream.js';
 import { SEED_CONCURRENCY, SeedScheduler } from './seed-baseline.js';
 
 export interface BenchContext {
@@ -1063,28 +1064,13 @@ async function openPages(cluster: BenchCluster, workerIds: readonly string[]): P
     if (watched === undefined) throw new Error(`replica ${status.replicaId} owns no worker`);
     const response = await fetch(`${base}/debug/events?watch=worker:${watched}`, { signal: controller.signal });
     if (!response.ok || response.body === null) throw new Error(`debug events of ${status.replicaId}: HTTP ${response.status}`);
-    const reader = response.body.getReader();
+    const body = response.body;
     readers.push((async () => {
-      const decoder = new TextDecoder();
-      let buffer = '';
       try {
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) return;
-          buffer += decoder.decode(value, { stream: true });
-          // The page parses each push; so does this reader.
-          let end;
-          while ((end = buffer.indexOf('\n\n')) >= 0) {
-            const data = /^data: (.*)$/m.exec(buffer.slice(0, end))?.[1];
-            buffer = buffer.slice(end + 2);
-            if (data !== undefined) {
-              JSON.parse(data);
-              pushes += 1;
-            }
-          }
-        }
+        // The page parses each push; so does this reader.
+        for await (const _event of serverSentEvents(body)) pushes += 1;
       } catch {
-        // aborted when the round ends
+        // the stream broke: the round's count stands
       }
     })());
     timers.push(setInterval(() => void fetch(`${base}/debug/cluster`, { signal: controller.signal }).then((r) => r.arrayBuffer()).catch(() => undefined), 2_000));

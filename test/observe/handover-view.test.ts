@@ -61,8 +61,14 @@ describe('hand-overs and refusals on the page and in the metrics', () => {
     const given = SHARDS - first.servedShards().length;
     expect(given).toBeGreaterThan(0);
 
-    const after = await getJson(first, '/debug/snapshot');
-    const handedOver = after.handOvers.filter((h: { kind: string }) => h.kind === 'handed-over');
+    // The page's snapshot is at most 250 ms old, and a hand-over is recorded once its lease is
+    // released, just after the shard leaves the served set: wait for the page to say it.
+    const handedOverShards = async () => {
+      const snapshot = await getJson(first, '/debug/snapshot');
+      return snapshot.handOvers.filter((h: { kind: string }) => h.kind === 'handed-over');
+    };
+    await eventually(async () => (await handedOverShards()).length === given, 5_000, 'hand-overs on the page');
+    const handedOver = await handedOverShards();
     expect(handedOver.map((h: { shard: number }) => h.shard).sort()).toEqual(second.servedShards());
     for (const handOver of handedOver) expect(handOver.durationMs).toBeGreaterThanOrEqual(0);
     expect(await metric(first, /^drover_handovers_total\{replica="hov-first"\} (\d+)/m)).toBe(given);

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Replica } from '../../src/replica/replica.js';
 import type { DroverClient } from '../../src/client/drover-client.js';
 import { CONTENT_SECURITY_POLICY } from '../../src/observe/http-server.js';
+import { serverSentEvents } from '../../src/observe/event-stream.js';
 import { connectClient, eventually, natsUrl, startReplica, testPrefix } from '../support/cluster.js';
 
 const bin = new URL('../../bin/drover.js', import.meta.url).pathname;
@@ -147,23 +148,14 @@ describe('replica HTTP', () => {
     const controller = new AbortController();
     const response = await fetch(`${base}/debug/events?watch=worker:hw-1`, { signal: controller.signal });
     expect(response.headers.get('content-type')).toMatch(/^text\/event-stream/);
-    const reader = response.body!.getReader();
-    const decoder = new TextDecoder();
-    let buffer = '';
+    const events = serverSentEvents(response.body!);
     const seen: Array<{ event: string; data: { state?: string; events?: Array<{ type: string }> } }> = [];
     const read = async (until: () => boolean) => {
       const deadline = Date.now() + 5_000;
       while (!until() && Date.now() < deadline) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += decoder.decode(value, { stream: true });
-        let end;
-        while ((end = buffer.indexOf('\n\n')) >= 0) {
-          const block = buffer.slice(0, end);
-          buffer = buffer.slice(end + 2);
-          const event = /^event: (\w+)/m.exec(block)?.[1] ?? '';
-          seen.push({ event, data: JSON.parse(/^data: (.*)$/m.exec(block)?.[1] ?? 'null') });
-        }
+        const next = await events.next();
+        if (next.done) break;
+        seen.push(next.value as (typeof seen)[number]);
       }
     };
     await read(() => seen.some((s) => s.event === 'snapshot') && seen.some((s) => s.event === 'watch'));
@@ -279,23 +271,8 @@ describe('replica HTTP limits', () => {
     const seen: string[][] = [[], []];
     const readers = controllers.map(async (controller, index) => {
       const response = await fetch(`${base}/debug/events?watch=worker:hw-2`, { signal: controller.signal });
-      const reader = response.body!.getReader();
-      const decoder = new TextDecoder();
-      let buffer = '';
-      try {
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) return;
-          buffer += decoder.decode(value, { stream: true });
-          let end;
-          while ((end = buffer.indexOf('\n\n')) >= 0) {
-            const block = buffer.slice(0, end);
-            buffer = buffer.slice(end + 2);
-            if (block.startsWith('event: watch')) seen[index]!.push(JSON.parse(/^data: (.*)$/m.exec(block)![1]!).state);
-          }
-        }
-      } catch {
-        // aborted
+      for await (const { event, data } of serverSentEvents(response.body!)) {
+        if (event === 'watch') seen[index]!.push((data as { state: string }).state);
       }
     });
     await eventually(() => seen.every((states) => states.includes('available')), 5_000, 'both pages see the worker');
