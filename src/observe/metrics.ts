@@ -53,6 +53,8 @@ export class ReplicaMetrics {
   private readonly attempts: Counter<'result'>;
   private readonly endToEnd: Histogram;
   private readonly handOverDuration: Histogram;
+  /** Counts `text` calls, so per-scrape reads know when a new scrape began. */
+  private scrape = 0;
   private readonly byResult = new Map<AttemptResult, { attempts: { inc(): void }; duration: { observe(value: number): void } }>();
 
   constructor(private readonly source: MetricsSource) {
@@ -87,6 +89,10 @@ export class ReplicaMetrics {
       registers,
     });
 
+    // Each scrape reads the counters and walks the workers once, however many collectors use them.
+    const counters = this.perScrape(() => source.counters());
+    const workerPass = this.perScrape(() => passOver(source));
+
     const counter = (name: string, help: string, read: (c: ReturnType<MetricsSource['counters']>) => number) =>
       new Counter({
         name,
@@ -94,7 +100,7 @@ export class ReplicaMetrics {
         registers,
         collect() {
           this.reset();
-          this.inc(read(source.counters()));
+          this.inc(read(counters()));
         },
       });
     counter('drover_placements_total', 'Containers placed through this replica\'s router (submits and backlog attempts).', (c) => c.placed);
@@ -110,7 +116,7 @@ export class ReplicaMetrics {
       labelNames: ['event'],
       registers,
       collect() {
-        const c = source.counters();
+        const c = counters();
         this.reset();
         this.inc({ event: 'submitted' }, c.queuedOnSubmit);
         this.inc({ event: 'wake' }, c.wakes);
@@ -140,13 +146,7 @@ export class ReplicaMetrics {
       },
     });
 
-    // Workers, capacity and utilization: one pass over this replica's workers per scrape.
-    let pass: WorkerPass | null = null;
-    const workerPass = (): WorkerPass => {
-      // The three collectors below run in the same scrape; one pass serves them all.
-      if (pass === null || Date.now() - pass.at > 1_000) pass = passOver(source);
-      return pass;
-    };
+    // Workers, capacity and utilization: from the scrape's one pass over this replica's workers.
     new Gauge({
       name: 'drover_workers',
       help: 'Workers of the shards this replica owns, by pool and status.',
@@ -211,7 +211,17 @@ export class ReplicaMetrics {
   }
 
   async text(): Promise<string> {
+    this.scrape += 1;
     return this.registry.metrics();
+  }
+
+  /** `read` at most once per scrape (`text` call): the collectors of one scrape share its result. */
+  private perScrape<T>(read: () => T): () => T {
+    let memo: { scrape: number; value: T } | null = null;
+    return () => {
+      if (memo === null || memo.scrape !== this.scrape) memo = { scrape: this.scrape, value: read() };
+      return memo.value;
+    };
   }
 
   get contentType(): string {
@@ -229,7 +239,6 @@ interface PoolTotals {
 }
 
 interface WorkerPass {
-  readonly at: number;
   /** "<pool>\0<status>" -> count. */
   readonly workers: Map<string, number>;
   readonly pools: Map<string, PoolTotals>;
@@ -263,5 +272,5 @@ function passOver(source: MetricsSource): WorkerPass {
     const memoryShare = worker.memory > 0 ? (worker.memory - worker.freeMemory) / worker.memory : 0;
     utilization.push(Math.max(cpuShare, memoryShare));
   });
-  return { at: Date.now(), workers, pools, utilization };
+  return { workers, pools, utilization };
 }
