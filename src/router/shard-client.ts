@@ -58,12 +58,7 @@ export class ShardClient {
 
   send(shard: number, op: ShardOp): Promise<ShardOpResult> {
     return new Promise((resolve) => {
-      let list = this.pending.get(shard);
-      if (list === undefined) {
-        list = [];
-        this.pending.set(shard, list);
-      }
-      list.push({ op, resolve });
+      push(this.pending, shard, { op, resolve });
       if (!this.flushScheduled) {
         this.flushScheduled = true;
         setImmediate(() => this.flush());
@@ -86,10 +81,8 @@ export class ShardClient {
       const grouped = owner === null ? [] : list.filter((pending) => GROUPED_KINDS.has(pending.op.k));
       const alone = owner === null ? list : list.filter((pending) => !GROUPED_KINDS.has(pending.op.k));
       if (alone.length > 0) this.requestShard(shard, alone);
-      if (owner === null || grouped.length === 0) continue;
-      let group = byOwner.get(owner);
-      if (group === undefined) byOwner.set(owner, (group = []));
-      for (const pending of grouped) group.push({ shard, pending });
+      if (owner === null) continue;
+      for (const pending of grouped) push(byOwner, owner, { shard, pending });
     }
     for (const [owner, group] of byOwner) {
       const encoded = group.map(({ shard, pending }) => `{"s":${shard},"op":${JSON.stringify(pending.op)}}`);
@@ -130,20 +123,11 @@ export class ShardClient {
    * and all of them when its subject has no responder (it stopped), go on their shards' subjects.
    */
   private async requestOwner(owner: string, group: Array<{ shard: number; pending: Pending }>, encoded: readonly string[]): Promise<void> {
-    const { nc, subjects, timeoutMs } = this.options;
-    this.inFlightRequests += 1;
-    this.stats.requests += 1;
     this.stats.ownerRequests += 1;
-    this.stats.ops += group.length;
     let results: readonly ShardOpResult[];
     const resend = new Map<number, Pending[]>();
     try {
-      const payload = Buffer.from(`{"ops":[${encoded.join(',')}]}`);
-      const reply = await nc.request(subjects.replicaOps(owner), payload, { timeout: timeoutMs });
-      const body = reply.json<ReplicaOpsReply>();
-      if (!Array.isArray(body.results) || body.results.length !== group.length) {
-        throw new Error(`replica ${owner} answered ${Array.isArray(body.results) ? body.results.length : 'no'} results for ${group.length} ops`);
-      }
+      const body = await this.exchange<ReplicaOpsReply>(this.options.subjects.replicaOps(owner), encoded, `replica ${owner}`);
       results = body.results;
       if (Array.isArray(body.capacities)) {
         for (const received of body.capacities.slice(0, MAX_SHARD_OPS)) {
@@ -163,8 +147,6 @@ export class ShardClient {
         const unknown = error instanceof errors.TimeoutError;
         results = group.map(() => ({ ok: false as const, code: 'UNAVAILABLE' as const, message, unknown }));
       }
-    } finally {
-      this.inFlightRequests -= 1;
     }
     for (let i = 0; i < results.length; i += 1) {
       const result = wellFormed(results[i], owner);
@@ -180,18 +162,9 @@ export class ShardClient {
   }
 
   private async request(shard: number, list: Pending[], encoded: readonly string[]): Promise<void> {
-    const { nc, subjects, timeoutMs } = this.options;
-    this.inFlightRequests += 1;
-    this.stats.requests += 1;
-    this.stats.ops += list.length;
     let results: readonly ShardOpResult[];
     try {
-      const payload = Buffer.from(`{"ops":[${encoded.join(',')}]}`);
-      const reply = await nc.request(subjects.shard(shard), payload, { timeout: timeoutMs });
-      const body = reply.json<ShardReply>();
-      if (!Array.isArray(body.results) || body.results.length !== list.length) {
-        throw new Error(`shard ${shard} answered ${Array.isArray(body.results) ? body.results.length : 'no'} results for ${list.length} ops`);
-      }
+      const body = await this.exchange<ShardReply>(this.options.subjects.shard(shard), encoded, `shard ${shard}`);
       results = body.results;
       const capacity = parseShardCapacity(body.capacity);
       if (capacity !== null) this.options.onCapacity(capacity);
@@ -201,10 +174,25 @@ export class ShardClient {
       if (error instanceof errors.RequestError && error.isNoResponders()) this.stats.noResponders += 1;
       const unknown = error instanceof errors.TimeoutError;
       results = list.map(() => ({ ok: false as const, code: 'UNAVAILABLE' as const, message, unknown }));
+    }
+    for (let i = 0; i < list.length; i += 1) list[i]!.resolve(results[i]!);
+  }
+
+  /** One request of `encoded` ops on `subject`; the reply must hold one result per op (else it throws). */
+  private async exchange<Reply extends { readonly results: readonly ShardOpResult[] }>(subject: string, encoded: readonly string[], who: string): Promise<Reply> {
+    this.inFlightRequests += 1;
+    this.stats.requests += 1;
+    this.stats.ops += encoded.length;
+    try {
+      const reply = await this.options.nc.request(subject, Buffer.from(`{"ops":[${encoded.join(',')}]}`), { timeout: this.options.timeoutMs });
+      const body = reply.json<Reply>();
+      if (!Array.isArray(body.results) || body.results.length !== encoded.length) {
+        throw new Error(`${who} answered ${Array.isArray(body.results) ? body.results.length : 'no'} results for ${encoded.length} ops`);
+      }
+      return body;
     } finally {
       this.inFlightRequests -= 1;
     }
-    for (let i = 0; i < list.length; i += 1) list[i]!.resolve(results[i]!);
   }
 }
 
@@ -214,10 +202,10 @@ function wellFormed(result: unknown, owner: string): ShardOpResult {
   return { ok: false, code: 'UNAVAILABLE', message: `replica ${owner} answered a malformed result`, unknown: true };
 }
 
-function push(map: Map<number, Pending[]>, shard: number, pending: Pending): void {
-  let list = map.get(shard);
-  if (list === undefined) map.set(shard, (list = []));
-  list.push(pending);
+function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
+  let list = map.get(key);
+  if (list === undefined) map.set(key, (list = []));
+  list.push(value);
 }
 
 function describe(error: unknown, shard: number): string {
