@@ -55,6 +55,8 @@ export interface DebugSource {
   readonly shardCount: number;
   /** The same report `drover status` prints, so the two always agree. */
   status(): Record<string, unknown> & { readonly router: { placed: number }; readonly workers: number; readonly shards: readonly number[] };
+  /** Containers placed through this replica's router so far (sampled every second for the rate). */
+  placed(): number;
   shards(): ShardFacts[];
   backlogDepth(): { active: number; backoff: number; unschedulable: number; inFlight: number };
   containerEventsByStatus(): Partial<Record<ContainerStatus, number>>;
@@ -136,7 +138,7 @@ export class DebugView {
   }
 
   private samplePlaced(): void {
-    this.placedSamples.push({ at: Date.now(), placed: this.source.status().router.placed });
+    this.placedSamples.push({ at: Date.now(), placed: this.source.placed() });
     if (this.placedSamples.length > RATE_WINDOW_S + 1) this.placedSamples.shift();
   }
 

@@ -201,6 +201,7 @@ export class Replica {
       prefix: config.prefix,
       shardCount: config.shards,
       status: () => this.status(false) as ReturnType<DebugSource['status']>,
+      placed: () => this.router.stats.placed,
       shards: () => this.shardFacts(),
       backlogDepth: () => this.backlog.depthByQueue(),
       containerEventsByStatus: () => ({ ...this.events.byStatus }),
