@@ -76,6 +76,8 @@ class Shape {
   asleep = false;
   /** The view's version when a check last found no room: until it moves, the answer is the same. */
   checkedAtVersion = -1;
+  /** The view's version when a check last found room (the pump asks before every attempt). */
+  fitsAtVersion = -1;
   /** Unix ms before which a shape that met unavailable owners is not tried again. */
   retryAt = 0;
   backoffMs = RETRY_FIRST_MS;
@@ -376,10 +378,15 @@ export class BacklogScheduler {
         }
       }
       if (best === null || bestHead === null) return;
-      // The view proves nothing fits this shape: sleep until a summary says otherwise.
-      if (this.options.view.choose(best.request, NONE, this.options.replicaId) === null) {
-        this.sleep(best);
-        continue;
+      // The view proves nothing fits this shape: sleep until a summary says otherwise. Asked once
+      // per version of the view, not once per attempt (the attempt's own choice asks again anyway).
+      const view = this.options.view;
+      if (best.fitsAtVersion !== view.version) {
+        if (view.choose(best.request, NONE, this.options.replicaId) === null) {
+          this.sleep(best);
+          continue;
+        }
+        best.fitsAtVersion = view.version;
       }
       best.pop();
       void this.run(best, bestHead);

@@ -828,6 +828,26 @@ export async function redisMemoryScenario(ctx: BenchContext): Promise<ScenarioRe
  * the wake-up latency: one worker held full, one request waiting for it; the holder is released and
  * the time from sending the release to the waiting request's "placed" event is recorded, 300 times.
  */
+/**
+ * The drain's rate in each half second, from the poller's (time, placed) samples: shows how much
+ * of the drain ran while workers were still registering (before the "|").
+ */
+function drainTimeline(samples: ReadonlyArray<{ at: number; placed: number }>, registeredAtMs: number): string {
+  const STEP_MS = 500;
+  const parts: string[] = [];
+  let previous = 0;
+  let index = 0;
+  const end = samples.length === 0 ? 0 : samples[samples.length - 1]!.at;
+  for (let t = STEP_MS; t < end + STEP_MS; t += STEP_MS) {
+    while (index + 1 < samples.length && samples[index + 1]!.at <= t) index += 1;
+    const placed = samples[index] !== undefined && samples[index]!.at <= t ? samples[index]!.placed : previous;
+    if (registeredAtMs > t - STEP_MS && registeredAtMs <= t) parts.push('|');
+    parts.push(String(Math.round(((placed - previous) * 1_000) / STEP_MS)));
+    previous = placed;
+  }
+  return parts.join(' ');
+}
+
 /** How often the backlog scenario reads the replicas' placement counters while it drains. */
 const STATUS_POLL_MS = 50;
 
@@ -876,6 +896,8 @@ export async function backlogScenario(ctx: BenchContext): Promise<ScenarioResult
     const draining = new Progress('backlog: draining', QUEUED);
     const drainStarted = performance.now();
     let polling = true;
+    /** (ms since the first registration, placed so far), for the drain's shape over time. */
+    const timeline: Array<{ at: number; placed: number }> = [];
     const poller = (async () => {
       while (polling && placedCount < QUEUED) {
         const count = await backlogPlaced().catch(() => placedCount);
@@ -883,6 +905,7 @@ export async function backlogScenario(ctx: BenchContext): Promise<ScenarioResult
           placedCount = count;
           lastPlacedAt = performance.now();
           draining.update(placedCount);
+          timeline.push({ at: lastPlacedAt - drainStarted, placed: count });
         }
         await new Promise((r) => setTimeout(r, STATUS_POLL_MS));
       }
@@ -910,6 +933,7 @@ export async function backlogScenario(ctx: BenchContext): Promise<ScenarioResult
     const d = delta(await cluster.counters(), before);
     const ratio = drainRate / Math.max(1, referenceRate);
     ctx.out(`backlog: ${drained} placed in ${drainSeconds.toFixed(2)} s (${Math.round(drainRate)}/s, ${(ratio * 100).toFixed(0)} % of the scale reference); workers registered in ${registeredSeconds.toFixed(2)} s`);
+    ctx.out(`backlog: drain rate per half second (placements/s; | = all workers registered): ${drainTimeline(timeline, registeredSeconds * 1_000)}`);
 
     // Wake-up latency on a quiet cluster: one worker held full, one request waiting for it.
     await new Promise((r) => setTimeout(r, 1_000));

@@ -18,7 +18,7 @@ import type { CapacityGroup, CapacityPoint } from '../protocol/shard-messages.js
 /** Frontier points kept per group (each is three numbers on the wire). */
 export const FRONTIER_MAX = 16;
 
-interface GroupAccumulator {
+export interface GroupAccumulator {
   pool: string | null;
   gpu: string | null;
   registered: number;
@@ -59,26 +59,35 @@ function thin(frontier: CapacityPoint[]): CapacityPoint[] {
   return Array.from({ length: FRONTIER_MAX }, (_, i) => frontier[Math.round(i * step)]!);
 }
 
-/** `workers`: every worker of the shard, whatever its status (the counts say which exist at all). */
-export function summarizeCapacity(workers: Iterable<WorkerAvailability>): CapacityGroup[] {
-  const groups = new Map<string, GroupAccumulator>();
-  for (const worker of workers) {
-    const key = `${worker.spec.pool ?? ''}\u0000${worker.spec.gpu ?? ''}`;
-    let group = groups.get(key);
-    if (group === undefined) {
-      group = { pool: worker.spec.pool, gpu: worker.spec.gpu, registered: 0, workers: 0, cpu: 0, memory: 0, freeCpu: 0, freeMemory: 0, frontier: [] };
-      groups.set(key, group);
-    }
-    group.registered += 1;
-    if (worker.status !== 'available') continue;
-    group.workers += 1;
-    group.cpu += worker.spec.cpu;
-    group.memory += worker.spec.memory;
-    group.freeCpu += worker.freeCpu;
-    group.freeMemory += worker.freeMemory;
-    addToFrontier(group.frontier, worker.freeCpu, worker.freeMemory, worker.freeGpuCount);
-  }
-  return [...groups.values()].map((g) => {
+/** One (pool, GPU type) group's running totals, filled a worker at a time (see `summarizeCapacity`). */
+export function newCapacityGroup(pool: string | null, gpu: string | null): GroupAccumulator {
+  return { pool, gpu, registered: 0, workers: 0, cpu: 0, memory: 0, freeCpu: 0, freeMemory: 0, frontier: [] };
+}
+
+/** Count one worker of the group: every worker is registered; only an available one adds capacity. */
+export function addToCapacityGroup(
+  group: GroupAccumulator,
+  available: boolean,
+  cpu: number,
+  memory: number,
+  freeCpu: number,
+  freeMemory: number,
+  freeGpuCount: number,
+): void {
+  group.registered += 1;
+  if (!available) return;
+  group.workers += 1;
+  group.cpu += cpu;
+  group.memory += memory;
+  group.freeCpu += freeCpu;
+  group.freeMemory += freeMemory;
+  addToFrontier(group.frontier, freeCpu, freeMemory, freeGpuCount);
+}
+
+/** The groups' summaries, in the order the groups were made. */
+export function finishCapacityGroups(groups: Iterable<GroupAccumulator>): CapacityGroup[] {
+  const summaries: CapacityGroup[] = [];
+  for (const g of groups) {
     const frontier = g.frontier;
     const max: CapacityPoint = [0, 0, 0];
     for (const [cpu, memory, gpus] of frontier) {
@@ -86,7 +95,7 @@ export function summarizeCapacity(workers: Iterable<WorkerAvailability>): Capaci
       if (memory > max[1]) max[1] = memory;
       if (gpus > max[2]) max[2] = gpus;
     }
-    return {
+    summaries.push({
       pool: g.pool,
       gpu: g.gpu,
       registered: g.registered,
@@ -98,6 +107,26 @@ export function summarizeCapacity(workers: Iterable<WorkerAvailability>): Capaci
       frontier: thin(frontier),
       exact: frontier.length <= FRONTIER_MAX,
       max,
-    };
-  });
+    });
+  }
+  return summaries;
+}
+
+/**
+ * `workers`: every worker of the shard, whatever its status (the counts say which exist at all).
+ * The shard owner summarizes from its worker index's columns instead (WorkerIndex.summarize, the
+ * same accumulation without an object per worker); this form is the reference its test compares to.
+ */
+export function summarizeCapacity(workers: Iterable<WorkerAvailability>): CapacityGroup[] {
+  const groups = new Map<string, GroupAccumulator>();
+  for (const worker of workers) {
+    const key = `${worker.spec.pool ?? ''}\u0000${worker.spec.gpu ?? ''}`;
+    let group = groups.get(key);
+    if (group === undefined) {
+      group = newCapacityGroup(worker.spec.pool, worker.spec.gpu);
+      groups.set(key, group);
+    }
+    addToCapacityGroup(group, worker.status === 'available', worker.spec.cpu, worker.spec.memory, worker.freeCpu, worker.freeMemory, worker.freeGpuCount);
+  }
+  return finishCapacityGroups(groups.values());
 }

@@ -6,7 +6,6 @@ import type { Actor } from 'xstate';
 import type { PlacementRequest, PlacementStrategy, WorkerRecord, WorkerStatus } from '../../actors/capacity.js';
 import { restoreWorkerActor, type workerMachine, type WorkerEvent } from '../../actors/worker-machine.js';
 import { workerView, type CapacityGroup, type WorkerView } from '../protocol/shard-messages.js';
-import { summarizeCapacity } from './capacity-summary.js';
 import { WorkerIndex } from './worker-index.js';
 
 export type WorkerActor = Actor<typeof workerMachine>;
@@ -50,7 +49,7 @@ export class ShardWorkers {
   }
 
   summary(): CapacityGroup[] {
-    return summarizeCapacity(this.index.workers());
+    return this.index.summarize();
   }
 
   add(record: WorkerRecord): WorkerActor {

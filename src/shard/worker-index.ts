@@ -11,12 +11,16 @@
  */
 import type { PlacementRequest, PlacementStrategy, WorkerAvailability, WorkerSpec, WorkerStatus } from '../../actors/capacity.js';
 import type { Actor } from 'xstate';
+import type { CapacityGroup } from '../protocol/shard-messages.js';
+import { addToCapacityGroup, finishCapacityGroups, newCapacityGroup, type GroupAccumulator } from './capacity-summary.js';
 import type { workerMachine } from '../../actors/worker-machine.js';
 
 type WorkerActor = Actor<typeof workerMachine>;
 
 const INITIAL_CAPACITY = 64;
 const NO_NAME = 0;
+/** Distinct pool and GPU type names one shard's index can number (summary group keys pack two). */
+const MAX_NAMES = 2 ** 26;
 
 export class WorkerIndex {
   private size = 0;
@@ -47,6 +51,8 @@ export class WorkerIndex {
     let id = this.names.get(name);
     if (id === undefined) {
       id = this.names.size + 1;
+      // A shard would need tens of millions of workers to get here; refuse rather than mix groups.
+      if (id >= MAX_NAMES) throw new Error(`worker index: more than ${MAX_NAMES - 1} distinct pools and GPU types in one shard`);
       this.names.set(name, id);
     }
     return id;
@@ -177,20 +183,25 @@ export class WorkerIndex {
   }
 
   /**
-   * The availability of every worker, available or not, for capacity summaries. From the columns
-   * alone (a summary is made after every commit): one object, refilled per worker, so the consumer
-   * must read it before asking for the next. A worker that is not available is reported 'pending'
-   * (summaries only tell available workers from the others).
+   * The shard's capacity summary (see capacity-summary.ts), straight from the columns: no object
+   * per worker and integer group keys. A shard owner summarizes after every commit and for every
+   * router that asks, over all of its workers (156 each at 10,000 workers in 64 shards), so this
+   * loop is on the placement path; summarizeCapacity over the actors' availability gives the same
+   * result (test/shard/worker-index.test.ts).
    */
-  *workers(): Generator<WorkerAvailability> {
-    const current = { spec: this.specs[0]!, status: 'pending' as WorkerStatus, freeCpu: 0, freeMemory: 0, freeGpuCount: 0 };
+  summarize(): CapacityGroup[] {
+    const groups = new Map<number, GroupAccumulator>();
     for (let slot = 0; slot < this.size; slot += 1) {
-      current.spec = this.specs[slot]!;
-      current.status = this.available[slot] === 1 ? 'available' : 'pending';
-      current.freeCpu = this.freeCpu[slot]!;
-      current.freeMemory = this.freeMemory[slot]!;
-      current.freeGpuCount = this.freeGpu[slot]!;
-      yield current;
+      // One number per (pool, GPU type): ids stay below MAX_NAMES (nameId), so the key is exact.
+      const key = this.pool[slot]! * MAX_NAMES + this.gpu[slot]!;
+      let group = groups.get(key);
+      if (group === undefined) {
+        const spec = this.specs[slot]!;
+        group = newCapacityGroup(spec.pool, spec.gpu);
+        groups.set(key, group);
+      }
+      addToCapacityGroup(group, this.available[slot] === 1, this.totalCpu[slot]!, this.totalMemory[slot]!, this.freeCpu[slot]!, this.freeMemory[slot]!, this.freeGpu[slot]!);
     }
+    return finishCapacityGroups(groups.values());
   }
 }
