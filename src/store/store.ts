@@ -229,8 +229,17 @@ export class DroverStore {
     const code = reply[0];
     if (code === 'FENCED') return { outcome: 'fenced', currentEpoch: Number(reply[1]) };
     if (code === 'WRONG_SHARD') return { outcome: 'wrong-shard', shard: Number(reply[1]) };
+    if (code === 'CREATED') {
+      if (reply.length !== 1) throw new Error(`register_worker returned CREATED with ${reply.length - 1} extra items`);
+      // The script wrote exactly these fields (see register_worker.lua) and does not send them back.
+      const created: WorkerRecord = {
+        id: spec.id, shard: spec.shard, cpu: spec.cpu, memory: spec.memory, gpu: spec.gpu, gpuCount: spec.gpuCount, pool: spec.pool,
+        freeCpu: spec.cpu, freeMemory: spec.memory, freeGpuCount: spec.gpuCount, status, resourceVersion: 1,
+        ...(spec.agent === true ? { agent: true } : {}),
+      };
+      return { outcome: 'created', worker: created };
+    }
     const worker = workerFromHash(hashFromPairs(reply, 1));
-    if (code === 'CREATED') return { outcome: 'created', worker };
     if (code === 'EXISTS') return { outcome: 'exists', worker };
     if (code === 'SPEC_MISMATCH') return { outcome: 'spec-mismatch', worker };
     throw new Error(`register_worker returned unknown code ${String(code)}`);

@@ -70,6 +70,15 @@ describe('register_worker', () => {
   it('creates, is idempotent for the same spec, refuses another spec, and is fenced', async () => {
     const created = await store.registerWorker(epoch, spec(W1), 'available');
     expect(created.outcome).toBe('created');
+    // CREATED sends nothing back: the record the caller builds must be exactly what Redis holds.
+    if (created.outcome !== 'created') throw new Error('not created');
+    expect(created.worker).toEqual(await store.readWorker(SHARD, W1));
+    const byAgent = await store.registerWorker(epoch, { ...spec(W2), gpu: 'a100', gpuCount: 2, pool: 'gpu', agent: true }, 'pending');
+    if (byAgent.outcome !== 'created') throw new Error('not created');
+    expect(byAgent.worker).toEqual(await store.readWorker(SHARD, W2));
+    expect(byAgent.worker).toMatchObject({ agent: true, status: 'pending', gpu: 'a100', freeGpuCount: 2, pool: 'gpu', resourceVersion: 1 });
+    await redis.del(store.keys.worker(SHARD, W2));
+    await redis.srem(store.keys.shardWorkers(SHARD), W2);
     const again = await store.registerWorker(epoch, spec(W1), 'available');
     expect(again.outcome).toBe('exists');
     const other = await store.registerWorker(epoch, spec(W1, 3_000), 'available');

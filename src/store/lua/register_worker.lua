@@ -27,7 +27,9 @@
   Output:
     {'FENCED', currentEpoch}          nothing written
     {'WRONG_SHARD', shard}            the id hashes to `shard`, not ARGV[4]; nothing written
-    {'CREATED', field, value, ...}    the new worker's hash
+    {'CREATED'}                       created exactly as the arguments say (status ARGV[10], all
+                                      capacity free, resourceVersion 1): the caller knows the hash,
+                                      so it is not sent back (a fleet registers by the thousand)
     {'EXISTS', field, value, ...}     same spec already registered; nothing written
     {'SPEC_MISMATCH', field, value, ...}  registered with another spec; nothing written
 ]]
@@ -93,6 +95,4 @@ if historyCap > 0 then
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', historyCap, '*', 'op', 'register', 'worker', ARGV[3],
     'cpu', ARGV[5], 'memory', ARGV[6], 'gpuCount', ARGV[8], 'version', 1, 'epoch', epoch)
 end
-local out = {'CREATED'}
-for _, v in ipairs(redis.call('HGETALL', KEYS[2])) do out[#out + 1] = v end
-return out
+return {'CREATED'}
