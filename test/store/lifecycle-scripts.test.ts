@@ -104,16 +104,16 @@ describe('backlog_commit', () => {
     expect(await outcomes(HOME, [queueOp(ended), queueOp(gone), queueOp(queued)])).toEqual(['QUEUED', 'QUEUED', 'QUEUED']);
     expect(await outcomes(HOME, [{ kind: 'end', containerId: ended, status: 'failed', reason: 'EXPIRED' }])).toEqual(['ENDED_NOW']);
     // As a previous owner may leave it: ids in the set whose records ended or vanished.
-    await redis.zadd(store.keys.backlog(HOME), 1, ended);
+    await redis.zadd(store.keys.backlog(HOME), '1', ended);
     await redis.del(store.keys.container(gone));
     const drops = [ended, gone, queued].map((containerId) => ({ kind: 'drop' as const, containerId }));
     expect(await outcomes(HOME, drops)).toEqual(['DROPPED', 'DROPPED', 'STILL_QUEUED']);
-    expect(await redis.zrange(store.keys.backlog(HOME), 0, -1)).toEqual([queued]);
+    expect(await redis.zrange(store.keys.backlog(HOME), '0', '-1')).toEqual([queued]);
     // A drop beside a queue op in one batch: the queue op still counts the backlog's size.
     expect(await outcomes(HOME, [{ kind: 'drop', containerId: queued }, queueOp(idIn('d5', HOME))])).toEqual(['STILL_QUEUED', 'QUEUED']);
     await redis.rpush(store.keys.container(wrong), 'not a record');
     // The first drop would remove `ended` from the set: the wrong type after it must stop the batch first.
-    await redis.zadd(store.keys.backlog(HOME), 1, ended);
+    await redis.zadd(store.keys.backlog(HOME), '1', ended);
     const before = await snapshotKeys(redis, prefix);
     await expect(store.commitBacklog(HOME, homeEpoch, [{ kind: 'drop', containerId: ended }, { kind: 'drop', containerId: wrong }])).rejects.toThrow(/is a list/);
     expect(await snapshotKeys(redis, prefix)).toEqual(before);
