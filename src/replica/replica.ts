@@ -125,6 +125,9 @@ export class Replica {
   /** Shared by every shard owner of this replica (one log line per outage, not per shard). */
   private readonly redisWrites: Incident;
   private memoryReading: { at: number; usage: NodeJS.MemoryUsage } | null = null;
+  /** Shards grown by registrations of this turn, and the announcement their replies wait for. */
+  private readonly grownShards = new Set<number>();
+  private growthAnnounced: Promise<void> | null = null;
   /** Owner counters survive the owners themselves (shards come and go). */
   private readonly retiredOwnerStats = { batches: 0, committedOps: 0, fenceRefusals: 0, versionConflicts: 0, resyncs: 0 };
   private retiredBacklogFenceRefusals = 0;
@@ -717,6 +720,7 @@ export class Replica {
       leaseHeld: () => this.leases.holds(shard),
       onFenced,
       onCapacityChange: (changed, grew) => this.markCapacityDirty(changed, grew),
+      announceGrowth: (grown) => this.announceGrowth(grown),
       events: this.events,
       workerTtlMs: this.config.workerTtlMs,
       pokeAgent: (workerId) => {
@@ -931,6 +935,25 @@ export class Replica {
         for (const dirty of shards) this.publishCapacity(dirty);
       }, CAPACITY_COALESCE_MS);
     }
+  }
+
+  /**
+   * Registrations grow shards by the hundred when a fleet comes up: every shard grown in this turn
+   * of the event loop is published in one callback (one socket write for all of them, rather than
+   * a timer and a write per shard), and the registrations' replies wait for it.
+   */
+  private announceGrowth(shard: number): Promise<void> {
+    this.grownShards.add(shard);
+    this.growthAnnounced ??= new Promise((resolve) => {
+      setImmediate(() => {
+        const shards = [...this.grownShards];
+        this.grownShards.clear();
+        this.growthAnnounced = null;
+        for (const grown of shards) this.markCapacityDirty(grown, true);
+        resolve();
+      });
+    });
+    return this.growthAnnounced;
   }
 
   private publishCapacity(shard: number): void {

@@ -62,6 +62,13 @@ export interface ShardOwnerOptions {
    * otherwise it may coalesce.
    */
   readonly onCapacityChange: (shard: number, grew: boolean) => void;
+  /**
+   * A registration grew the shard: publish its summary, once for every registration of this turn
+   * of the event loop on any shard of the replica, and resolve when it is published. The reply
+   * waits for it, so a client told "registered" finds every router already knowing the new room
+   * (the publish precedes the reply on the same connection).
+   */
+  readonly announceGrowth: (shard: number) => Promise<void>;
   /** Placed and released containers are announced here, after Redis has them. */
   readonly events: ContainerEventPublisher;
   /**
@@ -123,8 +130,6 @@ export class ShardOwner {
   /** Workers held for starving containers (see hold). */
   private readonly holds = new Map<string, { readonly actor: WorkerActor; until: number }>();
   private ownerState: ShardOwnerState = 'serving';
-  /** Registrations of this turn wait for one capacity announcement (see announceGrowth). */
-  private growthAnnounced: Promise<void> | null = null;
   /** The capacity summary at close, for the "unowned" notice routers may still reason from. */
   private finalCapacity: CapacityGroup[] = [];
   /** Counters for metrics and the benchmark. */
@@ -414,28 +419,10 @@ export class ShardOwner {
     }
     if (this.ownerState === 'closed') return unavailable(`shard ${this.shard} closed on this replica`);
     const actor = this.workers.get(worker.id) ?? this.workers.add(outcome.worker);
-    if (outcome.outcome === 'created') await this.announceGrowth();
+    if (outcome.outcome === 'created') await this.options.announceGrowth(this.shard);
     return { ok: true, worker: this.workers.view(actor) };
   }
 
-  /**
-   * Publish the shard's grown capacity once for every registration that completed in this turn of
-   * the event loop, and only then let their replies go: a client told "registered" finds every
-   * router already knowing the new room (the publish precedes the reply on the same connection),
-   * at one summary per turn instead of one per registration (a fleet registering at once).
-   */
-  private announceGrowth(): Promise<void> {
-    if (this.growthAnnounced === null) {
-      this.growthAnnounced = new Promise((resolve) => {
-        setImmediate(() => {
-          this.growthAnnounced = null;
-          if (this.ownerState !== 'closed') this.options.onCapacityChange(this.shard, true);
-          resolve();
-        });
-      });
-    }
-    return this.growthAnnounced;
-  }
 
   /**
    * A placement Redis refused because the worker had changed under this replica (its version,
