@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { findBinary } from '../../infra/servers.js';
+import { REPLICA_NODE_ARGS } from '../../src/replica/process-cluster.js';
 
 const run = promisify(execFile);
 const unitPath = new URL('../../infra/drover-replica.service', import.meta.url).pathname;
@@ -86,7 +87,8 @@ describe('infra/drover-replica.service', () => {
     expect(execStart).not.toMatch(/\bnpx\b|\bnpm\b/);
     const [program, ...args] = execStart!.split(/\s+/);
     expect(program).toMatch(/^\/\S*\/node$/);
-    expect(args).toEqual(['/opt/drover/bin/drover.js', 'replica']);
+    // With the node flags every replica runs with (the same list ProcessCluster starts them with).
+    expect(args).toEqual([...REPLICA_NODE_ARGS, '/opt/drover/bin/drover.js', 'replica']);
   });
 
   it('stops with SIGTERM and leaves time for the graceful hand-over', () => {
