@@ -52,7 +52,8 @@ const HOLD_SHARDS_PER_ROUND = 4;
 const MAX_COMPACTED_PER_SWEEP = 50_000;
 
 export type AttemptOutcome =
-  | { readonly outcome: 'placed'; readonly workerId: string }
+  /** `shard`: the worker's shard, which the shape's next attempts prefer (see Shape.preferShard). */
+  | { readonly outcome: 'placed'; readonly workerId: string; readonly shard?: number }
   /** Proven: no worker has room now (the shape sleeps until capacity grows). */
   | { readonly outcome: 'no-room' }
   /** Could not be decided now (owners unavailable): try again after a backoff. */
@@ -63,7 +64,8 @@ export type AttemptOutcome =
 export interface BacklogSchedulerOptions {
   readonly view: CapacityView;
   readonly replicaId: string;
-  readonly attempt: (entry: QueuedEntry) => Promise<AttemptOutcome>;
+  /** Place the entry through the router; `prefer`: a shard to ask first if it may fit there, or null. */
+  readonly attempt: (entry: QueuedEntry, prefer: number | null) => Promise<AttemptOutcome>;
   /** A request waiting longer than this gets a worker held for it (see `holds`). */
   readonly holdAfterMs: number;
   /** Ask shard `shard` to hold a worker for the entry until `until`: the worker, and whether it fits now; null if it cannot. */
@@ -82,6 +84,13 @@ class Shape {
   checkedAtVersion = -1;
   /** The view's version when a check last found room (the pump asks before every attempt). */
   fitsAtVersion = -1;
+  /**
+   * The shard that placed this shape's last container: its next attempts ask it first while the
+   * view says they may fit there (under best-fit; see Router.place). Alike containers then fill
+   * one shard's workers in turn, and its owner writes them in large group commits instead of a
+   * few per shard across every shard.
+   */
+  preferShard: number | null = null;
   /** Unix ms before which a shape that met unavailable owners is not tried again. */
   retryAt = 0;
   backoffMs = RETRY_FIRST_MS;
@@ -404,7 +413,7 @@ export class BacklogScheduler {
     const versionBefore = this.options.view.version;
     let result: AttemptOutcome;
     try {
-      result = heldIn === null ? await this.options.attempt(entry) : await this.options.placeOn(entry, heldIn);
+      result = heldIn === null ? await this.options.attempt(entry, shape.preferShard) : await this.options.placeOn(entry, heldIn);
       if (heldIn !== null && result.outcome === 'placed') this.stats.heldPlacements += 1;
     } catch (error) {
       this.options.log.error({ err: error, container: entry.id }, 'backlog placement attempt failed');
@@ -417,6 +426,7 @@ export class BacklogScheduler {
       case 'placed':
         this.stats.placed += 1;
         shape.backoffMs = RETRY_FIRST_MS;
+        if (result.shard !== undefined) shape.preferShard = result.shard;
         if (partition !== undefined && !entry.gone) partition.forget(entry);
         break;
       case 'not-ours':

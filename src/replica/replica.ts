@@ -168,7 +168,7 @@ export class Replica {
     this.backlog = new BacklogScheduler({
       view: this.router.view,
       replicaId: config.replicaId,
-      attempt: (entry) => this.attemptQueued(entry),
+      attempt: (entry, prefer) => this.attemptQueued(entry, prefer),
       holdAfterMs: config.backlogHoldAfterMs,
       hold: async (entry, shard, until) => {
         const result = await this.router.ask(shard, { k: 'hold', id: entry.id, request: entry.request, until });
@@ -620,12 +620,12 @@ export class Replica {
   }
 
   /** One placement attempt of a queued container, through this replica's router like a submit. */
-  private async attemptQueued(entry: QueuedEntry): Promise<AttemptOutcome> {
+  private async attemptQueued(entry: QueuedEntry, prefer: number | null): Promise<AttemptOutcome> {
     const request = { id: entry.id, ...entry.request, priority: entry.priority, maxWaitMs: maxWaitOf(entry) };
-    const reply = await this.router.place(request, null, entry.requestKey);
+    const reply = await this.router.place(request, null, entry.requestKey, '', prefer);
     if (reply.ok) {
       if (!this.router.isRepeat(reply)) this.metrics.observeScheduled((Date.now() - entry.queuedAt) / 1_000);
-      return { outcome: 'placed', workerId: reply.workerId };
+      return { outcome: 'placed', workerId: reply.workerId, shard: shardOf(reply.workerId, this.config.shards) };
     }
     switch (reply.error.code) {
       case 'NO_CAPACITY':

@@ -273,6 +273,18 @@ export class CapacityView {
     return this.chooseAmong(request, exclude, 'unknown', false, null, now);
   }
 
+  /**
+   * Whether the shard may be asked now (known owner, answering, fresh summary) and its summary
+   * says the request may fit: the test a preferred shard must pass before it is asked first.
+   */
+  mayFit(shard: number, request: PlacementRequest): boolean {
+    if (!Number.isInteger(shard) || shard < 0 || shard >= this.shardCount) return false;
+    const entry = this.shards[shard];
+    if (entry === undefined || entry.unreachable || entry.owner === null) return false;
+    const tier = this.tier(shard, request);
+    return tier === 'likely' || tier === 'possible';
+  }
+
   /** Whether the shard may be asked now and is in `tier` for the request. */
   private eligible(shard: number, request: PlacementRequest, exclude: ReadonlySet<number>, tier: Tier, cpuWorkersOnly: boolean, now: number): boolean {
     if (exclude.has(shard)) return false;

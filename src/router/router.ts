@@ -74,6 +74,8 @@ export interface RouterStats {
   expired: number;
   /** Submits answered "queued". */
   queued: number;
+  /** Placements made on the shard the caller preferred (the backlog's, under best-fit). */
+  preferredPlaced: number;
 }
 
 type PlaceReply =
@@ -114,7 +116,7 @@ export interface RouterOptions {
 export class Router {
   readonly view: CapacityView;
   readonly shardClient: ShardClient;
-  readonly stats: RouterStats = { placed: 0, reroutes: 0, noCapacity: 0, unavailable: 0, alreadyPlaced: 0, released: 0, invalid: 0, localOps: 0, expired: 0, queued: 0 };
+  readonly stats: RouterStats = { placed: 0, reroutes: 0, noCapacity: 0, unavailable: 0, alreadyPlaced: 0, released: 0, invalid: 0, localOps: 0, expired: 0, queued: 0, preferredPlaced: 0 };
   private readonly subscriptions: Subscription[] = [];
   private capacitySubscription: Subscription | null = null;
   private inFlight = 0;
@@ -324,10 +326,15 @@ export class Router {
    * shard either answered that nothing fits or has a fresh summary proving it; otherwise the
    * answer is UNAVAILABLE (retry), never a "no" that may be false.
    */
-  /** One placement attempt (a submit's, or a queued container's), timed and counted by its result. */
-  async place(request: ContainerRequest, clientDeadline: number | null = null, key: string = this.newRequestKey(), spec = ''): Promise<PlaceReply> {
+  /**
+   * One placement attempt (a submit's, or a queued container's), timed and counted by its result.
+   * `prefer`: a shard to ask first if the view says the request may fit there (the backlog's
+   * queued containers of one shape keep filling the shard that placed the last of them); used
+   * only under best-fit, whose aim is to pack, not to spread.
+   */
+  async place(request: ContainerRequest, clientDeadline: number | null = null, key: string = this.newRequestKey(), spec = '', prefer: number | null = null): Promise<PlaceReply> {
     const started = performance.now();
-    const reply = await this.attemptPlacement(request, clientDeadline, key, spec);
+    const reply = await this.attemptPlacement(request, clientDeadline, key, spec, prefer);
     if (this.repeated.has(reply)) return reply;
     const result: AttemptResult = reply.ok ? 'scheduled' : reply.error.code === 'NO_CAPACITY' ? 'unschedulable' : 'error';
     this.options.onAttempt?.(result, (performance.now() - started) / 1_000);
@@ -339,7 +346,7 @@ export class Router {
     return this.repeated.has(reply);
   }
 
-  private async attemptPlacement(request: ContainerRequest, clientDeadline: number | null, key: string, spec: string): Promise<PlaceReply> {
+  private async attemptPlacement(request: ContainerRequest, clientDeadline: number | null, key: string, spec: string, prefer: number | null): Promise<PlaceReply> {
     const placement = placementOf(request);
     // Kept with the placement, for a requeue should its worker be lost before running it.
     const { priority = 0, maxWaitMs = DEFAULT_MAX_WAIT_MS } = request as Partial<SubmitRequest>;
@@ -354,7 +361,8 @@ export class Router {
     let unproven = 0;
     for (let round = 0; round < MAX_PLACE_ROUNDS; round += 1) {
       for (; attempts < MAX_ROUTE_ATTEMPTS; attempts += 1) {
-        const shard = this.view.choose(request, tried, this.options.config.replicaId);
+        const preferred = attempts === 0 && prefer !== null && this.options.config.strategy === 'best-fit' && this.view.mayFit(prefer, request);
+        const shard = preferred ? prefer : this.view.choose(request, tried, this.options.config.replicaId);
         if (shard === null) break;
         tried.add(shard);
         this.view.consume(shard, request);
@@ -368,6 +376,7 @@ export class Router {
         const result = await this.send(shard, op);
         if (result.ok) {
           this.stats.placed += 1;
+          if (preferred) this.stats.preferredPlaced += 1;
           return { ok: true, status: 'placed', id: request.id, workerId: (result as { workerId: string }).workerId };
         }
         switch (result.code) {
