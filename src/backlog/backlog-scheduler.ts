@@ -77,7 +77,7 @@ export interface BacklogSchedulerOptions {
 }
 
 /** Queued containers of one shape, best first. */
-class Shape {
+export class Shape {
   readonly heap: QueuedEntry[] = [];
   asleep = false;
   /** The view's version when a check last found no room: until it moves, the answer is the same. */
@@ -99,16 +99,20 @@ class Shape {
     readonly request: PlacementRequest,
   ) {}
 
+  // The sifts move a hole and write the moving entry once at its place (no swaps): the pump pops
+  // one entry per attempt from heaps of tens of thousands.
   push(entry: QueuedEntry): void {
     const heap = this.heap;
+    let i = heap.length;
     heap.push(entry);
-    let i = heap.length - 1;
     while (i > 0) {
       const parent = (i - 1) >> 1;
-      if (!before(heap[i]!, heap[parent]!)) break;
-      [heap[i], heap[parent]] = [heap[parent]!, heap[i]!];
+      const above = heap[parent]!;
+      if (!before(entry, above)) break;
+      heap[i] = above;
       i = parent;
     }
+    heap[i] = entry;
   }
 
   /** The best entry still queued and not being attempted (removed entries are dropped here). */
@@ -122,20 +126,20 @@ class Shape {
     const top = heap[0];
     if (top === undefined) return null;
     const last = heap.pop()!;
-    if (heap.length > 0) {
-      heap[0] = last;
-      let i = 0;
-      for (;;) {
-        const left = 2 * i + 1;
-        const right = left + 1;
-        let best = i;
-        if (left < heap.length && before(heap[left]!, heap[best]!)) best = left;
-        if (right < heap.length && before(heap[right]!, heap[best]!)) best = right;
-        if (best === i) break;
-        [heap[i], heap[best]] = [heap[best]!, heap[i]!];
-        i = best;
-      }
+    const size = heap.length;
+    if (size === 0) return top;
+    let i = 0;
+    for (;;) {
+      const left = 2 * i + 1;
+      if (left >= size) break;
+      const right = left + 1;
+      const child = right < size && before(heap[right]!, heap[left]!) ? right : left;
+      const below = heap[child]!;
+      if (!before(below, last)) break;
+      heap[i] = below;
+      i = child;
     }
+    heap[i] = last;
     return top;
   }
 

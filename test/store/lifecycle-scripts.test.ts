@@ -111,6 +111,12 @@ describe('backlog_commit', () => {
     expect(await redis.zrange(store.keys.backlog(HOME), '0', '-1')).toEqual([queued]);
     // A drop beside a queue op in one batch: the queue op still counts the backlog's size.
     expect(await outcomes(HOME, [{ kind: 'drop', containerId: queued }, queueOp(idIn('d5', HOME))])).toEqual(['STILL_QUEUED', 'QUEUED']);
+    // More drops than one ZREM takes (500), in one batch with a queue op between two runs of them.
+    const vanished = Array.from({ length: 520 }, (_, i) => idIn(`v${i}`, HOME));
+    for (const id of vanished) await redis.zadd(store.keys.backlog(HOME), '5', id);
+    const mixed = [...vanished.slice(0, 510).map((containerId) => ({ kind: 'drop' as const, containerId })), queueOp(idIn('d6', HOME)), ...vanished.slice(510).map((containerId) => ({ kind: 'drop' as const, containerId }))];
+    expect(await outcomes(HOME, mixed)).toEqual([...Array(510).fill('DROPPED'), 'QUEUED', ...Array(10).fill('DROPPED')]);
+    expect((await redis.zrange(store.keys.backlog(HOME), '0', '-1')).sort()).toEqual([queued, idIn('d5', HOME), idIn('d6', HOME)].sort());
     await redis.rpush(store.keys.container(wrong), 'not a record');
     // The first drop would remove `ended` from the set: the wrong type after it must stop the batch first.
     await redis.zadd(store.keys.backlog(HOME), '1', ended);

@@ -191,9 +191,23 @@ for i = 0, n - 1 do
 end
 
 -- ---------------------------------------------------------------- phase 2: write what was decided
+-- Drops (they come by the hundred after placements) leave the set in one ZREM per run of them;
+-- a run ends before any other write, so the set sees the ops in their order.
+local dropping = {}
+local function flushDrops()
+  if #dropping > 0 then
+    redis.call('ZREM', KEYS[2], unpack(dropping))
+    dropping = {}
+  end
+end
 for i = 0, n - 1 do
   local action = write[i]
-  if action then
+  if action == 'drop' then
+    dropping[#dropping + 1] = ARGV[6 + 11 * i + 1]
+    -- unpack() has a stack limit: at most 500 members per ZREM.
+    if #dropping >= 500 then flushDrops() end
+  elseif action then
+    flushDrops()
     local key = KEYS[3 + i]
     local base = 6 + 11 * i
     local id = ARGV[base + 1]
@@ -210,8 +224,6 @@ for i = 0, n - 1 do
     elseif action == 'requeue' then
       -- The same request again: make sure the set has it (a retry after a half-finished requeue).
       redis.call('ZADD', KEYS[2], 'NX', records[key].queuedAt, id)
-    elseif action == 'drop' then
-      redis.call('ZREM', KEYS[2], id)
     elseif action == 'end' then
       if retention > 0 then
         redis.call('SET', key, write[-1 - i], 'EX', retention)
@@ -222,5 +234,6 @@ for i = 0, n - 1 do
     end
   end
 end
+flushDrops()
 
 return out
