@@ -321,12 +321,6 @@ export class Router {
   }
 
   /**
-   * Route one placement: ask shards that may fit until one places it. No attempt may be written
-   * after `clientDeadline` (when the client sent one). NO_CAPACITY is answered only when every
-   * shard either answered that nothing fits or has a fresh summary proving it; otherwise the
-   * answer is UNAVAILABLE (retry), never a "no" that may be false.
-   */
-  /**
    * One placement attempt (a submit's, or a queued container's), timed and counted by its result.
    * `prefer`: a shard to ask first if the view says the request may fit there (the backlog's
    * queued containers of one shape keep filling the shard that placed the last of them); used
@@ -346,6 +340,12 @@ export class Router {
     return this.repeated.has(reply);
   }
 
+  /**
+   * Route one placement: ask shards that may fit until one places it. No attempt may be written
+   * after `clientDeadline` (when the client sent one). NO_CAPACITY is answered only when every
+   * shard either answered that nothing fits or has a fresh summary proving it; otherwise the
+   * answer is UNAVAILABLE (retry), never a "no" that may be false.
+   */
   private async attemptPlacement(request: ContainerRequest, clientDeadline: number | null, key: string, spec: string, prefer: number | null): Promise<PlaceReply> {
     const placement = placementOf(request);
     // Kept with the placement, for a requeue should its worker be lost before running it.
