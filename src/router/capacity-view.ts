@@ -49,6 +49,9 @@ interface ShardEntry {
   adjusted: Array<Adjusted | undefined> | null;
   /** Its owner did not answer since this summary: do not choose it again until the next one. */
   unreachable: boolean;
+  /** CPU and memory this router has asked the shard for since this summary, every attempt counted. */
+  sentCpu: number;
+  sentMemory: number;
 }
 
 /** How many shards of a kind exist, for saying why nothing fits. */
@@ -132,6 +135,8 @@ export class CapacityView {
       unreachable: false,
       groups: capacity.groups,
       adjusted: null,
+      sentCpu: 0,
+      sentMemory: 0,
     };
     this.version += 1;
     for (const listener of this.listeners) listener(capacity.shard);
@@ -282,7 +287,13 @@ export class CapacityView {
     const entry = this.shards[shard];
     if (entry === undefined || entry.unreachable || entry.owner === null) return false;
     const tier = this.tier(shard, request);
-    return tier === 'likely' || tier === 'possible';
+    if (tier !== 'likely' && tier !== 'possible') return false;
+    // And the room the summary counted, less what this router has sent there since, still holds
+    // the request: attempts in flight beyond the shard's room would only come back "does not fit".
+    for (const group of entry.groups) {
+      if (groupMatches(group, request) && group.freeCpu - entry.sentCpu >= request.cpu && group.freeMemory - entry.sentMemory >= request.memory) return true;
+    }
+    return false;
   }
 
   /** Whether the shard may be asked now and is in `tier` for the request. */
@@ -376,6 +387,8 @@ export class CapacityView {
   consume(shard: number, request: PlacementRequest): void {
     const entry = this.shards[shard];
     if (entry === undefined) return;
+    entry.sentCpu += request.cpu;
+    entry.sentMemory += request.memory;
     const groups = entry.groups;
     for (let index = 0; index < groups.length; index += 1) {
       const group = groups[index]!;

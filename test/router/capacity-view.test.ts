@@ -161,4 +161,30 @@ describe('capacity view', () => {
     expect(view.fleet(request(1, 1, { gpu: 'h100', gpuCount: 1 }))).toEqual({ registered: 0, available: 0, unknownShards: 0 });
     expect(view.fleet(request(1, 1, { gpuCount: 1 }))).toEqual({ registered: 1, available: 1, unknownShards: 0 });
   });
+
+  it('calls a preferred shard fit only while its summarized room, less what this router sent there since, holds the request', () => {
+    const view = new CapacityView(3);
+    // Shard 0: four alike workers with room for 4 containers each (16 in all); shard 1: none of pool p.
+    view.update(summary(0, Array.from({ length: 4 }, (_, i) => worker(`w${i}`, [4_000, 4_096, 0], { pool: 'p' }))));
+    view.update(summary(1, [worker('other', [64_000, 65_536, 0], { pool: 'q' })]));
+    const one = request(1_000, 1_024, { pool: 'p' });
+    for (let sent = 0; sent < 16; sent += 1) {
+      expect(view.mayFit(0, one)).toBe(true);
+      view.consume(0, one);
+    }
+    // The frontier point alone would still say "possible" (the summary's best worker has room); the
+    // room counted over the whole group is spent, so the preference goes elsewhere.
+    expect(view.tier(0, one)).toBe('possible');
+    expect(view.mayFit(0, one)).toBe(false);
+    // A fresh summary counts from zero again.
+    view.update(summary(0, Array.from({ length: 4 }, (_, i) => worker(`w${i}`, [4_000, 4_096, 0], { pool: 'p' }))));
+    expect(view.mayFit(0, one)).toBe(true);
+    // Not for a shard whose summary says nothing fits, has no summary, or is out of range.
+    expect(view.mayFit(1, one)).toBe(false);
+    expect(view.mayFit(2, one)).toBe(false);
+    expect(view.mayFit(7, one)).toBe(false);
+    // Nor for one whose owner stopped answering.
+    view.markUnreachable(0);
+    expect(view.mayFit(0, one)).toBe(false);
+  });
 });
