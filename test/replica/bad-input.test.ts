@@ -186,30 +186,27 @@ describe('bad input', () => {
     ['cancel: extra field', { k: 'cancel', id: 'x', force: true }, /unknown field "force"/],
   ];
 
-  it.each(shardCases)('shard subject, %s -> INVALID_REQUEST', async (_name, op, message) => {
+  /** Send one op for w1's shard on `subject` with `body`: refused with `message`, nothing written. */
+  async function expectOpRefused(subject: (shard: number) => string, body: (shard: number) => unknown, message: RegExp): Promise<void> {
     const shard = (await client.getWorker('w1')) as { worker: { shard: number } };
     const before = await snapshotKeys(redis, replica.config.prefix);
-    const reply = await client.raw(`${replica.config.prefix}.shard.${shard.worker.shard}`, JSON.stringify({ ops: [op] }));
+    const reply = await client.raw(subject(shard.worker.shard), JSON.stringify(body(shard.worker.shard)));
     const results = reply.results as Array<{ ok: boolean; code: string; message: string }>;
     expect(results).toHaveLength(1);
     expect(results[0]).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });
     expect(results[0]?.message).toMatch(message);
     await delay(5);
     expect(await snapshotKeys(redis, replica.config.prefix)).toEqual(before);
+  }
+
+  it.each(shardCases)('shard subject, %s -> INVALID_REQUEST', async (_name, op, message) => {
+    await expectOpRefused((shard) => `${replica.config.prefix}.shard.${shard}`, () => ({ ops: [op] }), message);
   });
 
   // The same ops through the replica's ops subject (a router groups ops by owner there): checked
   // as strictly, each with its shard number.
   it.each(shardCases)('replica ops subject, %s -> INVALID_REQUEST', async (_name, op, message) => {
-    const shard = (await client.getWorker('w1')) as { worker: { shard: number } };
-    const before = await snapshotKeys(redis, replica.config.prefix);
-    const reply = await client.raw(`${replica.config.prefix}.ops.replica.${replica.config.replicaId}`, JSON.stringify({ ops: [{ s: shard.worker.shard, op }] }));
-    const results = reply.results as Array<{ ok: boolean; code: string; message: string }>;
-    expect(results).toHaveLength(1);
-    expect(results[0]).toMatchObject({ ok: false, code: 'INVALID_REQUEST' });
-    expect(results[0]?.message).toMatch(message);
-    await delay(5);
-    expect(await snapshotKeys(redis, replica.config.prefix)).toEqual(before);
+    await expectOpRefused(() => `${replica.config.prefix}.ops.replica.${replica.config.replicaId}`, (shard) => ({ ops: [{ s: shard, op }] }), message);
   });
 
   const badShardNumbers: Array<[name: string, entry: Record<string, unknown>]> = [
