@@ -23,27 +23,27 @@ import type { Subjects } from '../protocol/subjects.js';
 import type { Logger } from '../util/log.js';
 
 /**
- * One ballast. The kernel buffers between the server and a stalled client must fill before the
- * server's write blocks and its write deadline fires: the server's send buffer (Linux autotunes it
- * up to 4 MiB by default, net.ipv4.tcp_wmem) and the stalled side's receive buffer, which grows
- * with the traffic the connection carried before the cut (up to net.ipv4.tcp_rmem's maximum: 6 MiB
- * by default, 32 MiB on the machine these tests run on). One ballast may not be enough, so an
- * unanswered peer gets another every BALLAST_REPEAT_MS, up to BALLASTS_PER_EPISODE in a row.
+ * One ballast. The server drops a stalled client once a write to it blocks for its write deadline,
+ * or once more than its max_pending (64 MiB by default) waits for it. A write blocks only when the
+ * kernel buffers between them are full: the server's send buffer (Linux autotunes it up to 4 MiB,
+ * net.ipv4.tcp_wmem) and the stalled side's receive buffer (up to net.ipv4.tcp_rmem's maximum: 6
+ * MiB by default, 32 MiB on the machine these tests run on). So one ballast is 40 MiB, more than
+ * both buffers hold; with two watchers, more than max_pending as well.
  */
-export const BALLAST_BYTES = 8 * 1024 * 1024;
+export const BALLAST_BYTES = 40 * 1024 * 1024;
 /** Ballast is sent in chunks well under the server's max_payload (1 MB in infra/nats.conf). */
 const BALLAST_CHUNK_BYTES = 256 * 1024;
 /**
  * While a peer stays unanswered: a ballast this often (at most; each follows an unanswered probe),
- * at most BALLASTS_PER_EPISODE of them (40 MiB, more than both buffers can hold); then one every
- * BALLAST_EVERY_MS until it answers again. Bounded, even if a peer stays unreachable for ever.
- * Measured in the chaos run's 6.5 s silent cut (lease TTL 1.5 s, so probes time out after 0.5 s):
- * with one ballast per 10 s the cut replica's router stayed in the queue group for the whole cut
- * in three runs of six (a third of the other shards' probes failed); with a repeat every 2 s it
- * went after the second ballast, about 4 s into the cut, over the bound of the lease TTL plus 2 s.
+ * at most BALLASTS_PER_EPISODE of them; then one every BALLAST_EVERY_MS until it answers again.
+ * Bounded, even if a peer stays unreachable for ever. Measured in the chaos run's 6.5 s silent cut
+ * (lease TTL 1.5 s, so probes time out after 0.5 s), with ballasts of 8 MiB: one per 10 s left the
+ * cut replica's router in the queue group for the whole cut in three runs of six (a third of the
+ * other shards' probes failed); repeated every 2 s, then every 1 s, it still stayed 4-5 s in some
+ * full runs, over the bound of the lease TTL plus 2 s.
  */
 const BALLAST_REPEAT_MS = 1_000;
-const BALLASTS_PER_EPISODE = 5;
+const BALLASTS_PER_EPISODE = 2;
 const BALLAST_EVERY_MS = 10_000;
 /** A peer that left the members is still watched this long (its ghost connection may linger). */
 const WATCH_LEFT_PEERS_MS = 60_000;
