@@ -57,6 +57,8 @@ export interface ChaosOptions {
    */
   readonly partitionMs?: number;
   readonly resultsFile: string | null;
+  /** A directory for every replica's full log (`<replica id>.log`), or null to keep only tails. */
+  readonly logDir?: string | null;
   readonly out: (line: string) => void;
 }
 
@@ -389,7 +391,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     const replicaLinks = { nats: await startFaultProxy({ targetPort: port(nats.url) }), redis: await startFaultProxy({ targetPort: port(redis.url) }) };
     links.set(replicaId, replicaLinks);
     return { NATS_URL: replicaLinks.nats.url('nats'), REDIS_URL: replicaLinks.redis.url('redis') };
-  });
+  }, options.logDir ?? null);
   const log = new RequestLog();
   let observer: DroverClient | null = null;
   let load: ChaosLoad | null = null;

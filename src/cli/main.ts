@@ -3,7 +3,7 @@
  *
  *   drover replica                      run a replica (REDIS_URL, NATS_URL, DROVER_* configure it)
  *   drover demo [--workers N] [--containers N] [--replicas N] [--concurrency N]
- *   drover chaos [--quick] [--faults LIST] [--mixed N] [--replicas N] [--workers N] [--seed N] [--results FILE]
+ *   drover chaos [--quick] [--faults LIST] [--mixed N] [--replicas N] [--workers N] [--seed N] [--results FILE] [--logs DIR]
  *   drover status                       every replica's shards, members and counters
  *   drover bench [SCENARIO ...] [--out FILE] [--baseline-seconds N] | --report FILE
  *   drover submit --id ID --cpu M --memory MiB [--gpu TYPE] [--gpu-count N] [--pool P]
@@ -31,6 +31,7 @@ import type { FaultName } from '../chaos/run.js';
 import type { ScenarioName } from '../bench/scenarios.js';
 import { Replica } from '../replica/replica.js';
 import { Agent } from '../agent/agent.js';
+import { mkdirSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger } from '../util/log.js';
@@ -41,7 +42,7 @@ const USAGE = `usage:
   drover agent --id ID --cpu MILLICORES --memory MIB [--gpu TYPE --gpu-count N] [--pool NAME]
                [--state-dir DIR] [--stop-grace-ms MS] [--stop-containers-on-exit]
   drover demo [--workers N] [--containers N] [--replicas N] [--concurrency N]
-  drover chaos [--quick] [--faults kill,pause,...] [--mixed N] [--replicas N] [--workers N] [--seed N] [--results FILE]
+  drover chaos [--quick] [--faults kill,pause,...] [--mixed N] [--replicas N] [--workers N] [--seed N] [--results FILE] [--logs DIR]
   drover status
   drover console [--port N] [--host ADDR]   the cluster's page, collected over NATS (default 127.0.0.1:9469)
   drover charts [--format svg|dot|mermaid|all] [--out DIR]   draw every machine in actors/ (default svg into docs/charts)
@@ -80,6 +81,7 @@ const OPTIONS = {
   mixed: { type: 'string' },
   seed: { type: 'string' },
   results: { type: 'string' },
+  logs: { type: 'string' },
   out: { type: 'string' },
   report: { type: 'string' },
   'baseline-seconds': { type: 'string' },
@@ -468,6 +470,16 @@ async function benchCommand(names: string[], values: Values): Promise<number> {
   return report.scenarios.flatMap((s) => s.rows).every((r) => r.targetMet !== false) ? 0 : 1;
 }
 
+/** The chaos run's log directory, created if missing; a path that cannot be a directory is a usage error. */
+function makeLogDir(dir: string): string {
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch (error) {
+    throw new UsageError(`--logs ${dir}: ${(error as Error).message}`);
+  }
+  return dir;
+}
+
 async function chaosCommand(values: Values): Promise<number> {
   const { ALL_FAULTS, runChaos } = await import('../chaos/run.js');
   const quick = values.quick === true;
@@ -490,6 +502,7 @@ async function chaosCommand(values: Values): Promise<number> {
     lanesPerClient: quick ? 4 : 8,
     seed: positiveInt(values.seed, 1, 'seed', 2 ** 31),
     resultsFile: values.results ?? null,
+    logDir: values.logs === undefined ? null : makeLogDir(values.logs),
     out: (line) => process.stdout.write(`${line}\n`),
   });
   return result.report.violations.length === 0 && result.problems.length === 0 ? 0 : 1;

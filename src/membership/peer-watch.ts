@@ -9,41 +9,73 @@
  * messages flow to the client). It has no API to disconnect a client.
  *
  * So every replica watches the others: each one answers requests on its own control subject, and
- * every member is asked every half link timeout. A peer that does not answer within the link
- * timeout, while this replica's own link to NATS is fine, is presumed cut off (or stopped): this
- * replica then publishes a ballast of BALLAST_BYTES to that peer's subject. A live peer reads and
- * drops it; a cut-off peer's connection cannot take it, the server's write to it blocks, and the
- * write deadline closes it within seconds, which takes its router out of the queue group. "No
- * responders" means the peer is not on the bus at all: nothing to do. Peers that just left the
- * members are watched for a while too: a replica that finds itself cut off steps out of the
- * members (through Redis) but its ghost connection is still on the server.
+ * every peer is asked every half link timeout. A peer that does not answer within the link
+ * timeout, while this replica's own link to NATS is fine (and did not reconnect meanwhile), is
+ * silent; this replica then publishes ballast to that peer's subject. A live peer reads and drops
+ * it; a cut-off peer's connection cannot take it, the server's write to it blocks, and the write
+ * deadline closes it within seconds, which takes its router out of the queue group. "No
+ * responders" means the peer is not on the bus at all: nothing to do.
+ *
+ * How much ballast depends on what Redis says about the peer, because ballast is not free for a
+ * live peer: it must read all of it, and whatever the server sends it after the ballast waits
+ * behind it (its own link check included). A silent peer that is still a member (it heartbeats
+ * through Redis, so it is alive) may just be slow or reconnecting: it gets a small ballast, rarely.
+ * A silent peer that left the members without saying goodbye on NATS has found itself cut off
+ * (it steps out through Redis) or stopped heartbeating (frozen, or cut off from both): that is a
+ * ghost, and it gets the large ballast that fills any buffers. Peers that left are watched for a
+ * while (their ghost connections may linger).
+ *
+ * Probes and ballast go out on a NATS connection of the watch's own. The server stalls a
+ * connection that publishes to a slow consumer (up to a second at a time, once more than half its
+ * max_pending waits for it), and in the chaos suite that stall, on the replica's main connection
+ * (which probed the ghost), held its own link check long enough for it to believe itself cut off
+ * and step out too. The ballast is sent in slices, each flushed before the next, so that it stops
+ * soon after the peer answers.
  */
 import { errors, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import type { Subjects } from '../protocol/subjects.js';
 import type { Logger } from '../util/log.js';
 
 /**
- * One ballast. The server drops a stalled client once a write to it blocks for its write deadline,
- * or once more than its max_pending (64 MiB by default) waits for it. A write blocks only when the
+ * The ballast for a ghost (a silent peer that left the members), in all: each watcher sends its
+ * share. The server drops a stalled client once a write to it blocks for its write deadline, or
+ * once more than its max_pending (64 MiB by default) waits for it. A write blocks only when the
  * kernel buffers between them are full: the server's send buffer (Linux autotunes it up to 4 MiB,
- * net.ipv4.tcp_wmem) and the stalled side's receive buffer (up to net.ipv4.tcp_rmem's maximum: 6
- * MiB by default, 32 MiB on the machine these tests run on). So one ballast is 40 MiB, more than
- * both buffers hold; with two watchers, more than max_pending as well.
+ * net.ipv4.tcp_wmem) and, where the stalled side still acknowledges (a stopped process, or the
+ * chaos suite's proxy), its receive buffer (up to net.ipv4.tcp_rmem's maximum: 6 MiB by default,
+ * 32 MiB on the machine these tests run on). So 40 MiB, more than both hold. Not much more:
+ * once more than half of max_pending waits for a client, the server stalls every connection that
+ * publishes to it (up to a second at a time); so the watchers share one ballast rather than each
+ * sending one.
  */
-export const BALLAST_BYTES = 40 * 1024 * 1024;
+export const GHOST_BALLAST_BYTES = 40 * 1024 * 1024;
+/**
+ * The ballast for a silent peer that is still a member, in all: enough to fill the server's send
+ * buffer toward a truly partitioned host (nothing acknowledged), small enough that a live but
+ * slow peer reads it in milliseconds.
+ */
+export const MEMBER_BALLAST_BYTES = 8 * 1024 * 1024;
 /** Ballast is sent in chunks well under the server's max_payload (1 MB in infra/nats.conf). */
 const BALLAST_CHUNK_BYTES = 256 * 1024;
 /**
- * While a peer stays unanswered: a ballast this often (at most; each follows an unanswered probe),
- * at most BALLASTS_PER_EPISODE of them; then one every BALLAST_EVERY_MS until it answers again.
- * Bounded, even if a peer stays unreachable for ever. Measured in the chaos run's 6.5 s silent cut
- * (lease TTL 1.5 s, so probes time out after 0.5 s), with ballasts of 8 MiB: one per 10 s left the
- * cut replica's router in the queue group for the whole cut in three runs of six (a third of the
- * other shards' probes failed); repeated every 2 s, then every 1 s, it still stayed 4-5 s in some
- * full runs, over the bound of the lease TTL plus 2 s.
+ * Chunks published before waiting for the server to have read them (a flush). Bounds what this
+ * replica's own later messages can queue behind: 2 MiB, a few milliseconds on loopback.
  */
-const BALLAST_REPEAT_MS = 1_000;
-const BALLASTS_PER_EPISODE = 2;
+const BALLAST_CHUNKS_PER_SLICE = 8;
+/** A flush that does not come back in this long ends the ballast (our own link is in trouble). */
+const BALLAST_FLUSH_TIMEOUT_MS = 2_000;
+/**
+ * A ghost gets a ballast at most this often, at most GHOST_BALLASTS_PER_EPISODE in a row (each
+ * after an unanswered probe), then one every BALLAST_EVERY_MS until it answers again or the watch
+ * on it ends. A silent member gets at most one per BALLAST_EVERY_MS. Bounded, even if a peer
+ * stays unreachable for ever. Measured in the chaos run's silent cut (see the README's Partitions
+ * section for the history): one 8 MiB ballast did not always fill the proxy's buffers; 40 MiB
+ * from every watcher to every silent peer did, but also hit live peers that were slow or
+ * reconnecting after a NATS restart, and stalled the watchers' own connections, and both then
+ * stepped out themselves.
+ */
+const GHOST_BALLAST_REPEAT_MS = 2_000;
+const GHOST_BALLASTS_PER_EPISODE = 2;
 const BALLAST_EVERY_MS = 10_000;
 /** A peer that left the members is still watched this long (its ghost connection may linger). */
 const WATCH_LEFT_PEERS_MS = 60_000;
@@ -51,7 +83,14 @@ const WATCH_LEFT_PEERS_MS = 60_000;
 const MAX_PEERS = 256;
 
 export interface PeerWatchOptions {
+  /** The replica's own connection: it answers the others' probes on it. */
   readonly nc: NatsConnection;
+  /**
+   * The watch's connection: probes and ballast go out on it. The NATS server stalls a connection
+   * that publishes to a slow consumer (a ghost is one) for up to a second at a time, and the
+   * replica's own traffic and link check must not stall with it.
+   */
+  readonly watchNc: NatsConnection;
   readonly subjects: Subjects;
   readonly replicaId: string;
   /** A peer that does not answer within this is presumed cut off. */
@@ -65,17 +104,29 @@ interface Peer {
   /** Until when to keep watching it (members: forever, renewed on every member list). */
   watchUntil: number;
   probing: boolean;
-  lastBallastAt: number;
-  /** Ballasts sent since the peer last answered. */
-  ballastsInEpisode: number;
+  /** Its last probe went unanswered (and nothing says our own link was the reason). */
+  silent: boolean;
+  /** A ballast to it is being sent. */
+  ballasting: boolean;
+  /** When it last got a ballast as a silent member, and as a ghost (each kind has its own pace). */
+  lastMemberBallastAt: number;
+  lastGhostBallastAt: number;
+  /** Ghost ballasts sent since the peer last answered. */
+  ghostBallasts: number;
 }
+
+export type BallastKind = 'member' | 'ghost';
 
 export class PeerWatch {
   private readonly peers = new Map<string, Peer>();
   private subscription: Subscription | null = null;
   private timer: NodeJS.Timeout | null = null;
   private readonly ballast = new Uint8Array(BALLAST_CHUNK_BYTES);
-  readonly stats = { probes: 0, unanswered: 0, ballasts: 0 };
+  /** When our own connection last went down or came back (a probe across it proves nothing). */
+  private linkChangedAt = 0;
+  /** Live members in the last list that had this replica in it (this one included). */
+  private memberCount = 1;
+  readonly stats = { probes: 0, unanswered: 0, memberBallasts: 0, ghostBallasts: 0 };
 
   constructor(private readonly options: PeerWatchOptions) {}
 
@@ -87,6 +138,7 @@ export class PeerWatch {
         if (!error && msg.reply) msg.respond();
       },
     });
+    void this.watchOwnConnection();
     this.timer = setInterval(() => this.probeAll(), Math.max(100, Math.floor(this.options.timeoutMs / 2)));
     this.timer.unref();
   }
@@ -98,23 +150,44 @@ export class PeerWatch {
     this.subscription = null;
   }
 
-  /** The live members changed: watch them, and keep watching the ones that left for a while. */
+  /**
+   * The live members changed: watch them, and keep watching the ones that left for a while. A
+   * silent peer that just left without a goodbye is a ghost: ballast it now rather than at its
+   * next unanswered probe. A list without this replica (it stepped out itself) says nothing
+   * about the others and changes nothing.
+   */
   setMembers(members: readonly string[]): void {
+    if (!members.includes(this.options.replicaId)) return;
+    this.memberCount = members.length;
     const now = Date.now();
     for (const [id, peer] of this.peers) {
-      if (!members.includes(id) && peer.watchUntil === Number.POSITIVE_INFINITY) peer.watchUntil = now + WATCH_LEFT_PEERS_MS;
+      if (members.includes(id) || peer.watchUntil !== Number.POSITIVE_INFINITY) continue;
+      peer.watchUntil = now + WATCH_LEFT_PEERS_MS;
+      if (peer.silent) this.sendBallast(id, peer);
     }
     for (const id of members) {
       if (id === this.options.replicaId) continue;
       const peer = this.peers.get(id);
       if (peer !== undefined) peer.watchUntil = Number.POSITIVE_INFINITY;
-      else if (this.peers.size < MAX_PEERS) this.peers.set(id, { watchUntil: Number.POSITIVE_INFINITY, probing: false, lastBallastAt: 0, ballastsInEpisode: 0 });
+      else if (this.peers.size < MAX_PEERS) {
+        this.peers.set(id, { watchUntil: Number.POSITIVE_INFINITY, probing: false, silent: false, ballasting: false, lastMemberBallastAt: 0, lastGhostBallastAt: 0, ghostBallasts: 0 });
+      }
     }
   }
 
   /** A peer said goodbye on NATS (a graceful leave): its router has already left the queue group. */
   forget(id: string): void {
     this.peers.delete(id);
+  }
+
+  private async watchOwnConnection(): Promise<void> {
+    try {
+      for await (const status of this.options.watchNc.status()) {
+        if (status.type === 'disconnect' || status.type === 'reconnect' || status.type === 'reconnecting') this.linkChangedAt = Date.now();
+      }
+    } catch {
+      // the connection closed: nothing more to watch
+    }
   }
 
   private probeAll(): void {
@@ -129,37 +202,81 @@ export class PeerWatch {
   }
 
   private async probe(id: string, peer: Peer): Promise<void> {
-    const { nc, subjects, timeoutMs } = this.options;
+    const { watchNc: nc, subjects, timeoutMs } = this.options;
     if (nc.isClosed() || !this.options.natsLinkUp()) return;
     peer.probing = true;
     this.stats.probes += 1;
+    const sentAt = Date.now();
     try {
       await nc.request(subjects.replicaControl(id), undefined, { timeout: timeoutMs });
-      peer.ballastsInEpisode = 0;
+      peer.silent = false;
+      peer.ghostBallasts = 0;
     } catch (error) {
-      if (error instanceof errors.TimeoutError && this.options.natsLinkUp()) {
+      // Only a timeout while our own link stayed up says something about the peer. No responders:
+      // the peer is not on the bus, so it has no ghost to remove. Other errors (our own connection
+      // is down) say nothing about the peer.
+      if (error instanceof errors.TimeoutError && this.options.natsLinkUp() && this.linkChangedAt < sentAt) {
         this.stats.unanswered += 1;
+        peer.silent = true;
         this.sendBallast(id, peer);
       }
-      // No responders: the peer is not on the bus, so it has no ghost to remove. Other errors
-      // (our own connection is down) say nothing about the peer.
     } finally {
       peer.probing = false;
     }
   }
 
   private sendBallast(id: string, peer: Peer): void {
+    const kind: BallastKind = peer.watchUntil === Number.POSITIVE_INFINITY ? 'member' : 'ghost';
     const now = Date.now();
-    const every = peer.ballastsInEpisode < BALLASTS_PER_EPISODE ? BALLAST_REPEAT_MS : BALLAST_EVERY_MS;
-    if (now - peer.lastBallastAt < every) return;
-    peer.lastBallastAt = now;
-    peer.ballastsInEpisode += 1;
-    this.stats.ballasts += 1;
+    const every = kind === 'ghost' && peer.ghostBallasts < GHOST_BALLASTS_PER_EPISODE ? GHOST_BALLAST_REPEAT_MS : BALLAST_EVERY_MS;
+    const last = kind === 'ghost' ? peer.lastGhostBallastAt : peer.lastMemberBallastAt;
+    if (peer.ballasting || now - last < every) return;
+    // The ballast is shared among the members watching the peer: all of them (this one included),
+    // but the peer itself when it is a member.
+    const watchers = Math.max(1, kind === 'ghost' ? this.memberCount : this.memberCount - 1);
+    const bytes = Math.ceil((kind === 'ghost' ? GHOST_BALLAST_BYTES : MEMBER_BALLAST_BYTES) / watchers);
+    if (kind === 'ghost') {
+      peer.lastGhostBallastAt = now;
+      peer.ghostBallasts += 1;
+      this.stats.ghostBallasts += 1;
+    } else {
+      peer.lastMemberBallastAt = now;
+      this.stats.memberBallasts += 1;
+    }
     this.options.log.warn(
-      { peer: id, bytes: BALLAST_BYTES },
-      'a peer replica did not answer on NATS; sending it ballast so the NATS server drops its connection if it is cut off',
+      { peer: id, bytes, kind },
+      kind === 'ghost'
+        ? 'a peer replica left the members without a goodbye and does not answer on NATS; sending it ballast so the NATS server drops its connection'
+        : 'a peer replica did not answer on NATS; sending it a small ballast in case it is cut off',
     );
-    const subject = this.options.subjects.replicaControl(id);
-    for (let sent = 0; sent < BALLAST_BYTES; sent += BALLAST_CHUNK_BYTES) this.options.nc.publish(subject, this.ballast);
+    peer.ballasting = true;
+    void this.publishBallast(this.options.subjects.replicaControl(id), bytes, peer).finally(() => {
+      peer.ballasting = false;
+    });
+  }
+
+  /** Publish `bytes` of ballast in slices, each read by the server before the next is sent. */
+  private async publishBallast(subject: string, bytes: number, peer: Peer): Promise<void> {
+    const nc = this.options.watchNc;
+    const chunks = Math.ceil(bytes / BALLAST_CHUNK_BYTES);
+    for (let sent = 0; sent < chunks; sent += 1) {
+      // The peer answered meanwhile: it is not cut off, the rest would only slow it down.
+      if (nc.isClosed() || !peer.silent) return;
+      nc.publish(subject, this.ballast);
+      if ((sent + 1) % BALLAST_CHUNKS_PER_SLICE !== 0) continue;
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        await Promise.race([
+          nc.flush(),
+          new Promise((_, reject) => {
+            timer = setTimeout(() => reject(new Error('flush timed out')), BALLAST_FLUSH_TIMEOUT_MS);
+          }),
+        ]);
+      } catch {
+        return; // the ballast connection is in trouble: the link monitor watches the main one
+      } finally {
+        clearTimeout(timer);
+      }
+    }
   }
 }

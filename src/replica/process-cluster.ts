@@ -3,6 +3,7 @@
  * can be SIGKILLed, SIGSTOPped and resumed, or stopped with SIGTERM, exactly as in production.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { packageRoot } from '../util/package-root.js';
 
@@ -11,6 +12,8 @@ export interface ReplicaProcessOptions {
   readonly env: Record<string, string>;
   /** Extra node flags (after REPLICA_NODE_ARGS), for example --cpu-prof for profiling under the benchmark. */
   readonly nodeArgs?: readonly string[];
+  /** Also append everything the replica logs to this file (the chaos suite's `--logs DIR`). */
+  readonly logFile?: string;
 }
 
 const START_TIMEOUT_MS = 20_000;
@@ -28,6 +31,7 @@ export class ReplicaProcess {
   readonly id: string;
   private readonly child: ChildProcess;
   private logTail = '';
+  private readonly logFile: WriteStream | null;
   private startedLine = false;
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   paused = false;
@@ -40,12 +44,17 @@ export class ReplicaProcess {
       env: { ...process.env, ...options.env, DROVER_HTTP_PORT: options.env.DROVER_HTTP_PORT ?? '0', DROVER_REPLICA_ID: options.id, DROVER_LOG_LEVEL: options.env.DROVER_LOG_LEVEL === 'debug' ? 'debug' : 'info' },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
+    this.logFile = options.logFile === undefined ? null : createWriteStream(options.logFile, { flags: 'a' });
+    // A log file that cannot be written loses the copy, never the replica.
+    this.logFile?.on('error', () => undefined);
     this.child.stderr?.on('data', (chunk: Buffer) => {
+      this.logFile?.write(chunk);
       const text = chunk.toString();
       if (!this.startedLine && text.includes('"replica started"')) this.startedLine = true;
       this.logTail = (this.logTail + text).slice(-20_000);
     });
     this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => resolve({ code, signal })));
+    void this.exited.then(() => this.logFile?.end());
   }
 
   get pid(): number | undefined {
@@ -107,13 +116,18 @@ export class ProcessCluster {
     private readonly env: Record<string, string>,
     private readonly nodeArgs: readonly string[] = [],
     private readonly envFor: (replicaId: string) => Promise<Record<string, string>> = async () => ({}),
+    /** A directory to write each replica's full log to (`<replica id>.log`); none by default. */
+    private readonly logDir: string | null = null,
   ) {}
 
   /** Start a replica process and wait until it logs that it started. */
   async add(): Promise<ReplicaProcess> {
     this.counter += 1;
     const id = `replica-${this.counter}`;
-    const replica = new ReplicaProcess({ id, env: { ...this.env, ...(await this.envFor(id)) }, nodeArgs: this.nodeArgs });
+    const replica = new ReplicaProcess({
+      id, env: { ...this.env, ...(await this.envFor(id)) }, nodeArgs: this.nodeArgs,
+      ...(this.logDir === null ? {} : { logFile: join(this.logDir, `${id}.log`) }),
+    });
     this.replicas.push(replica);
     await replica.waitStarted();
     return replica;

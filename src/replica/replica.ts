@@ -136,6 +136,7 @@ export class Replica {
     readonly config: DroverConfig,
     readonly redis: Redis,
     readonly nc: NatsConnection,
+    private readonly watchNc: NatsConnection,
     readonly log: Logger,
   ) {
     this.redisWrites = new Incident(log, 'Redis writes of the shard owners');
@@ -280,6 +281,7 @@ export class Replica {
     };
     this.peers = new PeerWatch({
       nc,
+      watchNc,
       subjects: this.subjects,
       replicaId: config.replicaId,
       timeoutMs: Math.max(100, Math.floor(config.linkTimeoutMs / 2)),
@@ -313,24 +315,24 @@ export class Replica {
       throw new Error(`cannot reach Redis at ${config.redisUrl}: ${(error as Error).message}`);
     }
     let nc: NatsConnection;
+    let watchNc: NatsConnection;
     try {
-      nc = await connect({
-        servers: config.natsUrl,
-        name: `drover-${config.replicaId}`,
-        noAsyncTraces: true,
-        maxReconnectAttempts: -1,
-        reconnectTimeWait: 250,
-        // A silently cut connection is noticed by the client within a few ping intervals and
-        // replaced (the default interval is two minutes); the link monitor acts on it sooner.
-        pingInterval: Math.max(250, Math.floor(config.linkTimeoutMs / 2)),
-        maxPingOut: 2,
-        timeout: Math.max(1_000, config.linkTimeoutMs),
-      });
+      nc = await connectNats(config, `drover-${config.replicaId}`);
     } catch (error) {
       redis.disconnect();
       throw new Error(`cannot reach NATS at ${config.natsUrl}: ${(error as Error).message}`);
     }
-    const replica = new Replica(config, redis, nc, log.child({ replica: config.replicaId }));
+    try {
+      // The peer watch probes and sends ballast on a connection of its own: the NATS server stalls
+      // a connection that publishes to a slow consumer (up to a second), and this one's link
+      // check, requests and replies must not wait behind that (src/membership/peer-watch.ts).
+      watchNc = await connectNats(config, `drover-${config.replicaId}-watch`);
+    } catch (error) {
+      await nc.close().catch(() => undefined);
+      redis.disconnect();
+      throw new Error(`cannot reach NATS at ${config.natsUrl}: ${(error as Error).message}`);
+    }
+    const replica = new Replica(config, redis, nc, watchNc, log.child({ replica: config.replicaId }));
     try {
       await replica.begin();
     } catch (error) {
@@ -698,6 +700,7 @@ export class Replica {
     this.links.nats.stop();
     this.links.redis.stop();
     await this.nc.drain().catch(() => undefined);
+    await this.watchNc.close().catch(() => undefined);
     await this.redis.quit().catch(() => this.redis.disconnect());
   }
 
@@ -966,4 +969,20 @@ export class Replica {
   private publishAllCapacity(): void {
     for (const shard of this.served.keys()) this.publishCapacity(shard);
   }
+}
+
+/** A replica's NATS connection: reconnects for ever, and notices a silently cut link within seconds. */
+function connectNats(config: DroverConfig, name: string): Promise<NatsConnection> {
+  return connect({
+    servers: config.natsUrl,
+    name,
+    noAsyncTraces: true,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 250,
+    // A silently cut connection is noticed by the client within a few ping intervals and
+    // replaced (the default interval is two minutes); the link monitor acts on it sooner.
+    pingInterval: Math.max(250, Math.floor(config.linkTimeoutMs / 2)),
+    maxPingOut: 2,
+    timeout: Math.max(1_000, config.linkTimeoutMs),
+  });
 }
