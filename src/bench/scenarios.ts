@@ -725,7 +725,7 @@ async function usedMemory(redis: Redis): Promise<number> {
 }
 
 /**
- * The store's own writes (register_worker.lua and commit_batch.lua, fenced as a replica writes
+ * The store's own writes (register_workers.lua and commit_batch.lua, fenced as a replica writes
  * them) under fresh prefixes, once with the history stream off and once at its default cap:
  * `used_memory` before and after registering 2,000 workers over 64 shards, placing 20,000
  * containers (ids of 16 characters, request keys of 26), and releasing them all (each leaves a

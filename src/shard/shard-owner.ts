@@ -32,6 +32,7 @@ import { shardOf } from './shard-map.js';
 import { ShardWorkers, type WorkerActor } from './shard-workers.js';
 import { DEFAULT_MAX_WAIT_MS } from '../protocol/limits.js';
 import { AgentKeepalive } from './agent-keepalive.js';
+import { RegistrationQueue } from './registrations.js';
 
 export interface ShardOwnerOptions {
   readonly store: DroverStore;
@@ -127,6 +128,7 @@ export class ShardOwner {
   private readonly workers = new ShardWorkers();
   private readonly commits: GroupCommit;
   private readonly agents: AgentKeepalive;
+  private readonly registrations: RegistrationQueue;
   /** Workers held for starving containers (see hold). */
   private readonly holds = new Map<string, { readonly actor: WorkerActor; until: number }>();
   private ownerState: ShardOwnerState = 'serving';
@@ -152,6 +154,7 @@ export class ShardOwner {
       },
       this.workers,
     );
+    this.registrations = new RegistrationQueue({ store: options.store, shard: this.shard, epoch: this.epoch, maxPending: options.maxQueuedOps });
     this.agents = new AgentKeepalive({
       options,
       workers: this.workers,
@@ -297,7 +300,7 @@ export class ShardOwner {
   /** Stop taking ops, let queued and in-flight writes finish, stop the actors. */
   async drain(): Promise<void> {
     if (this.ownerState === 'serving') this.ownerState = 'draining';
-    await this.commits.idle();
+    await Promise.all([this.commits.idle(), this.registrations.idle()]);
     this.close();
   }
 
@@ -307,6 +310,7 @@ export class ShardOwner {
     this.finalCapacity = this.capacity();
     this.ownerState = 'closed';
     this.agents.stop();
+    this.registrations.close();
     this.commits.failQueue('shard closed on this replica');
     this.workers.clear();
   }
@@ -390,21 +394,22 @@ export class ShardOwner {
 
   private async register(worker: WorkerRegistration): Promise<ShardOpResult> {
     const spec = { ...worker, shard: this.shard };
-    let outcome;
-    try {
-      // An agent's worker takes placements once its agent reports (pending until then).
-      outcome = await this.options.store.registerWorker(this.epoch, spec, worker.agent ? 'pending' : 'available');
-    } catch (error) {
-      this.options.redisWrites.fail(error, { shard: this.shard, worker: worker.id, op: 'register' });
+    // An agent's worker takes placements once its agent reports (pending until then).
+    const outcome = await this.registrations.register(spec, worker.agent ? 'pending' : 'available');
+    if (outcome.outcome === 'failed') {
+      this.options.redisWrites.fail(outcome.error, { shard: this.shard, worker: worker.id, op: 'register' });
       return unavailable(`registration of ${worker.id} failed in Redis; retry`);
     }
+    if (outcome.outcome === 'closed') return unavailable(`shard ${this.shard} closed on this replica`);
+    if (outcome.outcome === 'busy') return unavailable(`shard ${this.shard} has too many registrations queued; retry`);
+    this.options.redisWrites.ok();
     if (outcome.outcome === 'fenced') {
       this.fence(outcome.currentEpoch);
       return unavailable(`shard ${this.shard} moved to another replica; retry`);
     }
     if (outcome.outcome === 'wrong-shard') {
       // execute() refused this already; reaching here means the two hash functions disagree.
-      this.options.log.error({ shard: this.shard, worker: worker.id, home: outcome.shard }, 'register_worker.lua refused the shard');
+      this.options.log.error({ shard: this.shard, worker: worker.id, home: outcome.shard }, 'register_workers.lua refused the shard');
       return { ok: false, code: 'INVALID_REQUEST', message: `worker ${worker.id} belongs to shard ${outcome.shard}, not shard ${this.shard}` };
     }
     if (outcome.outcome === 'spec-mismatch') {

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { Redis } from 'ioredis';
 import { packageRoot } from '../util/package-root.js';
 
-export const SCRIPT_NAMES = ['commit_batch', 'backlog_commit', 'register_worker', 'acquire_lease', 'heartbeat'] as const;
+export const SCRIPT_NAMES = ['commit_batch', 'backlog_commit', 'register_workers', 'acquire_lease', 'heartbeat'] as const;
 export type ScriptName = (typeof SCRIPT_NAMES)[number];
 
 interface LoadedScript {

@@ -15,7 +15,7 @@ export const MAX_BATCH_OPS = 1000;
 
 export interface StoreOptions {
   readonly prefix: string;
-  /** The cluster's shard count: register_worker checks that a worker hashes to its shard. */
+  /** The cluster's shard count: register_workers checks that a worker hashes to its shard. */
   readonly shards: number;
   /** Entries kept per shard history stream (approximate trim); 0 disables the history. */
   readonly historyCap: number;
@@ -165,10 +165,15 @@ export type BatchResult =
   | { readonly fenced: true; readonly currentEpoch: number }
   | { readonly fenced: false; readonly outcomes: readonly OpOutcome[] };
 
-export type RegisterOutcome =
-  | { readonly outcome: 'fenced'; readonly currentEpoch: number }
+/** What registering one worker came to, in a call that was not fenced. */
+export type WorkerRegisterOutcome =
   | { readonly outcome: 'wrong-shard'; readonly shard: number }
   | { readonly outcome: 'created' | 'exists' | 'spec-mismatch'; readonly worker: WorkerRecord };
+
+export type RegisterOutcome = { readonly outcome: 'fenced'; readonly currentEpoch: number } | WorkerRegisterOutcome;
+
+/** Most workers one register_workers call takes (the script refuses more). */
+export const MAX_REGISTRATIONS_PER_CALL = 200;
 
 export type HeartbeatResult =
   | { readonly duplicate: false; readonly members: string[] }
@@ -218,31 +223,57 @@ export class DroverStore {
     return Number((await this.redis.get(this.keys.epoch(shard))) ?? 0);
   }
 
+  /** Register one worker (see registerWorkers). */
   async registerWorker(epoch: number, spec: WorkerSpec, status: WorkerStatus): Promise<RegisterOutcome> {
-    const k = this.keys;
-    const reply = (await runScript(
-      this.redis,
-      'register_worker',
-      [k.epoch(spec.shard), k.worker(spec.shard, spec.id), k.shardWorkers(spec.shard), k.history(spec.shard)],
-      [epoch, this.options.historyCap, spec.id, spec.shard, spec.cpu, spec.memory, spec.gpu ?? '', spec.gpuCount, spec.pool ?? '', status, this.options.shards, spec.agent === true ? '1' : ''],
-    )) as unknown[];
-    const code = reply[0];
-    if (code === 'FENCED') return { outcome: 'fenced', currentEpoch: Number(reply[1]) };
-    if (code === 'WRONG_SHARD') return { outcome: 'wrong-shard', shard: Number(reply[1]) };
-    if (code === 'CREATED') {
-      if (reply.length !== 1) throw new Error(`register_worker returned CREATED with ${reply.length - 1} extra items`);
-      // The script wrote exactly these fields (see register_worker.lua) and does not send them back.
-      const created: WorkerRecord = {
-        id: spec.id, shard: spec.shard, cpu: spec.cpu, memory: spec.memory, gpu: spec.gpu, gpuCount: spec.gpuCount, pool: spec.pool,
-        freeCpu: spec.cpu, freeMemory: spec.memory, freeGpuCount: spec.gpuCount, status, resourceVersion: 1,
-        ...(spec.agent === true ? { agent: true } : {}),
-      };
-      return { outcome: 'created', worker: created };
+    const result = await this.registerWorkers(epoch, spec.shard, [{ spec, status }]);
+    return result.fenced ? { outcome: 'fenced', currentEpoch: result.currentEpoch } : result.outcomes[0]!;
+  }
+
+  /**
+   * Register up to MAX_REGISTRATIONS_PER_CALL workers of one shard in one script call, fenced by
+   * `epoch` (register_workers.lua): each has its own outcome, in order.
+   */
+  async registerWorkers(
+    epoch: number,
+    shard: number,
+    workers: ReadonlyArray<{ readonly spec: WorkerSpec; readonly status: WorkerStatus }>,
+  ): Promise<{ readonly fenced: true; readonly currentEpoch: number } | { readonly fenced: false; readonly outcomes: WorkerRegisterOutcome[] }> {
+    if (workers.length === 0 || workers.length > MAX_REGISTRATIONS_PER_CALL) {
+      throw new Error(`register_workers with ${workers.length} workers (1..${MAX_REGISTRATIONS_PER_CALL})`);
     }
-    const worker = workerFromHash(hashFromPairs(reply, 1));
-    if (code === 'EXISTS') return { outcome: 'exists', worker };
-    if (code === 'SPEC_MISMATCH') return { outcome: 'spec-mismatch', worker };
-    throw new Error(`register_worker returned unknown code ${String(code)}`);
+    const k = this.keys;
+    const keys: string[] = [k.epoch(shard), k.shardWorkers(shard), k.history(shard)];
+    const args: (string | number)[] = [epoch, this.options.historyCap, shard, this.options.shards, workers.length];
+    for (const { spec, status } of workers) {
+      if (spec.shard !== shard) throw new Error(`worker ${spec.id} is given for shard ${spec.shard}, not ${shard}`);
+      keys.push(k.worker(shard, spec.id));
+      args.push(spec.id, spec.cpu, spec.memory, spec.gpu ?? '', spec.gpuCount, spec.pool ?? '', status, spec.agent === true ? '1' : '');
+    }
+    const reply = (await runScript(this.redis, 'register_workers', keys, args)) as unknown[];
+    if (reply[0] === 'FENCED') return { fenced: true, currentEpoch: Number(reply[1]) };
+    if (reply[0] !== 'DONE' || reply.length !== workers.length + 1) {
+      throw new Error(`register_workers answered ${String(reply[0])} with ${reply.length - 1} results for ${workers.length} workers`);
+    }
+    const outcomes = workers.map(({ spec, status }, index): WorkerRegisterOutcome => {
+      const result = reply[index + 1] as unknown[];
+      const code = result[0];
+      if (code === 'WRONG_SHARD') return { outcome: 'wrong-shard', shard: Number(result[1]) };
+      if (code === 'CREATED') {
+        if (result.length !== 1) throw new Error(`register_workers answered CREATED with ${result.length - 1} extra items`);
+        // The script wrote exactly these fields (see register_workers.lua) and does not send them back.
+        const created: WorkerRecord = {
+          id: spec.id, shard: spec.shard, cpu: spec.cpu, memory: spec.memory, gpu: spec.gpu, gpuCount: spec.gpuCount, pool: spec.pool,
+          freeCpu: spec.cpu, freeMemory: spec.memory, freeGpuCount: spec.gpuCount, status, resourceVersion: 1,
+          ...(spec.agent === true ? { agent: true } : {}),
+        };
+        return { outcome: 'created', worker: created };
+      }
+      const worker = workerFromHash(hashFromPairs(result, 1));
+      if (code === 'EXISTS') return { outcome: 'exists', worker };
+      if (code === 'SPEC_MISMATCH') return { outcome: 'spec-mismatch', worker };
+      throw new Error(`register_workers answered unknown code ${String(code)}`);
+    });
+    return { fenced: false, outcomes };
   }
 
   /** Apply up to MAX_BATCH_OPS ops of one shard atomically, fenced by `epoch`. */

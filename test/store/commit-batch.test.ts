@@ -3,6 +3,9 @@
  * argument, so each refusal is shown to write nothing.
  */
 import type { Redis } from 'ioredis';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { packageRoot } from '../../src/util/package-root.js';
 import { Redis as RedisClient } from 'ioredis';
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
 import type { WorkerSpec } from '../../actors/capacity.js';
@@ -12,12 +15,13 @@ import { shardOf } from '../../src/shard/shard-map.js';
 import { connectRedis, snapshotKeys, storeFor, testPrefix } from '../support/cluster.js';
 
 const redis: Redis = connectRedis();
+const readScript = (): string => readFileSync(join(packageRoot(), 'src', 'store', 'lua', 'register_workers.lua'), 'utf8');
 afterAll(() => redis.quit());
 
 const SHARD = 5;
 const SHARDS = 8;
 
-/** The first id "<base>", "<base>-1", "<base>-2", ... that hashes to SHARD (register_worker checks it). */
+/** The first id "<base>", "<base>-1", "<base>-2", ... that hashes to SHARD (register_workers checks it). */
 function inShard(base: string, shard = SHARD): string {
   for (let i = 0; i < 10_000; i += 1) {
     const id = i === 0 ? base : `${base}-${i}`;
@@ -66,7 +70,7 @@ describe('acquire_lease', () => {
   });
 });
 
-describe('register_worker', () => {
+describe('register_workers', () => {
   it('creates, is idempotent for the same spec, refuses another spec, and is fenced', async () => {
     const created = await store.registerWorker(epoch, spec(W1), 'available');
     expect(created.outcome).toBe('created');
@@ -103,6 +107,52 @@ describe('register_worker', () => {
       const outcome = await store.registerWorker(epoch, spec(id), 'available');
       expect(outcome.outcome === 'wrong-shard' ? outcome.shard : SHARD).toBe(shardOf(id, SHARDS));
     }
+  });
+
+  it('registers many in one call, each on its own terms and in order (the same id twice: the second finds the first)', async () => {
+    await store.registerWorker(epoch, spec(W2), 'available');
+    const W3 = inShard('w3');
+    const stranger = inShard('elsewhere', 2);
+    const result = await store.registerWorkers(epoch, SHARD, [
+      { spec: spec(W1), status: 'available' },
+      { spec: { ...spec(stranger), shard: SHARD }, status: 'available' },
+      { spec: spec(W2), status: 'available' },
+      { spec: spec(W3, 1_000), status: 'pending' },
+      { spec: spec(W3, 1_000), status: 'pending' },
+      { spec: spec(W1, 9_000), status: 'available' },
+    ]);
+    if (result.fenced) throw new Error('fenced');
+    expect(result.outcomes.map((o) => o.outcome)).toEqual(['created', 'wrong-shard', 'exists', 'created', 'exists', 'spec-mismatch']);
+    for (const outcome of result.outcomes) {
+      if (outcome.outcome === 'created') expect(outcome.worker).toEqual(await store.readWorker(SHARD, outcome.worker.id));
+    }
+    expect(await store.readWorker(SHARD, stranger)).toBeNull();
+    expect((await redis.smembers(store.keys.shardWorkers(SHARD))).sort()).toEqual([W1, W2, W3].sort());
+    expect((await store.readWorker(SHARD, W1))?.cpu).toBe(2_000);
+  });
+
+  it('refuses the whole call, writing nothing, when any worker key holds another type', async () => {
+    const W3 = inShard('w3');
+    await redis.set(store.keys.worker(SHARD, W3), 'not a hash');
+    const before = await snapshotKeys(redis, prefix);
+    // W3 comes last: a script that checked types as it went would have written W1 and W2 first.
+    await expect(store.registerWorkers(epoch, SHARD, [
+      { spec: spec(W1), status: 'available' },
+      { spec: spec(W2), status: 'available' },
+      { spec: spec(W3), status: 'available' },
+    ])).rejects.toThrow(/register_workers: .* is a string/);
+    expect(await snapshotKeys(redis, prefix)).toEqual(before);
+  });
+
+  it('refuses a call whose KEYS do not match its worker count, and more than 200 workers, writing nothing', async () => {
+    const before = await snapshotKeys(redis, prefix);
+    const k = store.keys;
+    const args = [epoch, 0, SHARD, SHARDS, 2, W1, 2_000, 4_096, '', 0, '', 'available', ''];
+    await expect(redis.eval(readScript(), 4, k.epoch(SHARD), k.shardWorkers(SHARD), k.history(SHARD), k.worker(SHARD, W1), ...args))
+      .rejects.toThrow(/do not match the worker count/);
+    await expect(store.registerWorkers(epoch, SHARD, Array.from({ length: 201 }, (_, i) => ({ spec: spec(`x${i}`), status: 'available' as const }))))
+      .rejects.toThrow(/1\.\.200/);
+    expect(await snapshotKeys(redis, prefix)).toEqual(before);
   });
 });
 
