@@ -580,7 +580,7 @@ function printResult(out: (line: string) => void, faults: FaultResult[], report:
     ['releases acknowledged', c.releasedAcks],
     ['final errors', Object.entries(c.errors).map(([k, v]) => `${k} ${v}`).join(', ') || 'none'],
     ['history entries replayed', c.historyEntries],
-    ['placements with an unknown-outcome reply', c.unacknowledgedPlacements],
+    ['placements no main-load client was told of (the backlog and agent loads\' own)', c.unacknowledgedPlacements],
     ['workers audited', c.workers],
     ['violations', report.violations.length],
   ]));
