@@ -6,12 +6,16 @@
  * queue, wait, are cancelled and are placed through every fault; each must end, and its events
  * must come in an order its lifecycle allows. The long form runs more faults for longer with the same code.
  */
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ALL_FAULTS, runChaos } from '../../src/chaos/run.js';
 
 describe('chaos (short form)', () => {
   it('survives every fault with no double placement, no over-commit and nothing lost', async () => {
     const lines: string[] = [];
+    const logDir = mkdtempSync(join(tmpdir(), 'drover-chaos-logs-'));
     const result = await runChaos({
       replicas: 3,
       workers: 300,
@@ -24,6 +28,7 @@ describe('chaos (short form)', () => {
       lanesPerClient: 4,
       seed: 7,
       resultsFile: null,
+      logDir,
       out: (line) => {
         lines.push(line);
         console.log(line);
@@ -41,5 +46,14 @@ describe('chaos (short form)', () => {
     expect(result.backlog.queued).toBeGreaterThan(200);
     expect(result.backlog.events).toBeGreaterThan(result.backlog.submitted);
     expect(lines.at(-1)).toBe('chaos: PASS');
+    // Every replica's whole log was kept. Only a replica whose NATS link a fault cut may find
+    // itself cut off from NATS: the peer watch's ballast once made healthy replicas step out too
+    // (their own link check stalled behind it), which this catches.
+    const logs = readdirSync(logDir).map((file) => readFileSync(join(logDir, file), 'utf8'));
+    expect(logs.length).toBeGreaterThanOrEqual(3);
+    for (const log of logs) expect(log).toContain('"replica started"');
+    const cutOff = logs.join('').split('\n').filter((line) => line.includes('"msg":"cut off from NATS:')).length;
+    expect(cutOff, 'replicas that found themselves cut off from NATS').toBe(result.faults.filter((f) => f.fault === 'nats-cut').length);
+    rmSync(logDir, { recursive: true, force: true });
   }, 600_000);
 });
