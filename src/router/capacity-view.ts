@@ -93,6 +93,7 @@ const TIER_RANK: Record<Tier, number> = { likely: 0, possible: 1, unknown: 2, no
 const RANDOM_DRAWS = 8;
 const CPU_FIRST: readonly boolean[] = [true, false];
 const ANY_GROUP: readonly boolean[] = [false];
+const TIERS: readonly Tier[] = ['likely', 'possible', 'unknown', 'none'];
 
 export class CapacityView {
   private readonly shards: Array<ShardEntry | undefined>;
@@ -101,6 +102,16 @@ export class CapacityView {
   /** Counts the summaries taken: whoever concluded "no room" can tell whether anything changed since. */
   version = 0;
   private readonly listeners: Array<(shard: number) => void> = [];
+  /**
+   * Each shard's tier for the request of the `choose` call under way, by [cpuWorkersOnly, any
+   * group]: a shard's tier is computed once per call instead of once per tier and pass tried.
+   * When capacity is scarce (a fleet still registering, shards filling up) a call scans every
+   * shard for up to nine (tier, pass, pool) combinations, and the scans were a tenth of a
+   * replica's time in the backlog benchmark's drain. `memoCall` stamps the entries of this call.
+   */
+  private readonly memoTier: [Uint8Array, Uint8Array];
+  private readonly memoStamp: [Uint32Array, Uint32Array];
+  private memoCall = 0;
 
   constructor(
     readonly shardCount: number,
@@ -108,6 +119,8 @@ export class CapacityView {
     private readonly clock: () => number = Date.now,
   ) {
     this.shards = new Array<ShardEntry | undefined>(shardCount);
+    this.memoTier = [new Uint8Array(shardCount), new Uint8Array(shardCount)];
+    this.memoStamp = [new Uint32Array(shardCount), new Uint32Array(shardCount)];
   }
 
   /** Take a summary if it is newer than what the view holds (higher epoch, or same epoch and seq). */
@@ -263,6 +276,12 @@ export class CapacityView {
    */
   choose(request: PlacementRequest, exclude: ReadonlySet<number>, local: string | null = null): number | null {
     const now = this.clock();
+    // A new call: every memoized tier is stale (0 is never a call's stamp).
+    this.memoCall = this.memoCall === 0xffffffff ? 1 : this.memoCall + 1;
+    if (this.memoCall === 1) {
+      this.memoStamp[0].fill(0);
+      this.memoStamp[1].fill(0);
+    }
     const passes = request.gpuCount === 0 ? CPU_FIRST : ANY_GROUP;
     for (const tier of ['likely', 'possible'] as const) {
       for (const cpuWorkersOnly of passes) {
@@ -301,7 +320,17 @@ export class CapacityView {
     if (exclude.has(shard)) return false;
     const entry = this.shards[shard];
     if (entry !== undefined && (entry.unreachable || entry.owner === null)) return false;
-    return this.tier(shard, request, cpuWorkersOnly, now) === tier;
+    return this.memoizedTier(shard, request, cpuWorkersOnly, now) === tier;
+  }
+
+  /** tier(), computed once per shard and pass within one choose call (see memoTier). */
+  private memoizedTier(shard: number, request: PlacementRequest, cpuWorkersOnly: boolean, now: number): Tier {
+    const pass = cpuWorkersOnly ? 0 : 1;
+    if (this.memoStamp[pass][shard] === this.memoCall) return TIERS[this.memoTier[pass][shard]!]!;
+    const tier = this.tier(shard, request, cpuWorkersOnly, now);
+    this.memoStamp[pass][shard] = this.memoCall;
+    this.memoTier[pass][shard] = TIER_RANK[tier];
+    return tier;
   }
 
   /**

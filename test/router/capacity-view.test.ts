@@ -122,6 +122,24 @@ describe('capacity view', () => {
     expect(view.unproven(big, new Set())).toEqual([0, 1, 2]);
   });
 
+  it('chooses from the view as it is at each call (a tier found in one call is not reused in the next)', () => {
+    const view = new CapacityView(8, seededRandom(3));
+    // Scarce: one shard of eight fits, so each call scans every shard.
+    for (let shard = 0; shard < 8; shard += 1) view.update(summary(shard, [worker(`w${shard}`, shard === 5 ? [4_000, 4_000, 0] : [100, 100, 0])]));
+    const one = request(1_000, 1_000);
+    expect(view.choose(one, new Set())).toBe(5);
+    // Same request, the view changed between calls: shard 5 is full now, shard 2 has room.
+    view.update(summary(5, [worker('w5', [100, 100, 0])]));
+    view.update(summary(2, [worker('w2', [4_000, 4_000, 0])]));
+    expect(view.choose(one, new Set())).toBe(2);
+    // And this router's own placements count at the next call: four fill shard 2's only point.
+    for (let i = 0; i < 4; i += 1) view.consume(2, one);
+    expect(view.tier(2, one)).not.toBe('likely');
+    expect(view.choose(one, new Set([0, 1, 3, 4, 5, 6, 7]))).toBe(2); // possible: still asked, never proven full
+    view.update(summary(2, [worker('w2', [100, 100, 0])]));
+    expect(view.choose(one, new Set())).toBeNull();
+  });
+
   it('does not send to a shard that has no owner, but keeps its last summary as proof', () => {
     const view = new CapacityView(2);
     view.update(summary(0, [worker('a', [1_000, 1_000, 0])]));
