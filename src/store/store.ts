@@ -344,7 +344,7 @@ export class DroverStore {
           args.push('Q', op.containerId, op.requestKey, op.priority, op.maxWaitMs, op.cpu, op.memory, op.gpu ?? '', op.gpuCount, op.pool ?? '', op.spec);
           break;
         case 'drop':
-          args.push('D', op.containerId, '', '', '', '', '', '', '', '', '');
+          args.push('D', op.containerId);
           break;
         case 'end':
           args.push('E', op.containerId, '', op.status, op.reason, '', '', '', '', '', '');

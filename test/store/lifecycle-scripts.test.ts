@@ -4,6 +4,9 @@
  * requeue, outbox ack). Every refusal is shown to write nothing.
  */
 import type { Redis } from 'ioredis';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { packageRoot } from '../../src/util/package-root.js';
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
 import type { WorkerSpec } from '../../actors/capacity.js';
 import { shardOf } from '../../src/shard/shard-map.js';
@@ -122,6 +125,17 @@ describe('backlog_commit', () => {
     await redis.zadd(store.keys.backlog(HOME), '1', ended);
     const before = await snapshotKeys(redis, prefix);
     await expect(store.commitBacklog(HOME, homeEpoch, [{ kind: 'drop', containerId: ended }, { kind: 'drop', containerId: wrong }])).rejects.toThrow(/is a list/);
+    expect(await snapshotKeys(redis, prefix)).toEqual(before);
+    // Each op is as long as its kind says (a drop is 2 fields, the others 11): ARGV that does not
+    // add up, one field too many or too few, is refused whole, before anything is written.
+    const script = readFileSync(join(packageRoot(), 'src', 'store', 'lua', 'backlog_commit.lua'), 'utf8');
+    const k = store.keys;
+    const head = [homeEpoch, HOME, 1_000, 0];
+    const d5 = idIn('d5', HOME);
+    await expect(redis.eval(script, 3, k.epoch(HOME), k.backlog(HOME), k.container(ended), ...head, 1, 'D', ended, '')).rejects.toThrow(/malformed batch/);
+    await expect(redis.eval(script, 4, k.epoch(HOME), k.backlog(HOME), k.container(ended), k.container(d5), ...head, 2, 'D', ended, 'D')).rejects.toThrow(/malformed batch/);
+    await expect(redis.eval(script, 4, k.epoch(HOME), k.backlog(HOME), k.container(ended), k.container(d5), ...head, 2, 'D', ended, 'E', d5, '', 'failed', 'EXPIRED', '', '', '', '', ''))
+      .rejects.toThrow(/malformed batch/);
     expect(await snapshotKeys(redis, prefix)).toEqual(before);
   });
 });

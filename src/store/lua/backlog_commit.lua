@@ -23,12 +23,15 @@
     ARGV[3]        the most containers this shard's backlog may hold (1 .. 10,000,000)
     ARGV[4]        seconds to keep an ended container's tombstone; 0 keeps it forever
     ARGV[5]        op count n (at most 1000)
-    ARGV[6+11i ..] op i: kind, id, requestKey, a1 .. a8
-      kind 'Q' queue:  a1 priority, a2 maxWaitMs (it expires that long after the queue time), a3 cpu, a4 memory, a5 gpu type or '',
-                       a6 gpuCount, a7 pool or '', a8 command/env JSON or ''
-      kind 'D' drop:   forget the id (placed or ended elsewhere); the other fields are unused
-      kind 'E' end:    a1 the status it ends in ('released' or 'failed'), a2 the reason
-                       ('CANCELLED', 'EXPIRED'); only from 'queued'
+    ARGV[6 ..]     the ops, one after the other; each starts with its kind and id:
+      'Q', id, requestKey, priority, maxWaitMs (it expires that long after the queue time), cpu,
+           memory, gpu type or '', gpuCount, pool or '', command/env JSON or ''   (11 fields) queue
+      'D', id                                                                    (2 fields)  drop:
+           forget the id (placed or ended elsewhere); drops come by the hundred after placements,
+           so they carry nothing else
+      'E', id, '', the status it ends in ('released' or 'failed'), the reason ('CANCELLED',
+           'EXPIRED'), and six '' (11 fields)                                              end:
+           only from 'queued'
     A malformed op fails the whole batch before anything is written.
 
   Output:
@@ -54,8 +57,7 @@ local shard = ARGV[2]
 local maxQueued = tonumber(ARGV[3])
 local retention = tonumber(ARGV[4])
 local n = tonumber(ARGV[5])
-if n == nil or n < 0 or n > 1000 or maxQueued == nil or maxQueued < 1 or retention == nil
-  or #KEYS ~= 2 + n or #ARGV ~= 5 + 11 * n then
+if n == nil or n < 0 or n > 1000 or maxQueued == nil or maxQueued < 1 or retention == nil or #KEYS ~= 2 + n then
   return redis.error_reply('ERR backlog_commit: malformed batch')
 end
 
@@ -68,9 +70,17 @@ local function spaceless(text)
 end
 
 -- ---------------------------------------------------------------- phase 0: the ops are well formed
+-- Where each op's fields start in ARGV (a drop has 2, the others 11).
+local bases = {}
+local cursor = 6
 for i = 0, n - 1 do
-  local base = 6 + 11 * i
+  local base = cursor
+  bases[i] = base
   local kind = ARGV[base]
+  cursor = base + (kind == 'D' and 2 or 11)
+  if cursor - 1 > #ARGV then
+    return redis.error_reply('ERR backlog_commit: malformed batch')
+  end
   local ok = spaceless(ARGV[base + 1])
   if kind == 'Q' then
     local priority = tonumber(ARGV[base + 3])
@@ -84,6 +94,9 @@ for i = 0, n - 1 do
   if not ok then
     return redis.error_reply('ERR backlog_commit: malformed op ' .. i .. ' (' .. tostring(kind) .. ')')
   end
+end
+if cursor - 1 ~= #ARGV then
+  return redis.error_reply('ERR backlog_commit: malformed batch')
 end
 
 local found = redis.call('TYPE', KEYS[2]).ok
@@ -130,7 +143,7 @@ end
 
 for i = 0, n - 1 do
   local key = KEYS[3 + i]
-  local base = 6 + 11 * i
+  local base = bases[i]
   local kind, id, requestKey = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   local r, failure
   if kind == 'D' and records[key] == nil then
@@ -203,13 +216,13 @@ end
 for i = 0, n - 1 do
   local action = write[i]
   if action == 'drop' then
-    dropping[#dropping + 1] = ARGV[6 + 11 * i + 1]
+    dropping[#dropping + 1] = ARGV[bases[i] + 1]
     -- unpack() has a stack limit: at most 500 members per ZREM.
     if #dropping >= 500 then flushDrops() end
   elseif action then
     flushDrops()
     local key = KEYS[3 + i]
-    local base = 6 + 11 * i
+    local base = bases[i]
     local id = ARGV[base + 1]
     if action == 'queue' then
       local fields = {'status', 'queued', 'requestKey', ARGV[base + 2], 'home', shard, 'queuedAt', nowMs,
