@@ -5,7 +5,7 @@
  * where it arrives (`parseShardRequest`) with the same rules as the public requests: a malformed or
  * hostile op gets INVALID_REQUEST and never reaches an actor or Redis.
  */
-import { type PlacementRequest, type WorkerRecord, type WorkerStatus } from '../../actors/capacity.js';
+import { type PlacementRequest, type WorkerRecord, type WorkerSpec, type WorkerStatus } from '../../actors/capacity.js';
 import { DroverError } from './errors.js';
 import { MAX_SPEC_BYTES } from './limits.js';
 import { id, invalid, onlyFields, parseAgentReport, parseContainerRequest, parseWorkerRegistration, specJson, type AgentReport, type WorkerRegistration } from './validate.js';
@@ -153,20 +153,33 @@ export interface WorkerView {
 }
 
 export function workerView(record: WorkerRecord): WorkerView {
+  return workerViewOf(record, record, record.status, record.resourceVersion);
+}
+
+/**
+ * The worker view from its parts: the spec, its free capacity, status and version (a shard owner
+ * builds it straight from an actor's context, with no record in between: see ShardWorkers.view).
+ */
+export function workerViewOf(
+  spec: WorkerSpec,
+  free: { readonly freeCpu: number; readonly freeMemory: number; readonly freeGpuCount: number },
+  status: WorkerStatus,
+  resourceVersion: number,
+): WorkerView {
   return {
-    agent: record.agent === true,
-    id: record.id,
-    shard: record.shard,
-    cpu: record.cpu,
-    memory: record.memory,
-    freeCpu: record.freeCpu,
-    freeMemory: record.freeMemory,
-    gpu: record.gpu,
-    gpuCount: record.gpuCount,
-    freeGpuCount: record.freeGpuCount,
-    pool: record.pool,
-    status: record.status,
-    resourceVersion: record.resourceVersion,
+    agent: spec.agent === true,
+    id: spec.id,
+    shard: spec.shard,
+    cpu: spec.cpu,
+    memory: spec.memory,
+    freeCpu: free.freeCpu,
+    freeMemory: free.freeMemory,
+    gpu: spec.gpu,
+    gpuCount: spec.gpuCount,
+    freeGpuCount: free.freeGpuCount,
+    pool: spec.pool,
+    status,
+    resourceVersion,
   };
 }
 
