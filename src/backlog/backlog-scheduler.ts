@@ -24,7 +24,7 @@
 import type { PlacementRequest } from '../../actors/capacity.js';
 import type { CapacityView } from '../router/capacity-view.js';
 import type { Logger } from '../util/log.js';
-import type { BacklogPartition, QueuedEntry } from './backlog-partition.js';
+import type { BacklogPartition, QueuedEntry, QueueRequest, QueueResult } from './backlog-partition.js';
 import type { BacklogReport } from './backlog-report.js';
 
 /**
@@ -39,8 +39,8 @@ const EXPIRY_SWEEP_MS = 1_000;
 /** A shape whose attempt found shards unavailable retries after this, doubling up to the max. */
 const RETRY_FIRST_MS = 250;
 const RETRY_MAX_MS = 5_000;
-/** Cancels that wait for an attempt in flight, then look again; bounded. */
-const MAX_CANCEL_WAITS = 4;
+/** A cancel or a requeue waits for an attempt in flight, then looks again; this many times at most. */
+const MAX_ATTEMPT_WAITS = 4;
 /** Holds are renewed (and checked for room) this often, and live this long unless renewed. */
 const HOLD_RENEW_MS = 1_000;
 const HOLD_TTL_MS = 5_000;
@@ -249,12 +249,37 @@ export class BacklogScheduler {
   }
 
   /**
+   * Hold again a container whose worker was lost before running it (its worker's shard wrote its
+   * record back to queued, same request key). The backlog may still hold the entry that placed it
+   * the first time, with that attempt still in flight: its answer ("placed") is about the
+   * placement the requeue undid, and would forget the entry as the requeue is told "already
+   * queued", leaving the record queued in Redis and in nobody's memory (seen once in a long chaos
+   * run: a container stuck queued). So an attempt in flight is waited for, and the container is
+   * queued again once it ends (backlog_commit then finds the record queued, or placed again).
+   */
+  async requeued(shard: number, request: QueueRequest, requestKey: string): Promise<QueueResult> {
+    for (let wait = 0; wait <= MAX_ATTEMPT_WAITS; wait += 1) {
+      const partition = this.partitions.get(shard);
+      if (partition === undefined || partition.isClosed) return { outcome: 'unavailable', message: `the backlog of shard ${shard} is not held here` };
+      const result = await partition.queue(request, requestKey);
+      if (result.outcome !== 'queued') return result;
+      if (result.created) {
+        this.queued(result.entry);
+        return result;
+      }
+      if (!result.entry.attempting) return result;
+      await new Promise<void>((resolve) => result.entry.settled.push(resolve));
+    }
+    return { outcome: 'unavailable', message: `container ${request.id} is still being attempted; retry` };
+  }
+
+  /**
    * Cancel a queued container (a client's release): waits for an attempt in flight to end first,
    * so the cancel and a placement never both win. 'not-queued': it is not (or no longer) in this
    * backlog; the caller reads its record.
    */
   async cancel(shard: number, id: string): Promise<'cancelled' | 'not-queued' | 'unavailable'> {
-    for (let wait = 0; wait <= MAX_CANCEL_WAITS; wait += 1) {
+    for (let wait = 0; wait <= MAX_ATTEMPT_WAITS; wait += 1) {
       const partition = this.partitions.get(shard);
       if (partition === undefined || partition.isClosed) return 'unavailable';
       const entry = partition.entries.get(id);

@@ -53,11 +53,9 @@ export class ShardEndpoint {
     if (record === null || record.status !== 'queued') return { ok: true, requeued: true };
     const queuedAt = record.queuedAt ?? Date.now();
     const maxWaitMs = Math.max(1, (record.expiresAt ?? queuedAt + 1) - queuedAt);
-    const result = await this.backlog.queue({ id, ...placementOf(record), priority: record.priority ?? 0, maxWaitMs, spec: record.spec }, record.requestKey);
-    if (result.outcome === 'queued') {
-      if (result.created) this.scheduler.queued(result.entry);
-      return { ok: true, requeued: true };
-    }
+    const request = { id, ...placementOf(record), priority: record.priority ?? 0, maxWaitMs, spec: record.spec };
+    const result = await this.scheduler.requeued(this.owner.shard, request, record.requestKey);
+    if (result.outcome === 'queued') return { ok: true, requeued: true };
     if (result.outcome === 'unavailable') return { ok: false, code: 'UNAVAILABLE', message: result.message };
     // Placed again or ended meanwhile: nothing to hold.
     return { ok: true, requeued: true };
