@@ -212,10 +212,13 @@ export class PeerWatch {
       peer.silent = false;
       peer.ghostBallasts = 0;
     } catch (error) {
-      // Only a timeout while our own link stayed up says something about the peer. No responders:
-      // the peer is not on the bus, so it has no ghost to remove. Other errors (our own connection
-      // is down) say nothing about the peer.
-      if (error instanceof errors.TimeoutError && this.options.natsLinkUp() && this.linkChangedAt < sentAt) {
+      // Only a timeout while our own link stayed up says something about the peer, and only one
+      // that fired on time: a timeout that fired late means this process was stalled (paused,
+      // starved), and the answer may be sitting unread in its socket. No responders: the peer is
+      // not on the bus, so it has no ghost to remove. Other errors (our own connection is down)
+      // say nothing about the peer.
+      const onTime = Date.now() - sentAt <= 2 * timeoutMs;
+      if (error instanceof errors.TimeoutError && onTime && this.options.natsLinkUp() && this.linkChangedAt < sentAt) {
         this.stats.unanswered += 1;
         peer.silent = true;
         this.sendBallast(id, peer);

@@ -27,8 +27,8 @@ async function connection(): Promise<NatsConnection> {
   return nc;
 }
 
-/** A peer on the bus: it answers probes, or (silent) only counts the bytes sent to it. */
-async function peer(subjects: Subjects, id: string, answers: boolean): Promise<{ bytes: () => number; probes: () => number }> {
+/** A peer on the bus: it answers probes (after `delayMs`), or (silent) only counts the bytes sent to it. */
+async function peer(subjects: Subjects, id: string, answers: boolean, delayMs = 0): Promise<{ bytes: () => number; probes: () => number }> {
   const nc = await connection();
   let bytes = 0;
   let probes = 0;
@@ -37,7 +37,8 @@ async function peer(subjects: Subjects, id: string, answers: boolean): Promise<{
       if (error) return;
       if (msg.reply) {
         probes += 1;
-        if (answers) msg.respond();
+        if (answers && delayMs === 0) msg.respond();
+        else if (answers) setTimeout(() => msg.respond(), delayMs);
       } else {
         bytes += msg.data.length;
       }
@@ -77,6 +78,27 @@ describe('peer watch', () => {
     await eventually(() => live.probes() >= 5, 5_000, 'five probes answered');
     expect(watch.stats.unanswered).toBe(0);
     expect(watch.stats.memberBallasts + watch.stats.ghostBallasts).toBe(0);
+    expect(live.bytes()).toBe(0);
+  });
+
+  it('blames no peer for a probe that timed out while this process itself was stalled', async () => {
+    const subjects = new Subjects(testPrefix('pw'));
+    // It answers 50 ms after each probe (probes go every 100 ms), so a probe is out half of the time.
+    const live = await peer(subjects, 'live', true, 50);
+    const watch = await watcher(subjects, 'me');
+    watch.setMembers(['live', 'me']);
+    await eventually(() => live.probes() >= 3, 5_000, 'probes answered');
+    for (let stall = 0; stall < 8; stall += 1) {
+      // This process stops for 600 ms (GC, starved, paused): a probe out meanwhile times out late,
+      // its answer unread in the socket.
+      const until = Date.now() + 600;
+      while (Date.now() < until) {
+        // busy
+      }
+      await delay(150);
+    }
+    expect(watch.stats.unanswered).toBe(0);
+    expect(watch.stats.memberBallasts).toBe(0);
     expect(live.bytes()).toBe(0);
   });
 
