@@ -90,6 +90,8 @@ export interface ChaosResult {
 }
 
 const RECOVERY_TIMEOUT_MS = 60_000;
+/** How long a woken replica may take to answer the status request its pause fault checks. */
+const VICTIM_STATUS_TIMEOUT_MS = 5_000;
 /** Every shard is probed this often, and a probe without an answer this long failed. */
 const PROBE_INTERVAL_MS = 100;
 const PROBE_TIMEOUT_MS = 1_000;
@@ -337,7 +339,13 @@ async function pauseFault(
   const resumeAt = Date.now();
   victim.signal('SIGCONT');
   const rejoined = await waitFor(() => balanced(ctx, cluster.live()), resumeAt);
-  const victimStatus = (await ctx.observer.clusterStatus(500)).find((s) => s.replicaId === victim.id);
+  // Its report, asked until it answers (a few seconds at most): what is checked is what it says,
+  // not how fast one status request comes back while it catches up.
+  let victimStatus: ReplicaStatus | undefined;
+  await waitFor(async () => {
+    victimStatus = (await ctx.observer.clusterStatus(500)).find((s) => s.replicaId === victim.id);
+    return victimStatus !== undefined;
+  }, Date.now(), VICTIM_STATUS_TIMEOUT_MS);
   const refusals = victimStatus?.owners.fenceRefusals ?? 0;
   const lost = victimStatus?.leases.lost ?? 0;
   // On waking, the replica must have found out that its leases ran out (it gives them up and
@@ -352,7 +360,7 @@ async function pauseFault(
       'SIGCONT to balanced': rejoined,
     },
     note: victimStatus === undefined
-      ? 'the woken replica did not answer a status request'
+      ? `the woken replica did not answer a status request within ${VICTIM_STATUS_TIMEOUT_MS} ms`
       : `on waking it gave up ${lost} expired leases; ${refusals} writes refused by the fence`,
   };
 }
