@@ -16,11 +16,12 @@
  * shards are balanced again as after a join.
  */
 import { connect, type Msg, type NatsConnection, type Subscription } from '@nats-io/transport-node';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import type { DroverConfig } from '../config.js';
 import { ShardLeases } from '../lease/shard-leases.js';
 import { Membership } from '../membership/membership.js';
 import { PeerWatch } from '../membership/peer-watch.js';
+import { connectReplicaRedis } from './redis-client.js';
 import { desiredShards } from '../membership/ownership.js';
 import {
   parseReplicaOpsRequest,
@@ -292,28 +293,7 @@ export class Replica {
 
   /** Connect, join the members, take the shards this replica should own, start routing. */
   static async start(config: DroverConfig, log: Logger = silentLogger()): Promise<Replica> {
-    const redis = new Redis(config.redisUrl, {
-      enableAutoPipelining: true,
-      // A write whose connection broke is reported as failed (outcome unknown), never queued or
-      // silently resent later: the owner then resyncs from Redis before writing again.
-      enableOfflineQueue: false,
-      autoResendUnfulfilledCommands: false,
-      maxRetriesPerRequest: 0,
-      // A command that hangs (a half-open connection) fails well within a lease period, so a
-      // lost lease is noticed and the shard dropped instead of waiting on a dead socket.
-      commandTimeout: Math.max(500, Math.floor(config.leaseTtlMs / 3)),
-      connectTimeout: Math.max(1_000, config.linkTimeoutMs),
-      lazyConnect: true,
-      connectionName: `drover-${config.replicaId}`,
-    });
-    // ioredis reports every failed reconnect attempt; the Redis link monitor logs the outage once.
-    redis.on('error', (error) => log.debug({ err: error }, 'redis connection error'));
-    try {
-      await redis.connect();
-    } catch (error) {
-      redis.disconnect();
-      throw new Error(`cannot reach Redis at ${config.redisUrl}: ${(error as Error).message}`);
-    }
+    const redis = await connectReplicaRedis(config, log);
     let nc: NatsConnection;
     let watchNc: NatsConnection;
     try {
