@@ -12,8 +12,8 @@ import { Redis } from 'ioredis';
 import type { DroverConfig } from '../config.js';
 import type { Logger } from '../util/log.js';
 
-/** A start that cannot get Redis to answer within this fails with a clear error. */
-export const REDIS_START_TIMEOUT_MS = 10_000;
+/** A replica start that cannot get Redis (or NATS) to answer within this fails with a clear error. */
+export const START_CONNECT_TIMEOUT_MS = 10_000;
 
 /** The command timeout a replica's Redis client runs with once connected. */
 export function redisCommandTimeoutMs(config: Pick<DroverConfig, 'leaseTtlMs'>): number {
@@ -23,7 +23,7 @@ export function redisCommandTimeoutMs(config: Pick<DroverConfig, 'leaseTtlMs'>):
 export async function connectReplicaRedis(
   config: Pick<DroverConfig, 'redisUrl' | 'leaseTtlMs' | 'linkTimeoutMs' | 'replicaId'>,
   log: Logger,
-  startTimeoutMs = REDIS_START_TIMEOUT_MS,
+  startTimeoutMs = START_CONNECT_TIMEOUT_MS,
 ): Promise<Redis> {
   const redis = new Redis(config.redisUrl, {
     enableAutoPipelining: true,

@@ -21,7 +21,7 @@ import type { DroverConfig } from '../config.js';
 import { ShardLeases } from '../lease/shard-leases.js';
 import { Membership } from '../membership/membership.js';
 import { PeerWatch } from '../membership/peer-watch.js';
-import { connectReplicaRedis } from './redis-client.js';
+import { connectReplicaRedis, START_CONNECT_TIMEOUT_MS } from './redis-client.js';
 import { desiredShards } from '../membership/ownership.js';
 import {
   parseReplicaOpsRequest,
@@ -963,6 +963,8 @@ function connectNats(config: DroverConfig, name: string): Promise<NatsConnection
     // replaced (the default interval is two minutes); the link monitor acts on it sooner.
     pingInterval: Math.max(250, Math.floor(config.linkTimeoutMs / 2)),
     maxPingOut: 2,
-    timeout: Math.max(1_000, config.linkTimeoutMs),
+    // The first connect only: a start under load may take a while; the link monitor watches the
+    // connection from then on (the same bound as for Redis, see redis-client.ts).
+    timeout: START_CONNECT_TIMEOUT_MS,
   });
 }
