@@ -97,6 +97,12 @@ export interface PeerWatchOptions {
   readonly timeoutMs: number;
   /** Whether this replica's own link to NATS is fine (a cut-off replica must not judge others). */
   readonly natsLinkUp: () => boolean;
+  /**
+   * Read the members again now (a heartbeat): asked when a member goes silent, so that a peer
+   * that stepped out through Redis (it found itself cut off) is known for a ghost at once, not at
+   * the next heartbeat. The answer comes back through setMembers.
+   */
+  readonly refreshMembers?: () => void;
   readonly log: Logger;
 }
 
@@ -106,8 +112,9 @@ interface Peer {
   probing: boolean;
   /** Its last probe went unanswered (and nothing says our own link was the reason). */
   silent: boolean;
-  /** A ballast to it is being sent. */
-  ballasting: boolean;
+  /** A ballast of that kind to it is being sent (a ghost's does not wait for a member's). */
+  sendingMemberBallast: boolean;
+  sendingGhostBallast: boolean;
   /** When it last got a ballast as a silent member, and as a ghost (each kind has its own pace). */
   lastMemberBallastAt: number;
   lastGhostBallastAt: number;
@@ -126,6 +133,8 @@ export class PeerWatch {
   private linkChangedAt = 0;
   /** Live members in the last list that had this replica in it (this one included). */
   private memberCount = 1;
+  /** When the members were last read again because one went silent (at most once per timeout). */
+  private refreshedAt = 0;
   readonly stats = { probes: 0, unanswered: 0, memberBallasts: 0, ghostBallasts: 0 };
 
   constructor(private readonly options: PeerWatchOptions) {}
@@ -170,7 +179,7 @@ export class PeerWatch {
       const peer = this.peers.get(id);
       if (peer !== undefined) peer.watchUntil = Number.POSITIVE_INFINITY;
       else if (this.peers.size < MAX_PEERS) {
-        this.peers.set(id, { watchUntil: Number.POSITIVE_INFINITY, probing: false, silent: false, ballasting: false, lastMemberBallastAt: 0, lastGhostBallastAt: 0, ghostBallasts: 0 });
+        this.peers.set(id, { watchUntil: Number.POSITIVE_INFINITY, probing: false, silent: false, sendingMemberBallast: false, sendingGhostBallast: false, lastMemberBallastAt: 0, lastGhostBallastAt: 0, ghostBallasts: 0 });
       }
     }
   }
@@ -222,6 +231,11 @@ export class PeerWatch {
         this.stats.unanswered += 1;
         peer.silent = true;
         this.sendBallast(id, peer);
+        const now = Date.now();
+        if (peer.watchUntil === Number.POSITIVE_INFINITY && this.options.refreshMembers !== undefined && now - this.refreshedAt >= timeoutMs) {
+          this.refreshedAt = now;
+          this.options.refreshMembers();
+        }
       }
     } finally {
       peer.probing = false;
@@ -233,7 +247,8 @@ export class PeerWatch {
     const now = Date.now();
     const every = kind === 'ghost' && peer.ghostBallasts < GHOST_BALLASTS_PER_EPISODE ? GHOST_BALLAST_REPEAT_MS : BALLAST_EVERY_MS;
     const last = kind === 'ghost' ? peer.lastGhostBallastAt : peer.lastMemberBallastAt;
-    if (peer.ballasting || now - last < every) return;
+    const sending = kind === 'ghost' ? peer.sendingGhostBallast : peer.sendingMemberBallast;
+    if (sending || now - last < every) return;
     // The ballast is shared among the members watching the peer: all of them (this one included),
     // but the peer itself when it is a member.
     const watchers = Math.max(1, kind === 'ghost' ? this.memberCount : this.memberCount - 1);
@@ -252,9 +267,11 @@ export class PeerWatch {
         ? 'a peer replica left the members without a goodbye and does not answer on NATS; sending it ballast so the NATS server drops its connection'
         : 'a peer replica did not answer on NATS; sending it a small ballast in case it is cut off',
     );
-    peer.ballasting = true;
+    if (kind === 'ghost') peer.sendingGhostBallast = true;
+    else peer.sendingMemberBallast = true;
     void this.publishBallast(this.options.subjects.replicaControl(id), bytes, peer).finally(() => {
-      peer.ballasting = false;
+      if (kind === 'ghost') peer.sendingGhostBallast = false;
+      else peer.sendingMemberBallast = false;
     });
   }
 

@@ -287,6 +287,7 @@ export class Replica {
       replicaId: config.replicaId,
       timeoutMs: Math.max(100, Math.floor(config.linkTimeoutMs / 2)),
       natsLinkUp: () => !this.links.nats.cut,
+      refreshMembers: () => void this.membership.beat(),
       log,
     });
   }

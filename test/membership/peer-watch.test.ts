@@ -48,9 +48,10 @@ async function peer(subjects: Subjects, id: string, answers: boolean, delayMs = 
   return { bytes: () => bytes, probes: () => probes };
 }
 
-async function watcher(subjects: Subjects, id: string): Promise<PeerWatch> {
+async function watcher(subjects: Subjects, id: string, refreshMembers?: () => void): Promise<PeerWatch> {
   const watch = new PeerWatch({
     nc: await connection(), watchNc: await connection(), subjects, replicaId: id, timeoutMs: TIMEOUT_MS, natsLinkUp: () => true, log: silentLogger(),
+    ...(refreshMembers === undefined ? {} : { refreshMembers }),
   });
   watch.start();
   cleanups.push(async () => watch.stop());
@@ -131,6 +132,26 @@ describe('peer watch', () => {
     const ghostBytes = (await settled(silent.bytes)) - beforeLeaving;
     expect(ghostBytes).toBeGreaterThanOrEqual(GHOST_BALLAST_BYTES);
     expect(ghostBytes).toBeLessThan(GHOST_BALLAST_BYTES + 256 * 1024);
+  }, 20_000);
+
+  it('reads the members again when a member goes silent, and treats it as a ghost as soon as they say it left', async () => {
+    const subjects = new Subjects(testPrefix('pw'));
+    const silent = await peer(subjects, 'cut', false);
+    let refreshes = 0;
+    let watch: PeerWatch | null = null;
+    // What Redis says when asked again: the silent one stepped out (it found itself cut off).
+    watch = await watcher(subjects, 'me', () => {
+      refreshes += 1;
+      watch!.setMembers(['me']);
+    });
+    watch.setMembers(['cut', 'me']);
+    // At the first unanswered probe: the small ballast, the members read again, and at once (not
+    // after the small one is out, nor at the next probe) the large one.
+    await eventually(() => watch!.stats.unanswered >= 1, 5_000, 'an unanswered probe');
+    expect(watch.stats.memberBallasts).toBe(1);
+    expect(watch.stats.ghostBallasts).toBe(1);
+    expect(refreshes).toBe(1); // asked once: after it, the peer is no member to ask about
+    expect(await settled(silent.bytes)).toBeGreaterThanOrEqual(GHOST_BALLAST_BYTES);
   }, 20_000);
 
   it('ignores a member list without itself (it stepped out), and stops watching a peer that said goodbye', async () => {
