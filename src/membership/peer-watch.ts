@@ -35,6 +35,7 @@
 import { errors, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import type { Subjects } from '../protocol/subjects.js';
 import type { Logger } from '../util/log.js';
+import { withTimeout } from '../util/with-timeout.js';
 
 /**
  * The ballast for a ghost (a silent peer that left the members), in all: each watcher sends its
@@ -112,12 +113,11 @@ interface Peer {
   probing: boolean;
   /** Its last probe went unanswered (and nothing says our own link was the reason). */
   silent: boolean;
-  /** A ballast of that kind to it is being sent (a ghost's does not wait for a member's). */
-  sendingMemberBallast: boolean;
-  sendingGhostBallast: boolean;
-  /** When it last got a ballast as a silent member, and as a ghost (each kind has its own pace). */
-  lastMemberBallastAt: number;
-  lastGhostBallastAt: number;
+  /**
+   * Per kind: whether a ballast of that kind to it is being sent (a ghost's does not wait for a
+   * member's), and when it last got one (each kind has its own pace).
+   */
+  readonly ballast: Record<BallastKind, { sending: boolean; lastAt: number }>;
   /** Ghost ballasts sent since the peer last answered. */
   ghostBallasts: number;
 }
@@ -179,7 +179,9 @@ export class PeerWatch {
       const peer = this.peers.get(id);
       if (peer !== undefined) peer.watchUntil = Number.POSITIVE_INFINITY;
       else if (this.peers.size < MAX_PEERS) {
-        this.peers.set(id, { watchUntil: Number.POSITIVE_INFINITY, probing: false, silent: false, sendingMemberBallast: false, sendingGhostBallast: false, lastMemberBallastAt: 0, lastGhostBallastAt: 0, ghostBallasts: 0 });
+        this.peers.set(id, { watchUntil: Number.POSITIVE_INFINITY, probing: false, silent: false, ghostBallasts: 0,
+          ballast: { member: { sending: false, lastAt: 0 }, ghost: { sending: false, lastAt: 0 } },
+        });
       }
     }
   }
@@ -246,19 +248,17 @@ export class PeerWatch {
     const kind: BallastKind = peer.watchUntil === Number.POSITIVE_INFINITY ? 'member' : 'ghost';
     const now = Date.now();
     const every = kind === 'ghost' && peer.ghostBallasts < GHOST_BALLASTS_PER_EPISODE ? GHOST_BALLAST_REPEAT_MS : BALLAST_EVERY_MS;
-    const last = kind === 'ghost' ? peer.lastGhostBallastAt : peer.lastMemberBallastAt;
-    const sending = kind === 'ghost' ? peer.sendingGhostBallast : peer.sendingMemberBallast;
-    if (sending || now - last < every) return;
+    const pace = peer.ballast[kind];
+    if (pace.sending || now - pace.lastAt < every) return;
     // The ballast is shared among the members watching the peer: all of them (this one included),
     // but the peer itself when it is a member.
     const watchers = Math.max(1, kind === 'ghost' ? this.memberCount : this.memberCount - 1);
     const bytes = Math.ceil((kind === 'ghost' ? GHOST_BALLAST_BYTES : MEMBER_BALLAST_BYTES) / watchers);
+    pace.lastAt = now;
     if (kind === 'ghost') {
-      peer.lastGhostBallastAt = now;
       peer.ghostBallasts += 1;
       this.stats.ghostBallasts += 1;
     } else {
-      peer.lastMemberBallastAt = now;
       this.stats.memberBallasts += 1;
     }
     this.options.log.warn(
@@ -267,11 +267,9 @@ export class PeerWatch {
         ? 'a peer replica left the members without a goodbye and does not answer on NATS; sending it ballast so the NATS server drops its connection'
         : 'a peer replica did not answer on NATS; sending it a small ballast in case it is cut off',
     );
-    if (kind === 'ghost') peer.sendingGhostBallast = true;
-    else peer.sendingMemberBallast = true;
+    pace.sending = true;
     void this.publishBallast(this.options.subjects.replicaControl(id), bytes, peer).finally(() => {
-      if (kind === 'ghost') peer.sendingGhostBallast = false;
-      else peer.sendingMemberBallast = false;
+      pace.sending = false;
     });
   }
 
@@ -284,18 +282,10 @@ export class PeerWatch {
       if (nc.isClosed() || !peer.silent) return;
       nc.publish(subject, this.ballast);
       if ((sent + 1) % BALLAST_CHUNKS_PER_SLICE !== 0) continue;
-      let timer: NodeJS.Timeout | undefined;
       try {
-        await Promise.race([
-          nc.flush(),
-          new Promise((_, reject) => {
-            timer = setTimeout(() => reject(new Error('flush timed out')), BALLAST_FLUSH_TIMEOUT_MS);
-          }),
-        ]);
+        await withTimeout(nc.flush(), BALLAST_FLUSH_TIMEOUT_MS, 'flush timed out');
       } catch {
         return; // the ballast connection is in trouble: the link monitor watches the main one
-      } finally {
-        clearTimeout(timer);
       }
     }
   }

@@ -15,6 +15,7 @@
  * while the loop itself lagged by more than half the slow bound says nothing about the link.
  */
 import type { Logger } from '../util/log.js';
+import { withTimeout } from '../util/with-timeout.js';
 
 /** How often the event loop's responsiveness is sampled (a timer that should fire this often). */
 const LOOP_BEAT_MS = 10;
@@ -117,11 +118,7 @@ export class LinkMonitor {
     this.longestStallMs = 0;
     this.stats.probes += 1;
     // Bounded: a probe that never settles stops counting after cutAfterMs (the link is cut by then).
-    let timeout: NodeJS.Timeout | null = null;
-    const limit = new Promise<never>((_, reject) => {
-      timeout = setTimeout(() => reject(new Error(`no answer in ${this.options.cutAfterMs} ms`)), this.options.cutAfterMs);
-    });
-    Promise.race([this.options.probe(), limit])
+    withTimeout(this.options.probe(), this.options.cutAfterMs, `no answer in ${this.options.cutAfterMs} ms`)
       .then(
         () => {
           const roundTrip = Date.now() - started;
@@ -134,7 +131,6 @@ export class LinkMonitor {
       // which runs after this promise's callback.
       .then((fast) => (fast ? this.good() : new Promise<void>((resolve) => setTimeout(() => resolve(this.lateOrBad()), 2 * LOOP_BEAT_MS))))
       .finally(() => {
-        if (timeout !== null) clearTimeout(timeout);
         this.probing = false;
         this.check();
       });

@@ -11,6 +11,7 @@
 import { Redis } from 'ioredis';
 import type { DroverConfig } from '../config.js';
 import type { Logger } from '../util/log.js';
+import { withTimeout } from '../util/with-timeout.js';
 
 /** A replica start that cannot get Redis (or NATS) to answer within this fails with a clear error. */
 export const START_CONNECT_TIMEOUT_MS = 10_000;
@@ -38,19 +39,11 @@ export async function connectReplicaRedis(
   });
   // ioredis reports every failed reconnect attempt; the Redis link monitor logs the outage once.
   redis.on('error', (error) => log.debug({ err: error }, 'redis connection error'));
-  let timer: NodeJS.Timeout | undefined;
   try {
-    await Promise.race([
-      redis.connect(),
-      new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`no answer within ${startTimeoutMs} ms`)), startTimeoutMs);
-      }),
-    ]);
+    await withTimeout(redis.connect(), startTimeoutMs, `no answer within ${startTimeoutMs} ms`);
   } catch (error) {
     redis.disconnect();
     throw new Error(`cannot reach Redis at ${config.redisUrl}: ${(error as Error).message}`);
-  } finally {
-    clearTimeout(timer);
   }
   // From now on a command that hangs (a half-open connection) fails well within a lease period,
   // so a lost lease is noticed and the shard dropped instead of waiting on a dead socket.

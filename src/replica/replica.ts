@@ -295,21 +295,16 @@ export class Replica {
   /** Connect, join the members, take the shards this replica should own, start routing. */
   static async start(config: DroverConfig, log: Logger = silentLogger()): Promise<Replica> {
     const redis = await connectReplicaRedis(config, log);
-    let nc: NatsConnection;
+    let nc: NatsConnection | null = null;
     let watchNc: NatsConnection;
     try {
       nc = await connectNats(config, `drover-${config.replicaId}`);
-    } catch (error) {
-      redis.disconnect();
-      throw new Error(`cannot reach NATS at ${config.natsUrl}: ${(error as Error).message}`);
-    }
-    try {
       // The peer watch probes and sends ballast on a connection of its own: the NATS server stalls
       // a connection that publishes to a slow consumer (up to a second), and this one's link
       // check, requests and replies must not wait behind that (src/membership/peer-watch.ts).
       watchNc = await connectNats(config, `drover-${config.replicaId}-watch`);
     } catch (error) {
-      await nc.close().catch(() => undefined);
+      await nc?.close().catch(() => undefined);
       redis.disconnect();
       throw new Error(`cannot reach NATS at ${config.natsUrl}: ${(error as Error).message}`);
     }
