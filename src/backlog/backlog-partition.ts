@@ -184,12 +184,13 @@ export class BacklogPartition {
   /**
    * Forget an entry its attempt placed (or found placed or ended). In memory at once, so nothing
    * attempts it again; in Redis in the background: until then, the next owner would find the
-   * record placed and drop the id itself.
+   * record placed and drop the id itself. `unqueued`: the placement's own commit already took the
+   * id out of the set (it was placed in this, its home, shard), so there is nothing to write.
    */
-  forget(entry: QueuedEntry): void {
+  forget(entry: QueuedEntry, unqueued = false): void {
     entry.gone = true;
     if (this.entries.get(entry.id) === entry) this.entries.delete(entry.id);
-    if (this.closed) return;
+    if (this.closed || unqueued) return;
     // Dropped in Redis in batches (every DROP_DELAY_MS, or at MAX_BATCH_OPS): one script call for
     // many placements instead of one per few. Until then the set holds an id whose record says
     // placed, which a next owner drops itself.

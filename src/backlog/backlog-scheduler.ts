@@ -52,8 +52,11 @@ const HOLD_SHARDS_PER_ROUND = 4;
 const MAX_COMPACTED_PER_SWEEP = 50_000;
 
 export type AttemptOutcome =
-  /** `shard`: the worker's shard, which the shape's next attempts prefer (see Shape.preferShard). */
-  | { readonly outcome: 'placed'; readonly workerId: string; readonly shard?: number }
+  /**
+   * `shard`: the worker's shard, which the shape's next attempts prefer (see Shape.preferShard).
+   * `unqueued`: the placement's commit also took the id out of the home backlog's Redis set.
+   */
+  | { readonly outcome: 'placed'; readonly workerId: string; readonly shard?: number; readonly unqueued?: boolean }
   /** Proven: no worker has room now (the shape sleeps until capacity grows). */
   | { readonly outcome: 'no-room' }
   /** Could not be decided now (owners unavailable): try again after a backoff. */
@@ -165,6 +168,8 @@ export function shapeKey(request: PlacementRequest): string {
 export interface BacklogStats {
   attempts: number;
   placed: number;
+  /** Placements in the container's home shard, whose commit also took it out of the backlog's Redis set. */
+  unqueued: number;
   noRoom: number;
   unavailable: number;
   notOurs: number;
@@ -185,7 +190,7 @@ export class BacklogScheduler {
   private timers: NodeJS.Timeout[] = [];
   private retryTimer: NodeJS.Timeout | null = null;
   private readonly maxInFlight: number;
-  readonly stats: BacklogStats = { attempts: 0, placed: 0, noRoom: 0, unavailable: 0, notOurs: 0, expired: 0, cancelled: 0, wakes: 0, holds: 0, heldPlacements: 0 };
+  readonly stats: BacklogStats = { attempts: 0, placed: 0, unqueued: 0, noRoom: 0, unavailable: 0, notOurs: 0, expired: 0, cancelled: 0, wakes: 0, holds: 0, heldPlacements: 0 };
 
   constructor(private readonly options: BacklogSchedulerOptions) {
     this.maxInFlight = options.maxAttemptsInFlight ?? MAX_ATTEMPTS_IN_FLIGHT;
@@ -442,7 +447,7 @@ export class BacklogScheduler {
     const versionBefore = this.options.view.version;
     let result: AttemptOutcome;
     try {
-      result = heldIn === null ? await this.options.attempt(entry, shape.preferShard) : await this.options.placeOn(entry, heldIn);
+      result = heldIn === null ? await this.options.attempt(entry, this.preferredShard(shape, entry)) : await this.options.placeOn(entry, heldIn);
       if (heldIn !== null && result.outcome === 'placed') this.stats.heldPlacements += 1;
     } catch (error) {
       this.options.log.error({ err: error, container: entry.id }, 'backlog placement attempt failed');
@@ -454,41 +459,62 @@ export class BacklogScheduler {
     switch (result.outcome) {
       case 'placed':
         this.stats.placed += 1;
+        if (result.unqueued === true) this.stats.unqueued += 1;
         shape.backoffMs = RETRY_FIRST_MS;
         if (result.shard !== undefined) shape.preferShard = result.shard;
-        if (partition !== undefined && !entry.gone) partition.forget(entry);
+        if (partition !== undefined && !entry.gone) partition.forget(entry, result.unqueued === true);
         break;
       case 'not-ours':
         this.stats.notOurs += 1;
         this.options.log.warn({ container: entry.id, reason: result.message }, 'queued container is not this request\'s to place; forgotten');
         if (partition !== undefined && !entry.gone) partition.forget(entry);
         break;
-      case 'no-room':
+      case 'no-room': {
         this.stats.noRoom += 1;
-        this.requeue(shape, entry);
-        // Room may have appeared while the attempt was concluding: stay awake if so.
-        if (this.options.view.version === versionBefore) this.sleep(shape);
+        const holder = this.requeue(shape, entry);
+        // Room may have appeared while the attempt was concluding (a summary came, and its wake-up
+        // found the shape awake, or gone if its heap emptied meanwhile): stay awake if so; the
+        // pump asks the view before the next attempt.
+        if (holder !== null && this.options.view.version === versionBefore) this.sleep(holder);
+        else if (holder !== null) this.wake(holder);
         break;
-      case 'unavailable':
+      }
+      case 'unavailable': {
         this.stats.unavailable += 1;
-        this.requeue(shape, entry);
-        shape.retryAt = Date.now() + shape.backoffMs;
-        shape.backoffMs = Math.min(RETRY_MAX_MS, shape.backoffMs * 2);
-        this.armRetry(shape.retryAt);
+        const holder = this.requeue(shape, entry) ?? shape;
+        holder.retryAt = Date.now() + shape.backoffMs;
+        holder.backoffMs = Math.min(RETRY_MAX_MS, shape.backoffMs * 2);
+        this.wake(holder);
+        this.armRetry(holder.retryAt);
         break;
+      }
     }
     const settled = entry.settled.splice(0);
     for (const resolve of settled) resolve();
     this.schedulePump();
   }
 
-  private requeue(shape: Shape, entry: QueuedEntry): void {
-    if (entry.gone) return;
+  /**
+   * The shard an attempt asks first: the entry's home shard while the view says it may fit there,
+   * else the shard that placed the shape's last container. This replica owns the home shard (its
+   * backlog and its workers go with one lease), so a placement there runs in this process, with no
+   * NATS round trip, and its commit also takes the id out of the home backlog's Redis set, with no
+   * drop to write after it (in `npm run bench -- backlog` this made the drain cheaper by about a
+   * tenth of its CPU; see README). Like Shape.preferShard, the router uses it under best-fit only.
+   */
+  private preferredShard(shape: Shape, entry: QueuedEntry): number | null {
+    return this.options.view.mayFit(entry.shard, entry.request) ? entry.shard : shape.preferShard;
+  }
+
+  /** Back into its shape's heap after an attempt that did not place it: the shape now holding it (a new one if its shape was dropped meanwhile), or null if it is gone. */
+  private requeue(shape: Shape, entry: QueuedEntry): Shape | null {
+    if (entry.gone) return null;
     if (this.shapes.get(shape.key) !== shape) {
       this.enqueue(entry, false);
-      return;
+      return this.shapes.get(shape.key) ?? null;
     }
     shape.push(entry);
+    return shape;
   }
 
   private armRetry(at: number): void {

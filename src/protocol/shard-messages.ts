@@ -74,7 +74,11 @@ export type ShardErrorCode =
   | 'INVALID_REQUEST';
 
 export type ShardOpResult =
-  | { readonly ok: true; readonly workerId: string }
+  /**
+   * A placement. `unqueued`: the container was queued in this shard's own backlog and the same
+   * commit took it out (commit_batch.lua), so its backlog has no drop to write for it.
+   */
+  | { readonly ok: true; readonly workerId: string; readonly unqueued?: true }
   | { readonly ok: true; readonly worker: WorkerView }
   | { readonly ok: true; readonly released: true; readonly workerId: string }
   | { readonly ok: true; readonly removed: true }

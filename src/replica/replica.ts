@@ -584,7 +584,10 @@ export class Replica {
       priority: entry.priority,
       maxWaitMs: maxWaitOf(entry),
     });
-    if (result.ok) return { outcome: 'placed', workerId: (result as { workerId: string }).workerId };
+    if (result.ok) {
+      const placed = result as { workerId: string; unqueued?: true };
+      return { outcome: 'placed', workerId: placed.workerId, unqueued: placed.unqueued === true };
+    }
     switch (result.code) {
       case 'ALREADY_PLACED':
         return result.requestKey === entry.requestKey ? { outcome: 'placed', workerId: result.workerId ?? '' } : { outcome: 'not-ours', message: result.message };
@@ -603,7 +606,7 @@ export class Replica {
     const reply = await this.router.place(request, null, entry.requestKey, '', prefer);
     if (reply.ok) {
       if (!this.router.isRepeat(reply)) this.metrics.observeScheduled((Date.now() - entry.queuedAt) / 1_000);
-      return { outcome: 'placed', workerId: reply.workerId, shard: shardOf(reply.workerId, this.config.shards) };
+      return { outcome: 'placed', workerId: reply.workerId, shard: shardOf(reply.workerId, this.config.shards), unqueued: this.router.isUnqueued(reply) };
     }
     switch (reply.error.code) {
       case 'NO_CAPACITY':

@@ -128,6 +128,8 @@ export class Router {
   private idleWaiters: Array<() => void> = [];
   /** Replies that repeat an earlier placement of the same request key (see alreadyPlaced). */
   private readonly repeated = new WeakSet<PlaceReply>();
+  /** Placements whose commit also took the container out of its home shard's backlog set (see isUnqueued). */
+  private readonly unqueued = new WeakSet<PlaceReply>();
 
   constructor(private readonly options: RouterOptions) {
     this.redisReads = new Incident(options.log, 'Redis reads of the router');
@@ -335,6 +337,14 @@ export class Router {
     return reply;
   }
 
+  /**
+   * Whether the placement's own commit took the queued container out of its home backlog's Redis
+   * set (it was placed in its home shard): the backlog then has no drop to write for it.
+   */
+  isUnqueued(reply: PlaceReply): boolean {
+    return this.unqueued.has(reply);
+  }
+
   /** Whether a reply only repeated an earlier placement of the same request (a retry). */
   isRepeat(reply: PlaceReply): boolean {
     return this.repeated.has(reply);
@@ -377,7 +387,9 @@ export class Router {
         if (result.ok) {
           this.stats.placed += 1;
           if (preferred) this.stats.preferredPlaced += 1;
-          return { ok: true, status: 'placed', id: request.id, workerId: (result as { workerId: string }).workerId };
+          const placed: PlaceReply = { ok: true, status: 'placed', id: request.id, workerId: (result as { workerId: string }).workerId };
+          if ((result as { unqueued?: true }).unqueued === true) this.unqueued.add(placed);
+          return placed;
         }
         switch (result.code) {
           case 'ALREADY_PLACED':

@@ -288,7 +288,7 @@ export class GroupCommit {
         this.host.options.events.publish({ id: queued.containerId, status: 'placed', workerId });
         // Its agent (if it has one) is told to report now: the reply carries the assignment.
         if (queued.actor.getSnapshot().context.spec.agent === true) this.host.options.pokeAgent(workerId);
-        queued.resolve({ ok: true, workerId });
+        queued.resolve(outcome.extra === 'unqueued' ? { ok: true, workerId, unqueued: true } : { ok: true, workerId });
         return false;
       }
       if (outcome.code === 'NOT_PLACEABLE') {

@@ -280,7 +280,7 @@ export class DroverStore {
   async commitBatch(shard: number, epoch: number, ops: readonly BatchOp[]): Promise<BatchResult> {
     if (ops.length === 0 || ops.length > MAX_BATCH_OPS) throw new Error(`commit batch of ${ops.length} ops (1..${MAX_BATCH_OPS})`);
     const k = this.keys;
-    const keys: string[] = [k.epoch(shard), k.history(shard), k.requeueOutbox(shard)];
+    const keys: string[] = [k.epoch(shard), k.history(shard), k.requeueOutbox(shard), k.backlog(shard)];
     const args: (string | number)[] = [epoch, shard, this.options.historyCap, this.options.releasedRetentionSeconds, ops.length];
     for (const op of ops) {
       if (op.kind === 'outbox-ack') {

@@ -9,7 +9,7 @@ import type { Subscription } from '@nats-io/transport-node';
 import type { ContainerEvent, DroverClient } from '../../src/client/drover-client.js';
 import type { Replica } from '../../src/replica/replica.js';
 import { shardOf } from '../../src/shard/shard-map.js';
-import { connectClient, eventually, startReplica, testPrefix } from '../support/cluster.js';
+import { connectClient, connectRedis, eventually, startReplica, testPrefix } from '../support/cluster.js';
 
 const SHARDS = 8;
 const replicas: Replica[] = [];
@@ -170,6 +170,40 @@ describe('the backlog', () => {
     await eventually(() => statusesOf('can-1').length === 2, 2_000, 'can-1 events');
     expect(statusesOf('can-1')).toEqual(['queued', 'released']);
     expect(await status('can-1')).toBe('released');
+  });
+
+  it('places queued containers in their home shard first, whose commit takes them out of the Redis set', async () => {
+    // One queued container per home shard; then one worker per shard, registered in one batch.
+    const ids = Array.from({ length: SHARDS }, (_, shard) => {
+      for (let n = 0; ; n += 1) if (shardOf(`hf-${shard}-${n}`, SHARDS) === shard) return `hf-${shard}-${n}`;
+    });
+    for (const id of ids) expect(await submit({ id, cpu: 400, memory: 400, pool: 'hf' })).toBe('queued');
+    const unqueuedBefore = replicas.reduce((sum, r) => sum + r.stats().backlog.unqueued, 0);
+    const workers = Array.from({ length: SHARDS }, (_, shard) => {
+      for (let n = 0; ; n += 1) if (shardOf(`hfw-${n}`, SHARDS) === shard) return { id: `hfw-${n}`, cpu: 1_000, memory: 1_000, pool: 'hf' };
+    });
+    const registered = await client.registerWorkers(workers);
+    expect(registered.ok).toBe(true);
+    await eventually(async () => (await Promise.all(ids.map(status))).every((s) => s === 'placed'), 5_000, 'every hf container placed');
+    // Every placement in the home shard (the replica owning the backlog owns that shard: the
+    // attempt ran in process) came back 'unqueued'; any placed elsewhere was dropped by its backlog.
+    const placedAtHome = (await Promise.all(ids.map((id) => client.getContainer(id)))).filter(
+      (reply, i) => reply.ok && reply.container.workerId !== null && shardOf(reply.container.workerId, SHARDS) === shardOf(ids[i]!, SHARDS),
+    ).length;
+    expect(placedAtHome).toBeGreaterThan(0);
+    expect(replicas.reduce((sum, r) => sum + r.stats().backlog.unqueued, 0) - unqueuedBefore).toBe(placedAtHome);
+    const redis = connectRedis();
+    try {
+      await eventually(async () => {
+        for (let shard = 0; shard < SHARDS; shard += 1) {
+          const left = await redis.zrange(`{${prefix}:s${shard}}:backlog`, '0', '-1');
+          if (left.some((id) => id.startsWith('hf-'))) return false;
+        }
+        return true;
+      }, 3_000, 'no hf id left in any backlog set');
+    } finally {
+      await redis.quit();
+    }
   });
 
   it('is bounded: a full home shard answers BACKLOG_FULL and writes nothing', async () => {

@@ -150,11 +150,39 @@ describe('commit_batch: the container lifecycle', () => {
     expect(other.fenced === false && other.outcomes[0]).toMatchObject({ code: 'NOT_PLACEABLE', extra: `queued k-${c1}` });
     expect(await snapshotKeys(redis, prefix)).toEqual(before);
     const own = await store.commitBatch(SHARD, epoch, [place(c1, await version())]);
-    expect(own.fenced === false && own.outcomes[0]!.code).toBe('PLACED');
+    // Placed outside its home shard: its id stays in the home backlog's set for the drop.
+    expect(own.fenced === false && own.outcomes[0]).toMatchObject({ code: 'PLACED', extra: '' });
+    expect(await redis.zscore(store.keys.backlog(HOME), c1)).not.toBeNull();
     expect(await store.readContainer(c1)).toMatchObject({ status: 'placed', workerId: W1, queuedAt: queued!.queuedAt, priority: 3, spec: '{"command":["true"],"env":null}' });
     // A second attempt (another owner, a stale one) finds it placed.
     const again = await store.commitBatch(SHARD, epoch, [place(c1, await version())]);
     expect(again.fenced === false && again.outcomes[0]).toMatchObject({ code: 'ALREADY_PLACED', extra: `${W1} k-${c1}` });
+  });
+
+  it('takes a queued container placed in its home shard out of that backlog set in the same commit', async () => {
+    const homeWorker = idIn('hw', HOME);
+    await store.registerWorker(homeEpoch, { ...spec(homeWorker), shard: HOME, agent: false }, 'available');
+    const homeVersion = async () => (await store.readWorker(HOME, homeWorker))!.resourceVersion;
+    const [c1, c2] = [idIn('u', HOME), idIn('u2', HOME)];
+    await outcomes(HOME, [queueOp(c1), queueOp(c2)]);
+    const fresh = idIn('u3', HOME);
+    const placeHome = (id: string, v: number, key = `k-${id}`): PlaceOp => ({ ...place(id, v, key), workerId: homeWorker });
+    const v = await homeVersion();
+    const result = await store.commitBatch(HOME, homeEpoch, [placeHome(c1, v), placeHome(c2, v, 'not-its-key'), placeHome(fresh, v)]);
+    expect(result.fenced === false && result.outcomes.map((o) => [o.code, o.extra])).toEqual([
+      ['PLACED', 'unqueued'],
+      ['NOT_PLACEABLE', `queued k-${c2}`],
+      // Never queued: nothing to take out.
+      ['PLACED', ''],
+    ]);
+    // Placed and out of the set in one step; the refused one still queued and still in it.
+    expect(await store.readContainer(c1)).toMatchObject({ status: 'placed', workerId: homeWorker });
+    expect(await redis.zrange(store.keys.backlog(HOME), '0', '-1')).toEqual([c2]);
+    // A backlog key of the wrong type is refused before anything is written.
+    await redis.set(store.keys.backlog(SHARD), 'not a set');
+    const before = await snapshotKeys(redis, prefix);
+    await expect(store.commitBatch(SHARD, epoch, [place(idIn('u4', HOME), await version())])).rejects.toThrow(/is a string, not a zset/);
+    expect(await snapshotKeys(redis, prefix)).toEqual(before);
   });
 
   it('moves placed -> running -> stopping -> released, refusing steps from the wrong status, writing nothing then', async () => {

@@ -16,7 +16,8 @@
     KEYS[1]              the shard's epoch key                      {<prefix>:s<n>}:epoch
     KEYS[2]              the shard's history stream                 {<prefix>:s<n>}:history
     KEYS[3]              the shard's requeue outbox (set)           {<prefix>:s<n>}:requeue
-    KEYS[4+3i .. 6+3i]   op i (i from 0), by kind:
+    KEYS[4]              the shard's backlog (sorted set)           {<prefix>:s<n>}:backlog
+    KEYS[5+3i .. 7+3i]   op i (i from 0), by kind:
                            P, R, T, Q: the worker's hash, the worker's container set, the container's key
                            S:    the worker's hash three times
                            X:    the worker's hash, the worker's container set, the shard's worker set
@@ -58,7 +59,10 @@
   A live container is a hash (status placed, workerId, shard, cpu, memory, gpuCount, placedAt,
   requestKey, and spec if any). A queued one (see backlog_commit.lua) is a hash with status queued:
   a placement turns it into a placed one only with the request key that queued it, keeping its
-  queuedAt, priority and spec. An ended container is a tombstone: a string of space-separated fields
+  queuedAt, priority and spec. When the queued container's home shard (its backlog) is this shard,
+  the same script takes its id out of this shard's backlog set (KEYS[4]): its record says placed in
+  the same atomic step, so the set never loses an id whose record is still queued, and the home
+  backlog's owner has no drop to write for it (the backlog places in the home shard first). An ended container is a tombstone: a string of space-separated fields
     <status> <workerId|-> <shard> <cpu> <memory> <gpuCount> <placedAt> <endedAt> <requestKey|-> [<reason> <queuedAt> [<exitCode|-> <runningAt>] ]
   that expires after ARGV[4] seconds; it keeps the id from being placed again and lets a retried
   submit recognise its own request. workerId '-' means it ended without ever being placed (its
@@ -67,7 +71,8 @@
   Output:
     {'FENCED', currentEpoch}   nothing was written: the writer's epoch is not the current one
     {'OK', code_0, version_0, extra_0, code_1, ...}: one triple per op, in order
-      PLACED            version = the worker's new version
+      PLACED            version = the worker's new version; extra = 'unqueued' when the container
+                        was queued in this shard's backlog and left it, else ''
       ALREADY_PLACED    extra = "<worker> <requestKey>": where the container is (or was) placed and
                         the request key that placed it; nothing written
       NOT_PLACEABLE     extra = "<status> <requestKey>": queued by another request key, or ended
@@ -100,7 +105,7 @@ local historyCap = tonumber(ARGV[3])
 local retention = tonumber(ARGV[4])
 local n = tonumber(ARGV[5])
 if n == nil or n < 0 or n > 1000 or historyCap == nil or retention == nil
-  or #KEYS ~= 3 + 3 * n or #ARGV ~= 5 + 14 * n then
+  or #KEYS ~= 4 + 3 * n or #ARGV ~= 5 + 14 * n then
   return redis.error_reply('ERR commit_batch: malformed batch')
 end
 
@@ -153,7 +158,7 @@ if historyCap > 0 then
   if wrong then return wrong end
 end
 do
-  local wrong = expectType(KEYS[3], 'set')
+  local wrong = expectType(KEYS[3], 'set') or expectType(KEYS[4], 'zset')
   if wrong then return wrong end
 end
 
@@ -192,10 +197,11 @@ local function loadContainer(key)
     if found == 'none' then
       c = {state = 'none'}
     elseif found == 'hash' then
-      local v = redis.call('HMGET', key, 'workerId', 'cpu', 'memory', 'gpuCount', 'placedAt', 'requestKey', 'status', 'queuedAt', 'runningAt')
+      local v = redis.call('HMGET', key, 'workerId', 'cpu', 'memory', 'gpuCount', 'placedAt', 'requestKey', 'status', 'queuedAt', 'runningAt', 'home')
       -- 'placed' (and, with an agent, 'running' or 'stopping') hold capacity; 'queued' holds none yet.
       c = {state = v[7] == 'queued' and 'queued' or 'placed', status = v[7], workerId = v[1] or '-', cpu = tonumber(v[2]),
-        memory = tonumber(v[3]), gpus = tonumber(v[4]), placedAt = v[5], requestKey = v[6] or '', queuedAt = v[8], runningAt = v[9]}
+        memory = tonumber(v[3]), gpus = tonumber(v[4]), placedAt = v[5], requestKey = v[6] or '', queuedAt = v[8], runningAt = v[9],
+        home = v[10]}
     elseif found == 'string' then
       local f = {}
       for field in string.gmatch(redis.call('GET', key), '%S+') do f[#f + 1] = field end
@@ -216,6 +222,9 @@ local out = {'OK'}
 local writeVersion = {}
 local written = {}
 local freed = {}
+-- Ids of queued containers placed by this batch whose home backlog is this shard's (phase 2 takes
+-- them out of KEYS[4]).
+local unqueued = {}
 
 local function reply(code, version, extra)
   out[#out + 1] = code
@@ -257,7 +266,7 @@ local function checkSet(key)
 end
 
 for i = 0, n - 1 do
-  local workerKey, setKey, thirdKey = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
+  local workerKey, setKey, thirdKey = KEYS[5 + 3 * i], KEYS[6 + 3 * i], KEYS[7 + 3 * i]
   local base = 6 + 14 * i
   local kind, containerId, workerId = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   local expected = tonumber(ARGV[base + 3])
@@ -296,7 +305,12 @@ for i = 0, n - 1 do
         containers[thirdKey] = {state = 'placed', workerId = workerId, cpu = cpu, memory = memory, gpus = gpus,
           placedAt = tostring(nowMs), requestKey = requestKey, queuedAt = c.queuedAt}
         writeVersion[i] = w.version
-        reply('PLACED', w.version, '')
+        if c.state == 'queued' and c.home == shard then
+          unqueued[#unqueued + 1] = containerId
+          reply('PLACED', w.version, 'unqueued')
+        else
+          reply('PLACED', w.version, '')
+        end
       end
     end
   elseif kind == 'R' then
@@ -409,7 +423,7 @@ end
 for i = 0, n - 1 do
   local version = writeVersion[i]
   if version then
-    local workerKey, setKey, thirdKey = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
+    local workerKey, setKey, thirdKey = KEYS[5 + 3 * i], KEYS[6 + 3 * i], KEYS[7 + 3 * i]
     local base = 6 + 14 * i
     local kind, containerId, workerId = ARGV[base], ARGV[base + 1], ARGV[base + 2]
     if kind == 'P' then
@@ -460,6 +474,11 @@ for i = 0, n - 1 do
       history({'op', 'remove', 'worker', workerId, 'version', version, 'epoch', epoch})
     end
   end
+end
+
+-- unpack() has a stack limit: at most 500 members per ZREM.
+for from = 1, #unqueued, 500 do
+  redis.call('ZREM', KEYS[4], unpack(unqueued, from, math.min(from + 499, #unqueued)))
 end
 
 for _, key in ipairs(workerOrder) do
