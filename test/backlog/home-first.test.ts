@@ -7,14 +7,13 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import type { PlacementRequest } from '../../actors/capacity.js';
-import { BacklogPartition, type QueuedEntry } from '../../src/backlog/backlog-partition.js';
+import type { QueuedEntry } from '../../src/backlog/backlog-partition.js';
 import { BacklogScheduler, type AttemptOutcome } from '../../src/backlog/backlog-scheduler.js';
 import { CapacityView } from '../../src/router/capacity-view.js';
 import { summarizeCapacity } from '../../src/shard/capacity-summary.js';
 import { shardOf } from '../../src/shard/shard-map.js';
-import { Incident } from '../../src/util/incident.js';
-import { silentLogger } from '../../src/util/log.js';
-import { connectRedis, eventually, storeFor, testPrefix } from '../support/cluster.js';
+import { connectRedis, eventually } from '../support/cluster.js';
+import { openPartition } from './partition-fixture.js';
 
 const redis = connectRedis();
 afterAll(() => redis.quit());
@@ -34,13 +33,7 @@ function summary(shard: number, free: number, seq: number) {
 
 describe('home shard first', () => {
   it('asks the home shard first while it may fit, and writes no drop for a placement that left the set itself', async () => {
-    const store = storeFor(redis, testPrefix('hf'), 0, SHARDS);
-    const { epoch } = await store.acquireLease(HOME, 'me', 30_000);
-    const log = silentLogger();
-    const partition = await BacklogPartition.open({
-      store, shard: HOME, epoch, log, redisWrites: new Incident(log, 'test writes'), leaseHeld: () => true,
-      onFenced: () => undefined, events: { publish: () => undefined }, maxQueuedOps: 1_000,
-    });
+    const { store, partition, log } = await openPartition(redis, 'hf', SHARDS, HOME);
     const view = new CapacityView(SHARDS);
     view.update(summary(OTHER, 8_000, 1));
     view.update(summary(HOME, 8_000, 2));

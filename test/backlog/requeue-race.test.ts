@@ -8,14 +8,13 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import type { PlacementRequest } from '../../actors/capacity.js';
-import { BacklogPartition, type QueuedEntry } from '../../src/backlog/backlog-partition.js';
+import type { QueuedEntry } from '../../src/backlog/backlog-partition.js';
 import { BacklogScheduler, type AttemptOutcome } from '../../src/backlog/backlog-scheduler.js';
 import { CapacityView } from '../../src/router/capacity-view.js';
 import { summarizeCapacity } from '../../src/shard/capacity-summary.js';
 import { shardOf } from '../../src/shard/shard-map.js';
-import { Incident } from '../../src/util/incident.js';
-import { silentLogger } from '../../src/util/log.js';
-import { connectRedis, eventually, storeFor, testPrefix } from '../support/cluster.js';
+import { connectRedis, eventually } from '../support/cluster.js';
+import { openPartition } from './partition-fixture.js';
 
 const redis = connectRedis();
 afterAll(() => redis.quit());
@@ -25,13 +24,7 @@ const HOME = 3;
 
 describe('a requeue during an attempt in flight', () => {
   it('holds the container again once the attempt ends, instead of losing it to the stale answer', async () => {
-    const store = storeFor(redis, testPrefix('rq'), 0, SHARDS);
-    const { epoch } = await store.acquireLease(HOME, 'me', 30_000);
-    const log = silentLogger();
-    const partition = await BacklogPartition.open({
-      store, shard: HOME, epoch, log, redisWrites: new Incident(log, 'test writes'), leaseHeld: () => true,
-      onFenced: () => undefined, events: { publish: () => undefined }, maxQueuedOps: 1_000,
-    });
+    const { store, partition, log } = await openPartition(redis, 'rq', SHARDS, HOME);
     // The view says shard 0 has room, so the scheduler tries the container at once.
     const view = new CapacityView(SHARDS);
     view.update({
