@@ -367,7 +367,9 @@ export class BacklogScheduler {
   }
 
   private dropShape(key: string, shape: Shape): void {
-    this.shapes.delete(key);
+    // Only this shape: a newer one of the same key may have replaced it (an entry requeued after
+    // its shape was dropped), and must stay where the wake-ups and the sweep find it.
+    if (this.shapes.get(key) === shape) this.shapes.delete(key);
     this.awake.delete(shape);
   }
 
@@ -481,7 +483,9 @@ export class BacklogScheduler {
       }
       case 'unavailable': {
         this.stats.unavailable += 1;
-        const holder = this.requeue(shape, entry) ?? shape;
+        // Null: the entry is gone (its partition closed meanwhile); nothing to retry.
+        const holder = this.requeue(shape, entry);
+        if (holder === null) break;
         holder.retryAt = Date.now() + shape.backoffMs;
         holder.backoffMs = Math.min(RETRY_MAX_MS, shape.backoffMs * 2);
         this.wake(holder);

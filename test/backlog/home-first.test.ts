@@ -46,7 +46,7 @@ describe('home shard first', () => {
     });
     scheduler.add(partition);
     const ids: string[] = [];
-    for (let i = 0; ids.length < 3; i += 1) if (shardOf(`job-${i}`, SHARDS) === HOME) ids.push(`job-${i}`);
+    for (let i = 0; ids.length < 5; i += 1) if (shardOf(`job-${i}`, SHARDS) === HOME) ids.push(`job-${i}`);
     const queue = async (id: string) => {
       const queued = await partition.queue({ id, ...REQUEST, priority: 0, maxWaitMs: 600_000, spec: '' }, `key-${id}`);
       if (queued.outcome !== 'queued') throw new Error(`not queued: ${queued.outcome}`);
@@ -73,6 +73,7 @@ describe('home shard first', () => {
     view.update(summary(HOME, 0, 3));
     await queue(ids[1]!);
     await eventually(() => attempts.length === 2, 2_000, 'the second attempt');
+    expect(attempts[1]!.prefer).not.toBe(HOME);
     // Placed in the other shard: its record says placed (written here as the other shard's commit
     // would), and the backlog drops the id from the set itself.
     await redis.hset(store.keys.container(ids[1]!), 'status', 'placed', 'workerId', `w${OTHER}`);
@@ -90,7 +91,21 @@ describe('home shard first', () => {
     await eventually(() => attempts.length === 4, 2_000, 'the retry');
     expect(attempts[3]!.prefer).toBe(HOME);
     attempts[3]!.answer({ outcome: 'placed', workerId: `w${HOME}`, shard: HOME, unqueued: true });
-    attempts[2]!.answer({ outcome: 'placed', workerId: `w${OTHER}`, shard: OTHER });
+    await eventually(() => !partition.entries.has(ids[2]!), 2_000, 'the third entry forgotten');
+
+    // An attempt answered "unavailable" is tried again after its backoff (250 ms), also when its
+    // shape emptied and was dropped while it was out (another attempt's end ran the pump): it must
+    // not wait for the 5 s safety sweep.
+    await queue(ids[3]!);
+    await queue(ids[4]!);
+    await eventually(() => attempts.length === 6, 2_000, 'both attempts out');
+    const [unavailable, placed] = attempts[4]!.entry.id === ids[3] ? [attempts[4]!, attempts[5]!] : [attempts[5]!, attempts[4]!];
+    placed.answer({ outcome: 'placed', workerId: `w${HOME}`, shard: HOME, unqueued: true });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    unavailable.answer({ outcome: 'unavailable' });
+    await eventually(() => attempts.length === 7, 2_000, 'the retry after the backoff');
+    expect(attempts[6]!.entry.id).toBe(unavailable.entry.id);
+    attempts[6]!.answer({ outcome: 'placed', workerId: `w${HOME}`, shard: HOME, unqueued: true });
     scheduler.stop();
     partition.close();
   });

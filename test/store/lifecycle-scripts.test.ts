@@ -178,6 +178,20 @@ describe('commit_batch: the container lifecycle', () => {
     // Placed and out of the set in one step; the refused one still queued and still in it.
     expect(await store.readContainer(c1)).toMatchObject({ status: 'placed', workerId: homeWorker });
     expect(await redis.zrange(store.keys.backlog(HOME), '0', '-1')).toEqual([c2]);
+    // Its worker lost before running it: requeued at home, the id is back in the set at once, with
+    // its queue time (not only in the outbox, which its backlog acks without writing when it still
+    // holds the entry, as it does after a placement it did not make itself).
+    const queuedAt = (await store.readContainer(c1))!.queuedAt!;
+    const requeued = await store.commitBatch(HOME, homeEpoch, [{ kind: 'requeue', containerId: c1, workerId: homeWorker, expectedVersion: await homeVersion(), homeShard: HOME }]);
+    expect(requeued.fenced === false && requeued.outcomes[0]!.code).toBe('REQUEUED');
+    expect(Number(await redis.zscore(store.keys.backlog(HOME), c1))).toBe(queuedAt);
+    expect(await store.requeueOutbox(HOME)).toEqual([c1]);
+    // A requeue in a shard that is not its home leaves its home set to the outbox's hand-over.
+    const away = idIn('u5', SHARD);
+    await store.commitBatch(HOME, homeEpoch, [placeHome(away, await homeVersion())]);
+    await store.commitBatch(HOME, homeEpoch, [{ kind: 'requeue', containerId: away, workerId: homeWorker, expectedVersion: await homeVersion(), homeShard: SHARD }]);
+    expect(await redis.zscore(store.keys.backlog(HOME), away)).toBeNull();
+    expect(await redis.zscore(store.keys.backlog(SHARD), away)).toBeNull();
     // A backlog key of the wrong type is refused before anything is written.
     await redis.set(store.keys.backlog(SHARD), 'not a set');
     const before = await snapshotKeys(redis, prefix);

@@ -43,7 +43,9 @@
                                              to ('running' or 'stopping'); capacity unchanged
                            kind 'Q' requeue: a placed container its worker never ran goes back to
                                              the queue (status queued, capacity freed, its id in the
-                                             outbox until its home shard's backlog has it again)
+                                             outbox until its home shard's backlog has it again;
+                                             when its home is this shard, also back in KEYS[4] at
+                                             once, with its queue time as score)
                            kind 'O' outbox:  the id's home shard has it again: forget it
                            kind 'S' status:  a = the new status; containerId unused
                            kind 'X' remove:  the worker leaves the shard; only when it holds no
@@ -462,6 +464,14 @@ for i = 0, n - 1 do
       redis.call('HDEL', thirdKey, 'workerId', 'placedAt', 'runningAt', 'stoppingAt')
       redis.call('SREM', setKey, containerId)
       redis.call('SADD', KEYS[3], containerId)
+      -- Home here: back in this shard's backlog set in the same step. A placement at home took it
+      -- out (see P), possibly one its backlog did not make (a client's retry, a stale owner's
+      -- attempt), whose backlog then still holds the entry in memory and will not write it again
+      -- when the outbox hands it over: without this, a record saying queued would be in neither
+      -- the set nor, once acked, the outbox, and a crash would lose it.
+      if ARGV[base + 10] == shard then
+        redis.call('ZADD', KEYS[4], 'NX', tonumber(c.queuedAt) or nowMs, containerId)
+      end
       history({'op', 'requeue', 'container', containerId, 'worker', workerId, 'cpu', c.cpu, 'memory', c.memory,
         'gpuCount', c.gpus, 'version', version, 'epoch', epoch})
     elseif kind == 'O' then
