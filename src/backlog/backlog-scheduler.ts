@@ -354,7 +354,8 @@ export class BacklogScheduler {
     };
   }
 
-  private enqueue(entry: QueuedEntry, tryNow: boolean): void {
+  /** Into its shape's heap (a new, sleeping shape if none holds its kind): the shape. */
+  private enqueue(entry: QueuedEntry, tryNow: boolean): Shape {
     const key = shapeKey(entry.request);
     let shape = this.shapes.get(key);
     if (shape === undefined) {
@@ -364,6 +365,7 @@ export class BacklogScheduler {
     }
     shape.push(entry);
     if (tryNow && this.wakeIfFits(shape)) this.schedulePump();
+    return shape;
   }
 
   private dropShape(key: string, shape: Shape): void {
@@ -473,12 +475,14 @@ export class BacklogScheduler {
         break;
       case 'no-room': {
         this.stats.noRoom += 1;
+        // Null: the entry is gone (its partition closed meanwhile).
         const holder = this.requeue(shape, entry);
+        if (holder === null) break;
         // Room may have appeared while the attempt was concluding (a summary came, and its wake-up
         // found the shape awake, or gone if its heap emptied meanwhile): stay awake if so; the
         // pump asks the view before the next attempt.
-        if (holder !== null && this.options.view.version === versionBefore) this.sleep(holder);
-        else if (holder !== null) this.wake(holder);
+        if (this.options.view.version === versionBefore) this.sleep(holder);
+        else this.wake(holder);
         break;
       }
       case 'unavailable': {
@@ -513,10 +517,7 @@ export class BacklogScheduler {
   /** Back into its shape's heap after an attempt that did not place it: the shape now holding it (a new one if its shape was dropped meanwhile), or null if it is gone. */
   private requeue(shape: Shape, entry: QueuedEntry): Shape | null {
     if (entry.gone) return null;
-    if (this.shapes.get(shape.key) !== shape) {
-      this.enqueue(entry, false);
-      return this.shapes.get(shape.key) ?? null;
-    }
+    if (this.shapes.get(shape.key) !== shape) return this.enqueue(entry, false);
     shape.push(entry);
     return shape;
   }

@@ -72,7 +72,7 @@ export class RegistrationQueue {
     try {
       while (this.pending.length > 0 && !this.closed) {
         const batch = this.pending.splice(0, MAX_REGISTRATIONS_PER_CALL);
-        let results: RegistrationResult[];
+        let results: readonly RegistrationResult[];
         try {
           const reply = await this.options.store.registerWorkers(this.options.epoch, this.options.shard, batch);
           this.stats.calls += 1;

@@ -172,6 +172,11 @@ export type WorkerRegisterOutcome =
 
 export type RegisterOutcome = { readonly outcome: 'fenced'; readonly currentEpoch: number } | WorkerRegisterOutcome;
 
+/** What one register_workers call came to: fenced as a whole, or one outcome per worker, in order. */
+export type RegisterBatchResult =
+  | { readonly fenced: true; readonly currentEpoch: number }
+  | { readonly fenced: false; readonly outcomes: readonly WorkerRegisterOutcome[] };
+
 /** Most workers one register_workers call takes (the script refuses more). */
 export const MAX_REGISTRATIONS_PER_CALL = 200;
 
@@ -237,7 +242,7 @@ export class DroverStore {
     epoch: number,
     shard: number,
     workers: ReadonlyArray<{ readonly spec: WorkerSpec; readonly status: WorkerStatus }>,
-  ): Promise<{ readonly fenced: true; readonly currentEpoch: number } | { readonly fenced: false; readonly outcomes: WorkerRegisterOutcome[] }> {
+  ): Promise<RegisterBatchResult> {
     if (workers.length === 0 || workers.length > MAX_REGISTRATIONS_PER_CALL) {
       throw new Error(`register_workers with ${workers.length} workers (1..${MAX_REGISTRATIONS_PER_CALL})`);
     }

@@ -64,7 +64,8 @@
   queuedAt, priority and spec. When the queued container's home shard (its backlog) is this shard,
   the same script takes its id out of this shard's backlog set (KEYS[4]): its record says placed in
   the same atomic step, so the set never loses an id whose record is still queued, and the home
-  backlog's owner has no drop to write for it (the backlog places in the home shard first). An ended container is a tombstone: a string of space-separated fields
+  backlog's owner has no drop to write for it (the backlog places in the home shard first).
+  An ended container is a tombstone: a string of space-separated fields
     <status> <workerId|-> <shard> <cpu> <memory> <gpuCount> <placedAt> <endedAt> <requestKey|-> [<reason> <queuedAt> [<exitCode|-> <runningAt>] ]
   that expires after ARGV[4] seconds; it keeps the id from being placed again and lets a retried
   submit recognise its own request. workerId '-' means it ended without ever being placed (its
