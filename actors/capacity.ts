@@ -5,7 +5,7 @@
  */
 
 /** Worker lifecycle states. The worker actor's top-level states carry the same names. */
-export const WORKER_STATUSES = ['pending', 'available', 'draining', 'disabled', 'lost'] as const;
+export const WORKER_STATUSES = ['pending', 'available', 'unreachable', 'draining', 'disabled', 'lost'] as const;
 export type WorkerStatus = (typeof WORKER_STATUSES)[number];
 
 export function isWorkerStatus(value: unknown): value is WorkerStatus {

@@ -5,8 +5,15 @@
  *     │                  │ │                  │ │
  *     │ EXPIRED          │ └─STOP_REQUESTED─▶ stopping ──RELEASED / EXITED / WORKER_LOST──▶ released
  *     │ CANCELLED        │ RELEASED (no agent)  │ WORKER_LOST ──▶ lost
- *     ▼                  │ WORKER_LOST ──▶ queued again (it never ran: nothing is lost)
- *   failed / released
+ *     ▼                  │ WORKER_LOST ──▶ queued again (never delivered to its agent: it never ran)
+ *   failed / released    │
+ *                        └─ WORKER_UNREACHABLE (placed and delivered, or running) ─▶ unknown
+ *
+ *   unknown: its worker's agent stopped reporting; the container may still run there, so it is
+ *   never started elsewhere. STARTED ─▶ running (the agent reports it again), EXITED ─▶ exited,
+ *   STOP_REQUESTED ─▶ stopping, WORKER_LOST ─▶ lost (after DROVER_WORKER_LOST_AFTER_MS, when the
+ *   agent has fenced itself, or at once when its agent is back and does not run it: NOT_RUNNING).
+ *   A container that may have run is never queued again.
  *
  * The machine is the specification of which status may follow which: the backlog, the shard
  * owners and the worker agent's reports all ask it (`containerTransition`) before they write a
@@ -18,7 +25,7 @@
  */
 import { assign, setup, transition } from 'xstate';
 
-export const CONTAINER_STATUSES = ['queued', 'placed', 'running', 'stopping', 'exited', 'released', 'failed', 'lost'] as const;
+export const CONTAINER_STATUSES = ['queued', 'placed', 'running', 'unknown', 'stopping', 'exited', 'released', 'failed', 'lost'] as const;
 export type ContainerStatus = (typeof CONTAINER_STATUSES)[number];
 export const TERMINAL_STATUSES: ReadonlySet<ContainerStatus> = new Set(['exited', 'released', 'failed', 'lost']);
 
@@ -51,8 +58,13 @@ export type ContainerEvent =
   | { type: 'RELEASED' }
   /** Its process ended on its own. */
   | { type: 'EXITED'; exitCode: number }
-  /** Its worker stopped heartbeating. */
-  | { type: 'WORKER_LOST' };
+  /**
+   * Its worker was declared lost (no report for DROVER_WORKER_LOST_AFTER_MS): a placement never
+   * delivered goes back to the queue; anything its agent may have run ends.
+   */
+  | { type: 'WORKER_LOST' }
+  /** Its worker's agent has not reported for DROVER_WORKER_TTL_MS: it may still run, nobody knows. */
+  | { type: 'WORKER_UNREACHABLE' };
 
 export const containerMachine = setup({
   types: {
@@ -83,6 +95,7 @@ export const containerMachine = setup({
       always: [
         { guard: { type: 'restoredAs', params: 'placed' }, target: 'placed' },
         { guard: { type: 'restoredAs', params: 'running' }, target: 'running' },
+        { guard: { type: 'restoredAs', params: 'unknown' }, target: 'unknown' },
         { guard: { type: 'restoredAs', params: 'stopping' }, target: 'stopping' },
         { guard: { type: 'restoredAs', params: 'exited' }, target: 'exited' },
         { guard: { type: 'restoredAs', params: 'released' }, target: 'released' },
@@ -107,11 +120,25 @@ export const containerMachine = setup({
         STOP_REQUESTED: 'stopping',
         RELEASED: { target: 'released', actions: 'recordReleased' },
         WORKER_LOST: { target: 'queued', actions: 'forgetWorker' },
+        WORKER_UNREACHABLE: 'unknown',
       },
     },
     /** Its worker's agent runs it. */
     running: {
       on: {
+        EXITED: { target: 'exited', actions: 'recordExitCode' },
+        STOP_REQUESTED: 'stopping',
+        WORKER_LOST: { target: 'lost', actions: 'recordWorkerLost' },
+        WORKER_UNREACHABLE: 'unknown',
+      },
+    },
+    /**
+     * Its worker's agent went silent after it was delivered: it may still run there. It keeps its
+     * capacity and is never started elsewhere until its end is known.
+     */
+    unknown: {
+      on: {
+        STARTED: 'running',
         EXITED: { target: 'exited', actions: 'recordExitCode' },
         STOP_REQUESTED: 'stopping',
         WORKER_LOST: { target: 'lost', actions: 'recordWorkerLost' },
@@ -157,6 +184,7 @@ export const EVERY_CONTAINER_EVENT: readonly ContainerEvent[] = [
   { type: 'RELEASED' },
   { type: 'EXITED', exitCode: 0 },
   { type: 'WORKER_LOST' },
+  { type: 'WORKER_UNREACHABLE' },
 ];
 
 /** The statuses a container in `from` can reach in zero or more steps. */

@@ -54,6 +54,8 @@ export type WorkerEvent =
   | { type: 'DISABLE' }
   | { type: 'ENABLE' }
   | { type: 'MARK_LOST' }
+  /** Its agent has not reported for DROVER_WORKER_TTL_MS: no new placements until it does. */
+  | { type: 'MARK_UNREACHABLE' }
   /** Redis now has `status`: the actor takes it even if a resync moved it back meanwhile. */
   | { type: 'STATUS_COMMITTED'; status: WorkerStatus; resourceVersion: number }
   | { type: 'SYNCED'; record: WorkerRecord };
@@ -65,6 +67,7 @@ export const STATUS_EVENT_TARGET = {
   DISABLE: 'disabled',
   ENABLE: 'available',
   MARK_LOST: 'lost',
+  MARK_UNREACHABLE: 'unreachable',
 } as const satisfies Record<string, WorkerStatus>;
 export type StatusEventType = keyof typeof STATUS_EVENT_TARGET;
 
@@ -187,14 +190,15 @@ export const workerMachine = setup({
     PLACEMENT_COMMITTED: { actions: 'commitPlacement' },
     PLACEMENT_ABORTED: { actions: 'abortPlacement' },
     RELEASE_COMMITTED: { actions: 'commitRelease' },
-    STATUS_COMMITTED: [committedAs('pending'), committedAs('available'), committedAs('draining'), committedAs('disabled'), committedAs('lost')],
-    SYNCED: [syncTo('pending'), syncTo('available'), syncTo('draining'), syncTo('disabled'), syncTo('lost')],
+    STATUS_COMMITTED: [committedAs('pending'), committedAs('available'), committedAs('unreachable'), committedAs('draining'), committedAs('disabled'), committedAs('lost')],
+    SYNCED: [syncTo('pending'), syncTo('available'), syncTo('unreachable'), syncTo('draining'), syncTo('disabled'), syncTo('lost')],
   },
   states: {
     /** Transient: enter the state Redis recorded for this worker. */
     restoring: {
       always: [
         { guard: { type: 'restoredAs', params: 'available' }, target: 'available' },
+        { guard: { type: 'restoredAs', params: 'unreachable' }, target: 'unreachable' },
         { guard: { type: 'restoredAs', params: 'draining' }, target: 'draining' },
         { guard: { type: 'restoredAs', params: 'disabled' }, target: 'disabled' },
         { guard: { type: 'restoredAs', params: 'lost' }, target: 'lost' },
@@ -212,7 +216,16 @@ export const workerMachine = setup({
         DRAIN: 'draining',
         DISABLE: 'disabled',
         MARK_LOST: 'lost',
+        MARK_UNREACHABLE: 'unreachable',
       },
+    },
+    /**
+     * Its agent has not reported for DROVER_WORKER_TTL_MS: takes nothing new; what it runs may
+     * still run (its containers are `unknown`). Available again when the agent reports; lost after
+     * DROVER_WORKER_LOST_AFTER_MS.
+     */
+    unreachable: {
+      on: { ACTIVATE: 'available', DRAIN: 'draining', DISABLE: 'disabled', MARK_LOST: 'lost' },
     },
     /** Finishes what it runs, takes nothing new. */
     draining: {

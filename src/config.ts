@@ -34,8 +34,16 @@ export interface DroverConfig {
   readonly maxQueuedOpsPerShard: number;
   /** Queued containers the whole backlog may hold (each home shard holds its share); more get BACKLOG_FULL. */
   readonly backlogMax: number;
-  /** An agent's worker that does not report for this long is lost (agents report every third of it). */
+  /**
+   * An agent's worker that does not report for this long is unreachable: no new placements, its
+   * containers `unknown` (agents report every third of it).
+   */
   readonly workerTtlMs: number;
+  /**
+   * ... and lost after this long (plus a tenth of it as a margin): its unknown containers end lost.
+   * Its agent stops them itself a margin before. At least 3 x workerTtlMs.
+   */
+  readonly workerLostAfterMs: number;
   /** A queued request waiting longer than this gets a worker held for it (protection from starvation). */
   readonly backlogHoldAfterMs: number;
   /**
@@ -74,6 +82,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<DroverConf
   const strategy = overrides.strategy ?? env.DROVER_STRATEGY ?? 'best-fit';
   if (strategy !== 'best-fit' && strategy !== 'spread') throw new Error(`DROVER_STRATEGY must be best-fit or spread; got "${strategy}"`);
   const leaseTtlMs = overrides.leaseTtlMs ?? integerVar(env, 'DROVER_LEASE_TTL_MS', 10_000, 500, 600_000);
+  const workerTtlMs = overrides.workerTtlMs ?? integerVar(env, 'DROVER_WORKER_TTL_MS', 10_000, 300, 3_600_000);
   return {
     redisUrl: overrides.redisUrl ?? env.REDIS_URL ?? 'redis://127.0.0.1:6379',
     natsUrl: overrides.natsUrl ?? env.NATS_URL ?? 'nats://127.0.0.1:4222',
@@ -90,12 +99,19 @@ export function loadConfig(env: Env = process.env, overrides: Partial<DroverConf
     logLevel: overrides.logLevel ?? env.DROVER_LOG_LEVEL ?? 'info',
     maxQueuedOpsPerShard: overrides.maxQueuedOpsPerShard ?? integerVar(env, 'DROVER_MAX_QUEUED_OPS', 20_000, 1, 1_000_000),
     backlogMax: overrides.backlogMax ?? integerVar(env, 'DROVER_BACKLOG_MAX', 1_000_000, 1, 100_000_000),
-    workerTtlMs: overrides.workerTtlMs ?? integerVar(env, 'DROVER_WORKER_TTL_MS', 10_000, 300, 3_600_000),
+    workerTtlMs,
+    workerLostAfterMs: overrides.workerLostAfterMs ?? integerVar(env, 'DROVER_WORKER_LOST_AFTER_MS', Math.max(DEFAULT_WORKER_LOST_AFTER_MS, 3 * workerTtlMs), 3 * workerTtlMs, 86_400_000),
     backlogHoldAfterMs: overrides.backlogHoldAfterMs ?? integerVar(env, 'DROVER_BACKLOG_HOLD_AFTER_MS', 30_000, 100, 86_400_000),
     httpPort: overrides.httpPort !== undefined ? overrides.httpPort : env.DROVER_HTTP_PORT === 'off' ? null : integerVar(env, 'DROVER_HTTP_PORT', DEFAULT_HTTP_PORT, 0, 65_535),
     httpHost: overrides.httpHost ?? httpHostVar(env.DROVER_HTTP_HOST),
   };
 }
+
+/**
+ * How long an agent's worker may be silent before its containers end lost: five minutes, as Nomad's
+ * typical max_client_disconnect, so a control-plane outage or a NATS restart stops no running work.
+ */
+export const DEFAULT_WORKER_LOST_AFTER_MS = 300_000;
 
 /** The replica's HTTP port unless DROVER_HTTP_PORT says otherwise (Prometheus exporters' range). */
 export const DEFAULT_HTTP_PORT = 9470;

@@ -15,7 +15,12 @@ import { join } from 'node:path';
 export const PLACEHOLDER_COMMAND: readonly string[] = ['sleep', 'infinity'];
 /** How often an adopted process (not our child) is checked for its end. */
 const ADOPTED_POLL_MS = 250;
-const WRAPPER = '"$@"; code=$?; printf "%s" "$code" > "$DROVER_EXIT_FILE"; exit $code';
+/**
+ * The wrapper first writes its own pid (the process group's id) to a file, so an agent killed
+ * between starting a container and saving its state finds the process after a restart instead of
+ * starting it a second time.
+ */
+const WRAPPER = 'printf "%s" "$$" > "$DROVER_PID_FILE"; "$@"; code=$?; printf "%s" "$code" > "$DROVER_EXIT_FILE"; exit $code';
 
 export interface ContainerLaunch {
   readonly id: string;
@@ -27,6 +32,18 @@ export interface ContainerLaunch {
 
 export function exitFile(stateDir: string, id: string): string {
   return join(stateDir, `${id}.exit`);
+}
+
+export function pidFile(stateDir: string, id: string): string {
+  return join(stateDir, `${id}.pid`);
+}
+
+/** The pid the wrapper of container `id` wrote, or null (it never started). */
+export function readPid(stateDir: string, id: string): number | null {
+  const file = pidFile(stateDir, id);
+  if (!existsSync(file)) return null;
+  const pid = Number(readFileSync(file, 'utf8').trim());
+  return Number.isSafeInteger(pid) && pid > 1 ? pid : null;
 }
 
 /** Whether a process with this pid exists (signal 0 checks without signalling). */
@@ -71,6 +88,7 @@ export class ContainerProcess {
       DROVER_CONTAINER_ID: launch.id,
       DROVER_WORKER_ID: launch.workerId,
       DROVER_EXIT_FILE: exitFile(launch.stateDir, launch.id),
+      DROVER_PID_FILE: pidFile(launch.stateDir, launch.id),
     };
     let child: ChildProcess;
     try {

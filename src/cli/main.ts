@@ -303,6 +303,8 @@ async function runAgent(values: Values): Promise<number> {
     };
     process.once('SIGTERM', onSignal);
     process.once('SIGINT', onSignal);
+    // Refused by Drover while running (another agent took the worker over): it stopped its containers.
+    void agent.done.then(resolve);
   });
 }
 

@@ -231,8 +231,13 @@ export class DroverClient {
     return this.call(this.subjects.workersRegister, worker);
   }
   /** A worker agent's report: what it runs or ran; the reply says what to start, stop and forget. */
-  report(workerId: string, containers: Array<{ id: string; status: 'running' } | { id: string; status: 'exited'; exitCode: number }>): Promise<Reply<AgentInstructions>> {
-    return this.call(this.subjects.workersReport, { workerId, containers });
+  report(
+    workerId: string,
+    containers: Array<{ id: string; status: 'running' } | { id: string; status: 'exited'; exitCode: number; fenced?: boolean }>,
+    incarnation: string,
+    seq: number,
+  ): Promise<Reply<AgentInstructions>> {
+    return this.call(this.subjects.workersReport, { workerId, containers, incarnation, seq });
   }
   /** Register up to 500 workers in one request; each gets its own answer, in order. */
   registerWorkers(workers: WorkerSpecInput[]): Promise<Reply<{ results: Array<Reply<{ worker: WorkerView }>> }>> {

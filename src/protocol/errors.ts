@@ -8,6 +8,8 @@ export const ERROR_CODES = [
   'CONFLICT',
   /** The backlog holds its maximum of queued requests (DROVER_BACKLOG_MAX). */
   'BACKLOG_FULL',
+  /** A worker agent's report while another live agent (another incarnation) runs the worker. */
+  'AGENT_CONFLICT',
   'INTERNAL',
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];

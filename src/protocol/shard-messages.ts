@@ -50,7 +50,8 @@ export type ShardOp =
    */
   | { readonly k: 'hold'; readonly id: string; readonly request: PlacementRequest; readonly until: number }
   /** A worker agent's heartbeat and report, to its worker's shard. */
-  | { readonly k: 'report'; readonly report: AgentReport }
+  /** `deadline`: Unix ms after which the agent no longer waits for the answer (0: none); not acted on after it. */
+  | { readonly k: 'report'; readonly report: AgentReport; readonly deadline: number }
   | { readonly k: 'release'; readonly id: string; readonly workerId: string }
   | { readonly k: 'register'; readonly worker: WorkerRegistration }
   | { readonly k: 'status'; readonly workerId: string; readonly action: StatusAction }
@@ -71,6 +72,8 @@ export type ShardErrorCode =
   | 'BACKLOG_FULL'
   | 'NOT_FOUND'
   | 'CONFLICT'
+  /** A report from an agent incarnation other than the worker's live one. */
+  | 'AGENT_CONFLICT'
   | 'INVALID_REQUEST';
 
 export type ShardOpResult =
@@ -134,8 +137,19 @@ export interface AgentInstructions {
   readonly stops: readonly string[];
   /** Exited containers whose end Drover recorded: drop them from the agent's state. */
   readonly forget: readonly string[];
-  /** How often Drover expects a report; a worker silent for longer than its TTL is lost. */
+  /** How often Drover expects a report. */
   readonly heartbeatMs: number;
+  /** The report this answers (the agent acts on no other). */
+  readonly seq: number;
+  /** Silent this long: the worker takes no placements and its containers are `unknown`. */
+  readonly ttlMs: number;
+  /** Silent this long (plus a margin): the worker is lost and its unknown containers end `lost`. */
+  readonly lostAfterMs: number;
+  /**
+   * The agent stops every container and starts nothing when no report of its has completed for this
+   * long (counted from the sending of its last answered report), until one completes again.
+   */
+  readonly fenceAfterMs: number;
 }
 
 /** W in the public contract. */
@@ -275,9 +289,10 @@ export function parseShardOp(value: unknown): ShardOp {
       return { k: 'hold', id: containerId, request, until };
     }
     case 'report':
-      onlyFields(value, ['k', 'report'], 'report op');
+      onlyFields(value, ['k', 'report', 'deadline'], 'report op');
       if (!isObject(value.report)) throw invalid('report op: "report" must be an object');
-      return { k: 'report', report: parseAgentReport(value.report) };
+      if (typeof value.deadline !== 'number' || !Number.isSafeInteger(value.deadline) || value.deadline < 0) throw invalid('report op: "deadline" must be a whole number of Unix ms (0: none)');
+      return { k: 'report', report: parseAgentReport(value.report), deadline: value.deadline };
     case 'release':
       onlyFields(value, ['k', 'id', 'workerId'], 'release op');
       return { k: 'release', id: id(value, 'id', 'release op'), workerId: id(value, 'workerId', 'release op') };

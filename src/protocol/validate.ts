@@ -44,13 +44,25 @@ export interface AgentContainerReport {
   readonly id: string;
   readonly status: 'running' | 'exited';
   readonly exitCode: number | null;
+  /** Exited because the agent fenced itself (no report completed for too long) and stopped it. */
+  readonly fenced: boolean;
 }
 
 /** An agent's heartbeat: every container it runs or ran and has not been told to forget. */
 export interface AgentReport {
   readonly workerId: string;
   readonly containers: readonly AgentContainerReport[];
+  /**
+   * The agent's incarnation: a token kept in its state directory, the same across restarts of one
+   * agent on one machine and different for any other agent. One worker has one live incarnation.
+   */
+  readonly incarnation: string;
+  /** Rises with every report of the incarnation (across restarts): an older report is refused. */
+  readonly seq: number;
 }
+
+/** Highest report sequence number (a safe integer; an agent reporting every 100 ms never gets there). */
+export const MAX_REPORT_SEQ = Number.MAX_SAFE_INTEGER;
 
 export interface ContainerRequest extends PlacementRequest {
   readonly id: string;
@@ -231,7 +243,7 @@ export function specJson(spec: ContainerSpec): string {
 export const MAX_AGENT_CONTAINERS = 1_000;
 
 export function parseAgentReport(body: Json): AgentReport {
-  onlyFields(body, ['workerId', 'containers'], 'report');
+  onlyFields(body, ['workerId', 'containers', 'incarnation', 'seq'], 'report');
   const list = body.containers;
   if (!Array.isArray(list) || list.length > MAX_AGENT_CONTAINERS) {
     throw invalid(`report: "containers" must be an array of at most ${MAX_AGENT_CONTAINERS} entries`);
@@ -241,7 +253,7 @@ export function parseAgentReport(body: Json): AgentReport {
     const where = `report: containers[${index}]`;
     if (item === null || typeof item !== 'object' || Array.isArray(item)) throw invalid(`${where} must be an object`);
     const entry = item as Json;
-    onlyFields(entry, ['id', 'status', 'exitCode'], where);
+    onlyFields(entry, ['id', 'status', 'exitCode', 'fenced'], where);
     const containerId = id(entry, 'id', where);
     if (seen.has(containerId)) throw invalid(`${where}: id "${containerId}" appears twice`);
     seen.add(containerId);
@@ -249,9 +261,17 @@ export function parseAgentReport(body: Json): AgentReport {
     if (status !== 'running' && status !== 'exited') throw invalid(`${where}: "status" must be running or exited`);
     const exitCode = status === 'exited' ? integer(entry, 'exitCode', where, -255, 255) : null;
     if (status === 'running' && entry.exitCode !== undefined && entry.exitCode !== null) throw invalid(`${where}: a running container has no "exitCode"`);
-    return { id: containerId, status, exitCode };
+    const fenced = entry.fenced;
+    if (fenced !== undefined && fenced !== null && typeof fenced !== 'boolean') throw invalid(`${where}: "fenced" must be true or false`);
+    if (fenced === true && status !== 'exited') throw invalid(`${where}: only an exited container can be "fenced"`);
+    return { id: containerId, status, exitCode, fenced: fenced === true };
   });
-  return { workerId: id(body, 'workerId', 'report'), containers };
+  return {
+    workerId: id(body, 'workerId', 'report'),
+    containers,
+    incarnation: id(body, 'incarnation', 'report'),
+    seq: integer(body, 'seq', 'report', 1, MAX_REPORT_SEQ),
+  };
 }
 
 /**

@@ -705,6 +705,7 @@ export class Replica {
       announceGrowth: (grown) => this.announceGrowth(grown),
       events: this.events,
       workerTtlMs: this.config.workerTtlMs,
+      workerLostAfterMs: this.config.workerLostAfterMs,
       pokeAgent: (workerId) => {
         if (!this.nc.isClosed()) this.nc.publish(this.subjects.agent(workerId));
       },

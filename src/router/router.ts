@@ -191,7 +191,7 @@ export class Router {
       [subjects.workersDisable, (msg) => this.onStatus(msg, 'disable')],
       [subjects.workersEnable, (msg) => this.onStatus(msg, 'enable')],
       [subjects.workersRemove, (msg) => this.onRemove(msg)],
-      [subjects.workersReport, (msg) => this.onReport(msg)],
+      [subjects.workersReport, (msg, deadline) => this.onReport(msg, deadline)],
     ];
     for (const [subject, handler] of handlers) {
       this.subscriptions.push(
@@ -582,9 +582,11 @@ export class Router {
   }
 
   /** A worker agent's report: to its worker's shard owner, whose instructions are the reply. */
-  private async onReport(msg: Msg): Promise<unknown> {
+  private async onReport(msg: Msg, deadline: number | null): Promise<unknown> {
     const report = parseAgentReport(decodeObject(msg.data));
-    const result = await this.sendBound(this.shardOf(report.workerId), { k: 'report', report });
+    // Retried only while the agent still waits: a report acted on after a newer one could end a
+    // running container (the owner also refuses it past its deadline or behind a newer sequence).
+    const result = await this.sendBound(this.shardOf(report.workerId), { k: 'report', report, deadline: deadline ?? 0 }, deadline);
     if (!result.ok) throw this.boundError(result);
     return { ok: true, ...(result as { agent: AgentInstructions }).agent };
   }
@@ -673,10 +675,11 @@ export class Router {
   }
 
   /** Send an op that only one shard can serve, waiting out a short hand-over before giving up. */
-  private async sendBound(shard: number, op: ShardOp): Promise<ShardOpResult> {
+  private async sendBound(shard: number, op: ShardOp, deadline: number | null = null): Promise<ShardOpResult> {
     let result: ShardOpResult = { ok: false, code: 'UNAVAILABLE', message: 'not tried' };
     for (let attempt = 0; attempt < MAX_BOUND_ATTEMPTS; attempt += 1) {
       if (attempt > 0) await delay(BOUND_RETRY_DELAY_MS * attempt);
+      if (attempt > 0 && deadline !== null && Date.now() > deadline) return result;
       result = await this.send(shard, op);
       if (result.ok || (result.code !== 'UNAVAILABLE' && result.code !== 'RETRY')) return result;
     }
@@ -690,6 +693,8 @@ export class Router {
       case 'INVALID_REQUEST':
       case 'UNAVAILABLE':
         if (result.code === 'UNAVAILABLE') this.stats.unavailable += 1;
+        return new DroverError(result.code, result.message);
+      case 'AGENT_CONFLICT':
         return new DroverError(result.code, result.message);
       case 'RETRY':
         this.stats.unavailable += 1;

@@ -13,7 +13,7 @@
 import type { PlacementRequest, WorkerStatus } from '../../actors/capacity.js';
 import type { ContainerReason } from '../../actors/container-machine.js';
 import type { ShardOpResult } from '../protocol/shard-messages.js';
-import { MAX_BATCH_OPS, type BatchOp, type OpOutcome } from '../store/store.js';
+import { MAX_BATCH_OPS, type BatchOp, type OpOutcome, type TransitionFrom, type TransitionTo } from '../store/store.js';
 import { reloadWorkers, resyncWorkers, type RecoveryContext } from './recovery.js';
 import { shardOf } from './shard-map.js';
 import type { ShardOwnerOptions } from './shard-owner.js';
@@ -52,10 +52,14 @@ export type QueuedOp =
       readonly kind: 'transition';
       readonly actor: WorkerActor;
       readonly containerId: string;
-      readonly from: ReadonlyArray<'placed' | 'running'>;
-      readonly to: 'running' | 'stopping';
+      readonly from: ReadonlyArray<TransitionFrom>;
+      readonly to: TransitionTo;
       readonly resolve: (result: ShardOpResult) => void;
     }
+  /** Mark a placed container delivered to the agent `incarnation` (its assignment goes out next). */
+  | { readonly kind: 'deliver'; readonly actor: WorkerActor; readonly containerId: string; readonly incarnation: string; readonly resolve: (result: ShardOpResult) => void }
+  /** Record the agent incarnation reporting for the worker (refused while another live one holds it). */
+  | { readonly kind: 'agent'; readonly actor: WorkerActor; readonly incarnation: string; readonly silent: boolean; readonly resolve: (result: ShardOpResult) => void }
   | { readonly kind: 'requeue'; readonly actor: WorkerActor; readonly containerId: string; readonly resolve: (result: ShardOpResult) => void }
   | { readonly kind: 'outbox-ack'; readonly actor: null; readonly containerId: string; readonly resolve: (result: ShardOpResult) => void }
   | { readonly kind: 'status'; readonly actor: WorkerActor; readonly status: WorkerStatus; readonly resolve: (result: ShardOpResult) => void }
@@ -270,6 +274,8 @@ export class GroupCommit {
     if (queued.kind === 'transition') return { kind: 'transition', ...base, containerId: queued.containerId, from: queued.from, to: queued.to };
     if (queued.kind === 'requeue') return { kind: 'requeue', ...base, containerId: queued.containerId, homeShard: shardOf(queued.containerId, this.host.options.shards) };
     if (queued.kind === 'remove') return { kind: 'remove', ...base };
+    if (queued.kind === 'deliver') return { kind: 'deliver', ...base, containerId: queued.containerId, incarnation: queued.incarnation };
+    if (queued.kind === 'agent') return { kind: 'agent', ...base, incarnation: queued.incarnation, silent: queued.silent };
     return { kind: 'status', ...base, status: queued.status };
   }
 
@@ -356,6 +362,23 @@ export class GroupCommit {
         return false;
       }
       queued.resolve({ ok: false, code: 'CONFLICT', message: `container ${queued.containerId} is ${outcome.extra} on ${workerId}` });
+      return false;
+    }
+    if (queued.kind === 'deliver') {
+      if (outcome.code === 'DELIVERED') queued.resolve({ ok: true, workerId });
+      else queued.resolve({ ok: false, code: 'CONFLICT', message: `container ${queued.containerId} is ${outcome.extra} on ${workerId}` });
+      return false;
+    }
+    if (queued.kind === 'agent') {
+      if (outcome.code === 'AGENT_RECORDED') {
+        queued.resolve({ ok: true, workerId });
+        return false;
+      }
+      if (outcome.code === 'AGENT_CONFLICT') {
+        queued.resolve({ ok: false, code: 'AGENT_CONFLICT', message: `worker ${workerId} is run by another live agent (incarnation ${outcome.extra})` });
+        return false;
+      }
+      queued.resolve({ ok: false, code: 'NOT_FOUND', message: `worker ${workerId} is not registered` });
       return false;
     }
     if (queued.kind === 'requeue') {

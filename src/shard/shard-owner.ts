@@ -77,8 +77,10 @@ export interface ShardOwnerOptions {
    * shard's backlog, then `ackRequeue` it. Also called at open for what the outbox still holds.
    */
   readonly onRequeued: (containerId: string) => void;
-  /** An agent's worker silent for this long is lost. */
+  /** An agent's worker silent for this long takes no placements and its containers are `unknown`. */
   readonly workerTtlMs: number;
+  /** An agent's worker silent for this long (plus a margin, see agent-keepalive.ts) is lost. */
+  readonly workerLostAfterMs: number;
   /** Tell a worker's agent to report now (an assignment or a stop waits for it). */
   readonly pokeAgent: (workerId: string) => void;
   /** A write Redis refused (a newer epoch, or a worker changed under this replica), for the debug page. */
@@ -118,6 +120,7 @@ interface KeptWithPlacement {
 const AGENT_ACTIONS = {
   activate: { event: 'ACTIVATE', target: 'available' },
   lose: { event: 'MARK_LOST', target: 'lost' },
+  unreachable: { event: 'MARK_UNREACHABLE', target: 'unreachable' },
 } as const satisfies Record<string, { event: StatusEventType; target: WorkerStatus }>;
 
 export type ShardOwnerState = 'serving' | 'draining' | 'closed';
@@ -241,7 +244,7 @@ export class ShardOwner {
       case 'register':
         return this.register(op.worker);
       case 'report':
-        return this.agents.report(op.report);
+        return this.agents.report(op.report, op.deadline);
       case 'hold':
         return this.hold(op.id, op.request, op.until);
     }

@@ -20,6 +20,11 @@ export interface ContainerRecord {
   readonly placedAt: number | null;
   /** When its worker's agent confirmed it runs. */
   readonly runningAt: number | null;
+  /**
+   * When its assignment was first sent to its worker's agent (null: never, so it cannot be running
+   * and may be requeued). Only live records carry it.
+   */
+  readonly deliveredAt?: number | null;
   readonly endedAt: number | null;
   /** The exit code, when it exited (or exited while stopping). */
   readonly exitCode: number | null;
@@ -113,6 +118,7 @@ export function containerFromHash(id: string, hash: Record<string, string>, what
     queuedAt: optionalInteger(what, hash, 'queuedAt'),
     placedAt: status === 'queued' ? null : optionalInteger(what, hash, 'placedAt'),
     runningAt: status === 'queued' ? null : optionalInteger(what, hash, 'runningAt'),
+    deliveredAt: status === 'queued' ? null : optionalInteger(what, hash, 'deliveredAt'),
     endedAt: optionalInteger(what, hash, 'endedAt'),
     exitCode: hash.exitCode === undefined || hash.exitCode === '' ? null : integer(what, hash, 'exitCode'),
     reason: reason as ContainerReason | null,

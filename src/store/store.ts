@@ -94,8 +94,34 @@ export interface TransitionOp {
   readonly containerId: string;
   readonly workerId: string;
   readonly expectedVersion: number;
-  readonly from: ReadonlyArray<'placed' | 'running'>;
-  readonly to: 'running' | 'stopping';
+  readonly from: ReadonlyArray<TransitionFrom>;
+  readonly to: TransitionTo;
+}
+/** The statuses a transition op may move a container from and to (see commit_batch.lua, op T). */
+export type TransitionFrom = 'placed' | 'running' | 'unknown';
+export type TransitionTo = 'running' | 'stopping' | 'unknown';
+/**
+ * A placed container's assignment is about to go to its worker's agent (incarnation `incarnation`,
+ * which must be the worker's recorded one): it is marked delivered, and can no longer be requeued.
+ */
+export interface DeliverOp {
+  readonly kind: 'deliver';
+  readonly containerId: string;
+  readonly workerId: string;
+  readonly expectedVersion: number;
+  readonly incarnation: string;
+}
+/**
+ * The agent incarnation reporting for a worker becomes the worker's, unless another live one holds
+ * it. `silent`: the owner has not heard the recorded incarnation for longer than the worker TTL
+ * (then a worker that holds no container may change hands).
+ */
+export interface AgentOp {
+  readonly kind: 'agent';
+  readonly workerId: string;
+  readonly expectedVersion: number;
+  readonly incarnation: string;
+  readonly silent: boolean;
 }
 /** A placed container its worker never ran goes back to the queue (the worker was lost). */
 export interface RequeueOp {
@@ -125,7 +151,7 @@ export interface RemoveOp {
   readonly workerId: string;
   readonly expectedVersion: number;
 }
-export type BatchOp = PlaceOp | ReleaseOp | StatusOp | RemoveOp | TransitionOp | RequeueOp | OutboxAckOp;
+export type BatchOp = PlaceOp | ReleaseOp | StatusOp | RemoveOp | TransitionOp | RequeueOp | OutboxAckOp | DeliverOp | AgentOp;
 
 export const OUTCOME_CODES = [
   'PLACED',
@@ -147,6 +173,9 @@ export const OUTCOME_CODES = [
   'NOT_IN_STATE',
   'REQUEUED',
   'ACKED',
+  'DELIVERED',
+  'AGENT_RECORDED',
+  'AGENT_CONFLICT',
 ] as const;
 export type OutcomeCode = (typeof OUTCOME_CODES)[number];
 
@@ -319,6 +348,14 @@ export class DroverStore {
         case 'requeue':
           keys.push(workerKey, k.workerContainers(shard, op.workerId), k.container(op.containerId));
           args.push('Q', op.containerId, op.workerId, op.expectedVersion, '', '', '', 0, '', '', op.homeShard, '', '', '');
+          break;
+        case 'deliver':
+          keys.push(workerKey, k.workerContainers(shard, op.workerId), k.container(op.containerId));
+          args.push('D', op.containerId, op.workerId, op.expectedVersion, op.incarnation, '', '', 0, '', '', '', '', '', '');
+          break;
+        case 'agent':
+          keys.push(workerKey, k.workerContainers(shard, op.workerId), workerKey);
+          args.push('A', '', op.workerId, op.expectedVersion, op.incarnation, op.silent ? '1' : '', '', 0, '', '', '', '', '', '');
           break;
       }
     }

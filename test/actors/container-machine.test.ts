@@ -26,6 +26,7 @@ const EVENTS: ContainerEvent[] = [
   { type: 'RELEASED' },
   { type: 'EXITED', exitCode: 3 },
   { type: 'WORKER_LOST' },
+  { type: 'WORKER_UNREACHABLE' },
 ];
 
 /** [from][event] -> [to, what the context records]; anything missing is refused. */
@@ -41,8 +42,16 @@ const SPEC: Record<ContainerStatus, Partial<Record<ContainerEvent['type'], [Cont
     STOP_REQUESTED: ['stopping', {}],
     RELEASED: ['released', { reason: 'RELEASED' }],
     WORKER_LOST: ['queued', { workerId: null }],
+    WORKER_UNREACHABLE: ['unknown', {}],
   },
   running: {
+    EXITED: ['exited', { exitCode: 3 }],
+    STOP_REQUESTED: ['stopping', {}],
+    WORKER_LOST: ['lost', { reason: 'WORKER_LOST' }],
+    WORKER_UNREACHABLE: ['unknown', {}],
+  },
+  unknown: {
+    STARTED: ['running', {}],
     EXITED: ['exited', { exitCode: 3 }],
     STOP_REQUESTED: ['stopping', {}],
     WORKER_LOST: ['lost', { reason: 'WORKER_LOST' }],
@@ -112,6 +121,9 @@ describe('container machine, walked as a model', () => {
   it('knows which statuses can follow which (the chaos checker judges event order with it)', () => {
     expect([...reachableStatuses('queued')].sort()).toEqual([...CONTAINER_STATUSES].sort());
     expect(reachableStatuses('running').has('queued')).toBe(false);
+    // A container that may have run (delivered, then unknown) is never queued again.
+    expect(reachableStatuses('unknown').has('queued')).toBe(false);
+    expect(reachableStatuses('unknown').has('placed')).toBe(false);
     expect(reachableStatuses('placed').has('queued')).toBe(true);
     expect([...reachableStatuses('stopping')].sort()).toEqual(['released', 'stopping']);
     for (const terminal of TERMINAL_STATUSES) expect([...reachableStatuses(terminal)]).toEqual([terminal]);

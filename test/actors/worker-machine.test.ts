@@ -47,6 +47,7 @@ function eventsFor(snapshot: { context: WorkerContext }): WorkerEvent[] {
     { type: 'DISABLE' },
     { type: 'ENABLE' },
     { type: 'MARK_LOST' },
+    { type: 'MARK_UNREACHABLE' },
     ...WORKER_STATUSES.map((status) => ({ type: 'STATUS_COMMITTED' as const, status, resourceVersion: c.resourceVersion + 1 })),
     ...WORKER_STATUSES.map((status) => ({
       type: 'SYNCED' as const,
@@ -75,7 +76,8 @@ const serializeState = (snapshot: { value: unknown; context: WorkerContext }) =>
 /** The specification of status changes: [from][event] -> to; anything missing changes nothing. */
 const STATUS_SPEC: Record<WorkerStatus, Partial<Record<string, WorkerStatus>>> = {
   pending: { ACTIVATE: 'available', DISABLE: 'disabled', MARK_LOST: 'lost' },
-  available: { DRAIN: 'draining', DISABLE: 'disabled', MARK_LOST: 'lost' },
+  available: { DRAIN: 'draining', DISABLE: 'disabled', MARK_LOST: 'lost', MARK_UNREACHABLE: 'unreachable' },
+  unreachable: { ACTIVATE: 'available', DRAIN: 'draining', DISABLE: 'disabled', MARK_LOST: 'lost' },
   draining: { ENABLE: 'available', DISABLE: 'disabled', MARK_LOST: 'lost' },
   disabled: { ENABLE: 'available' },
   lost: { ACTIVATE: 'available', DISABLE: 'disabled' },
@@ -184,8 +186,8 @@ describe('worker machine, walked as a model', () => {
     expect([...statuses].sort()).toEqual([...WORKER_STATUSES].sort());
     expect(Math.max(...states.map((entry) => entry.state.context.reservations))).toBe(2);
     expect(Math.min(...states.map((entry) => entry.state.context.freeCpu))).toBe(0);
-    // 5 statuses x the 6 ways to hold at most 2 containers' worth (placed p, reserved r, p + r <= 2).
-    expect(states.length).toBe(30);
+    // 6 statuses x the 6 ways to hold at most 2 containers' worth (placed p, reserved r, p + r <= 2).
+    expect(states.length).toBe(36);
   });
 
   it('takes every transition exactly as the specification says, refusals included', () => {

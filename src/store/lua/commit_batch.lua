@@ -18,7 +18,8 @@
     KEYS[3]              the shard's requeue outbox (set)           {<prefix>:s<n>}:requeue
     KEYS[4]              the shard's backlog (sorted set)           {<prefix>:s<n>}:backlog
     KEYS[5+3i .. 7+3i]   op i (i from 0), by kind:
-                           P, R, T, Q: the worker's hash, the worker's container set, the container's key
+                           P, R, T, Q, D: the worker's hash, the worker's container set, the container's key
+                           A:    the worker's hash, the worker's container set, the worker's hash
                            S:    the worker's hash three times
                            X:    the worker's hash, the worker's container set, the shard's worker set
                            O:    the outbox three times
@@ -39,9 +40,20 @@
                                              reason ('' for RELEASED), c = the exit code or ''; key
                                              unused (a release is idempotent by container id)
                            kind 'T' transition: a = the statuses it may be in, comma-separated
-                                             ('placed' or 'placed,running'), b = the status it moves
-                                             to ('running' or 'stopping'); capacity unchanged
-                           kind 'Q' requeue: a placed container its worker never ran goes back to
+                                             (of placed, running, unknown), b = the status it moves
+                                             to ('running', 'stopping' or 'unknown'); capacity unchanged
+                           kind 'D' deliver: a placed container's assignment is about to be sent to
+                                             its worker's agent: a = the agent incarnation it goes
+                                             to, which must be the worker's recorded one. Marks it
+                                             delivered (deliveredAt): from now on it may be running,
+                                             so a requeue (Q) refuses it
+                           kind 'A' agent:   a = the incarnation of the agent reporting for the
+                                             worker; b = '1' when the owner saw the recorded one
+                                             silent for longer than DROVER_WORKER_TTL_MS. Recorded
+                                             when there is none, it is the same, the worker is
+                                             pending or lost, or (b = '1') the worker holds no
+                                             container; otherwise refused (a second live agent)
+                           kind 'Q' requeue: a placed container never delivered to its agent goes back to
                                              the queue (status queued, capacity freed, its id in the
                                              outbox until its home shard's backlog has it again;
                                              when its home is this shard, also back in KEYS[4] at
@@ -93,7 +105,11 @@
       REMOVED           the worker's hash and container set are deleted, it left the shard's set
       NOT_REMOVABLE     extra = "status <status>" or "containers <n>"; nothing written
       TRANSITIONED      T: the container's status is now b
-      NOT_IN_STATE      T, Q: extra = the status it is in (or 'none', or 'elsewhere'); nothing written
+      NOT_IN_STATE      T, Q, D: extra = the status it is in (or 'none', 'elsewhere', 'delivered' for a
+                        Q of a delivered one, 'incarnation' for a D to another agent); nothing written
+      DELIVERED         D: it is marked delivered
+      AGENT_RECORDED    A: the incarnation is the worker's (extra = the one it replaced, or '')
+      AGENT_CONFLICT    A: extra = the worker's recorded incarnation; nothing written
       REQUEUED          Q: version = the worker's new version, extra = "cpu memory gpuCount" freed
       ACKED             O: the id left the outbox
 ]]
@@ -112,7 +128,17 @@ if n == nil or n < 0 or n > 1000 or historyCap == nil or retention == nil
   return redis.error_reply('ERR commit_batch: malformed batch')
 end
 
-local STATUSES = {pending = true, available = true, draining = true, disabled = true, lost = true}
+local STATUSES = {pending = true, available = true, unreachable = true, draining = true, disabled = true, lost = true}
+-- What a transition (T) may move a container to, and the statuses it may move it from.
+local TRANSITION_TO = {running = true, stopping = true, unknown = true}
+local TRANSITION_FROM = {placed = true, running = true, unknown = true}
+local function transitionFromList(list)
+  if list == '' then return false end
+  for status in string.gmatch(list, '[^,]+') do
+    if not TRANSITION_FROM[status] then return false end
+  end
+  return true
+end
 
 local function wholeAtLeast(text, min)
   local value = tonumber(text)
@@ -147,7 +173,11 @@ for i = 0, n - 1 do
       and (final == '' or final == 'released' or final == 'exited' or final == 'lost')
       and not string.find(reason, ' ', 1, true) and (code == '' or tonumber(code) ~= nil)
   elseif kind == 'T' then
-    ok = ok and (ARGV[base + 5] == 'running' or ARGV[base + 5] == 'stopping') and ARGV[base + 4] ~= ''
+    ok = ok and TRANSITION_TO[ARGV[base + 5]] == true and transitionFromList(ARGV[base + 4])
+  elseif kind == 'D' then
+    ok = ok and ARGV[base + 4] ~= '' and not string.find(ARGV[base + 4], ' ', 1, true)
+  elseif kind == 'A' then
+    ok = ok and ARGV[base + 4] ~= '' and not string.find(ARGV[base + 4], ' ', 1, true) and (ARGV[base + 5] == '' or ARGV[base + 5] == '1')
   elseif kind ~= 'X' and kind ~= 'Q' and kind ~= 'O' then
     ok = false
   end
@@ -200,11 +230,11 @@ local function loadContainer(key)
     if found == 'none' then
       c = {state = 'none'}
     elseif found == 'hash' then
-      local v = redis.call('HMGET', key, 'workerId', 'cpu', 'memory', 'gpuCount', 'placedAt', 'requestKey', 'status', 'queuedAt', 'runningAt', 'home')
+      local v = redis.call('HMGET', key, 'workerId', 'cpu', 'memory', 'gpuCount', 'placedAt', 'requestKey', 'status', 'queuedAt', 'runningAt', 'home', 'deliveredAt')
       -- 'placed' (and, with an agent, 'running' or 'stopping') hold capacity; 'queued' holds none yet.
       c = {state = v[7] == 'queued' and 'queued' or 'placed', status = v[7], workerId = v[1] or '-', cpu = tonumber(v[2]),
         memory = tonumber(v[3]), gpus = tonumber(v[4]), placedAt = v[5], requestKey = v[6] or '', queuedAt = v[8], runningAt = v[9],
-        home = v[10]}
+        home = v[10], delivered = v[11] ~= false and v[11] ~= nil}
     elseif found == 'string' then
       local f = {}
       for field in string.gmatch(redis.call('GET', key), '%S+') do f[#f + 1] = field end
@@ -359,6 +389,47 @@ for i = 0, n - 1 do
       written[i] = c.status
       reply('TRANSITIONED', 0, c.status)
     end
+  elseif kind == 'D' then
+    local c, failure = loadContainer(thirdKey)
+    if failure then return failure end
+    local w = loadWorker(workerKey)
+    if c.state ~= 'placed' or c.ended then
+      reply('NOT_IN_STATE', 0, c.state == 'none' and 'none' or (c.status or c.state))
+    elseif c.workerId ~= workerId then
+      reply('NOT_IN_STATE', 0, 'elsewhere')
+    elseif c.status ~= 'placed' then
+      reply('NOT_IN_STATE', 0, c.status)
+    elseif not w or (w.incarnation or redis.call('HGET', workerKey, 'incarnation')) ~= ARGV[base + 4] then
+      reply('NOT_IN_STATE', 0, 'incarnation')
+    else
+      c.delivered = true
+      writeVersion[i] = 0
+      reply('DELIVERED', 0, '')
+    end
+  elseif kind == 'A' then
+    local wrong = checkSet(setKey)
+    if wrong then return wrong end
+    local w = loadWorker(workerKey)
+    if not w then
+      reply('WORKER_NOT_FOUND', 0, '')
+    else
+      -- The batch's own earlier A op for this worker counts as recorded.
+      local current = w.incarnation
+      if current == nil then current = redis.call('HGET', workerKey, 'incarnation') or '' end
+      local wanted = ARGV[base + 4]
+      if current == wanted then
+        reply('AGENT_RECORDED', 0, current)
+      elseif current == '' or w.status == 'pending' or w.status == 'lost'
+        or (ARGV[base + 5] == '1' and redis.call('SCARD', setKey) + w.containers == 0) then
+        w.incarnation = wanted
+        writeVersion[i] = 0
+        written[i] = wanted
+        reply('AGENT_RECORDED', 0, current)
+      else
+        w.incarnation = current
+        reply('AGENT_CONFLICT', 0, current)
+      end
+    end
   elseif kind == 'Q' then
     local c, failure = loadContainer(thirdKey)
     if failure then return failure end
@@ -368,6 +439,9 @@ for i = 0, n - 1 do
       reply('NOT_IN_STATE', 0, c.state == 'none' and 'none' or (c.status or c.state))
     elseif c.workerId ~= workerId then
       reply('NOT_IN_STATE', 0, 'elsewhere')
+    elseif c.delivered then
+      -- Its agent may have started it: it must never run a second time elsewhere.
+      reply('NOT_IN_STATE', 0, 'delivered')
     else
       local w = giveBack(workerKey, expected, c)
       if w then
@@ -455,14 +529,21 @@ for i = 0, n - 1 do
       history({'op', 'release', 'container', containerId, 'worker', workerId, 'cpu', c.cpu, 'memory', c.memory,
         'gpuCount', c.gpus, 'version', version, 'epoch', epoch})
     elseif kind == 'T' then
-      redis.call('HSET', thirdKey, 'status', written[i], written[i] .. 'At', nowMs)
+      redis.call('HSET', thirdKey, 'status', written[i])
+      -- runningAt and stoppingAt keep their first time (a container back from unknown ran all
+      -- along); unknownAt says when it last became unknown.
+      if written[i] == 'unknown' then
+        redis.call('HSET', thirdKey, 'unknownAt', nowMs)
+      else
+        redis.call('HSETNX', thirdKey, written[i] .. 'At', nowMs)
+      end
       history({'op', 'transition', 'container', containerId, 'worker', workerId, 'status', written[i], 'epoch', epoch})
     elseif kind == 'Q' then
       local c = freed[i]
       -- Back to what the backlog wrote, with its queue time, priority, key, spec and expiry.
       local maxWait = tonumber(redis.call('HGET', thirdKey, 'maxWaitMs')) or 3600000
       redis.call('HSET', thirdKey, 'status', 'queued', 'expiresAt', nowMs + maxWait, 'home', ARGV[base + 10])
-      redis.call('HDEL', thirdKey, 'workerId', 'placedAt', 'runningAt', 'stoppingAt')
+      redis.call('HDEL', thirdKey, 'workerId', 'placedAt', 'runningAt', 'stoppingAt', 'deliveredAt', 'unknownAt')
       redis.call('SREM', setKey, containerId)
       redis.call('SADD', KEYS[3], containerId)
       -- Home here: back in this shard's backlog set in the same step. A placement at home took it
@@ -477,6 +558,11 @@ for i = 0, n - 1 do
         'gpuCount', c.gpus, 'version', version, 'epoch', epoch})
     elseif kind == 'O' then
       redis.call('SREM', KEYS[3], containerId)
+    elseif kind == 'D' then
+      redis.call('HSET', thirdKey, 'deliveredAt', nowMs)
+    elseif kind == 'A' then
+      redis.call('HSET', workerKey, 'incarnation', written[i])
+      history({'op', 'agent', 'worker', workerId, 'incarnation', written[i], 'epoch', epoch})
     elseif kind == 'S' then
       history({'op', 'status', 'worker', workerId, 'status', written[i], 'version', version, 'epoch', epoch})
     elseif kind == 'X' then
