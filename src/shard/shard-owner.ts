@@ -349,7 +349,7 @@ export class ShardOwner {
    * told to stop it; its capacity is freed when the agent reports it stopped (or the worker is lost).
    */
   private async stopOnAgent(actor: WorkerActor, containerId: string, workerId: string): Promise<ShardOpResult> {
-    const result = await this.commits.enqueue((resolve) => ({ kind: 'transition', actor, containerId, from: ['placed', 'running'], to: 'stopping', resolve }));
+    const result = await this.commits.enqueue((resolve) => ({ kind: 'transition', actor, containerId, from: ['placed', 'running', 'unknown'], to: 'stopping', resolve }));
     if (result.ok || (result.code === 'CONFLICT' && result.message.includes(' is stopping'))) {
       this.options.pokeAgent(workerId);
       return { ok: true, stopping: true, workerId };

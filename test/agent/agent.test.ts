@@ -4,28 +4,30 @@
  * stop what is released, adopt their containers after a restart, and a silent agent's worker is
  * lost: its running containers lost, the ones it never ran queued again and placed elsewhere.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { alive } from '../../src/agent/container-process.js';
 import type { ContainerEvent, DroverClient } from '../../src/client/drover-client.js';
 import type { Replica } from '../../src/replica/replica.js';
-import { connectClient, eventually, natsUrl, startReplica, testPrefix } from '../support/cluster.js';
+import { AgentProcesses, containersOf, type AgentProcess } from '../support/agents.js';
+import { liveContainerCopies } from '../support/container-processes.js';
+import { connectClient, eventually, startReplica, testPrefix } from '../support/cluster.js';
 
-const bin = new URL('../../bin/drover.js', import.meta.url).pathname;
 const WORKER_TTL_MS = 1_500;
+/** Margin 1 s (a tenth, at least 1 s): the agent fences at 5 s, the owner declares lost at 7 s. */
+const WORKER_LOST_AFTER_MS = 6_000;
 let replica: Replica;
 let client: DroverClient;
 let prefix: string;
-const agents: ChildProcess[] = [];
-const stateDirs: string[] = [];
+const agents = new AgentProcesses(() => prefix);
 const events: ContainerEvent[] = [];
+let agentA: AgentProcess;
+let dirA: string;
 
 beforeAll(async () => {
   prefix = testPrefix('ag');
-  replica = await startReplica({ prefix, shards: 4, workerTtlMs: WORKER_TTL_MS });
+  replica = await startReplica({ prefix, shards: 4, workerTtlMs: WORKER_TTL_MS, workerLostAfterMs: WORKER_LOST_AFTER_MS });
   client = await connectClient(prefix);
   client.nc.subscribe(`${prefix}.events.containers.>`, {
     callback: (error, msg) => {
@@ -35,44 +37,10 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for (const agent of agents) agent.kill('SIGKILL');
-  // Whatever the tests left running (placeholders), by process group.
-  for (const dir of stateDirs) {
-    for (const pid of Object.values(containersOf(dir)).map((c) => c.pid)) {
-      try {
-        process.kill(-pid, 'SIGKILL');
-      } catch {
-        // gone
-      }
-    }
-    rmSync(dir, { recursive: true, force: true });
-  }
+  await agents.cleanUp();
   await client.close();
   await replica.stop();
 });
-
-function startAgent(id: string, stateDir: string, cpu = 1_000): ChildProcess {
-  const child = spawn(process.execPath, [bin, 'agent', '--id', id, '--cpu', String(cpu), '--memory', '1024', '--state-dir', stateDir, '--stop-grace-ms', '1000'], {
-    env: { ...process.env, NATS_URL: natsUrl(), DROVER_PREFIX: prefix, DROVER_LOG_LEVEL: 'warn' },
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
-  agents.push(child);
-  return child;
-}
-
-function newStateDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'drover-agent-'));
-  stateDirs.push(dir);
-  return dir;
-}
-
-function containersOf(stateDir: string): Record<string, { pid: number; status: string; exitCode: number | null }> {
-  try {
-    return (JSON.parse(readFileSync(join(stateDir, 'state.json'), 'utf8')) as { containers: Record<string, { pid: number; status: string; exitCode: number | null }> }).containers;
-  } catch {
-    return {};
-  }
-}
 
 async function workerStatus(id: string): Promise<string | null> {
   const reply = await client.getWorker(id);
@@ -88,8 +56,9 @@ const statusesOf = (id: string) => events.filter((e) => e.id === id).map((e) => 
 
 describe('worker agent', () => {
   it('registers pending, becomes available on its first report, runs a command and reports its exit code', async () => {
-    const dir = newStateDir();
-    startAgent('agent-a', dir);
+    dirA = agents.newStateDir();
+    const dir = dirA;
+    agentA = agents.start('agent-a', dir);
     await eventually(async () => (await workerStatus('agent-a')) === 'available', 10_000, 'agent-a available');
     expect(await client.getWorker('agent-a')).toMatchObject({ ok: true, worker: { agent: true } });
     expect(await client.submit({ id: 'job-exit3', cpu: 500, memory: 256, command: ['sh', '-c', 'echo hello; sleep 0.5; exit 3'] })).toMatchObject({ ok: true, status: 'placed', workerId: 'agent-a' });
@@ -106,7 +75,7 @@ describe('worker agent', () => {
   });
 
   it('stops a released container (stopping, then released once the agent confirms) and frees its capacity', async () => {
-    const dir = stateDirs[0]!;
+    const dir = dirA;
     expect(await client.submit({ id: 'job-sleep', cpu: 500, memory: 256 })).toMatchObject({ ok: true, status: 'placed', workerId: 'agent-a' });
     await client.waitFor('job-sleep', 'running', 10_000);
     const pid = containersOf(dir)['job-sleep']!.pid;
@@ -119,49 +88,54 @@ describe('worker agent', () => {
   });
 
   it('adopts its running containers after a restart (SIGKILL), and can still stop them', async () => {
-    const dir = stateDirs[0]!;
+    const dir = dirA;
     expect(await client.submit({ id: 'job-adopt', cpu: 500, memory: 256 })).toMatchObject({ ok: true, status: 'placed' });
     await client.waitFor('job-adopt', 'running', 10_000);
     const pid = containersOf(dir)['job-adopt']!.pid;
-    agents[0]!.kill('SIGKILL');
-    await new Promise((resolve) => agents[0]!.once('exit', resolve));
+    await agents.kill(agentA);
     expect(alive(pid)).toBe(true);
-    startAgent('agent-a', dir);
-    // Back within the TTL: the worker is not lost and the container still runs, adopted.
+    agentA = agents.start('agent-a', dir);
+    // Back within the TTL: the same incarnation adopts it at once; nothing was unknown or lost.
     await new Promise((resolve) => setTimeout(resolve, WORKER_TTL_MS * 1.5));
     expect(await workerStatus('agent-a')).toBe('available');
     expect(await containerStatus('job-adopt')).toBe('running');
+    expect(statusesOf('job-adopt')).toEqual(['placed', 'running']);
+    expect(liveContainerCopies('job-adopt').map((copy) => copy.group)).toEqual([pid]);
     expect(await client.release('job-adopt')).toMatchObject({ ok: true, status: 'stopping' });
     expect((await client.waitFor('job-adopt', 'terminal', 10_000)).status).toBe('released');
     expect(alive(pid)).toBe(false);
   });
 
-  it('loses a silent worker: its running container is lost, the one it never ran is queued again and placed elsewhere', async () => {
-    const dir = stateDirs[0]!;
+  it('a machine that dies: unreachable after the TTL (its running container unknown, never started elsewhere; the undelivered one requeued at once), lost after DROVER_WORKER_LOST_AFTER_MS', async () => {
+    const dir = dirA;
     expect(await client.submit({ id: 'job-run', cpu: 500, memory: 256 })).toMatchObject({ ok: true, workerId: 'agent-a' });
     await client.waitFor('job-run', 'running', 10_000);
     const pid = containersOf(dir)['job-run']!.pid;
     // The machine dies: its agent and its containers.
-    const agent = agents[agents.length - 1]!;
-    agent.kill('SIGKILL');
-    await new Promise((resolve) => agent.once('exit', resolve));
+    await agents.kill(agentA);
     process.kill(-pid, 'SIGKILL');
-    // Placed before the TTL ran out (the worker still looks available), never run.
+    const killedAt = Date.now();
+    // Placed before the TTL ran out (the worker still looks available), never delivered.
     expect(await client.submit({ id: 'job-never-ran', cpu: 500, memory: 256, priority: 7 })).toMatchObject({ ok: true, status: 'placed', workerId: 'agent-a' });
-    await eventually(async () => (await workerStatus('agent-a')) === 'lost', WORKER_TTL_MS * 4, 'agent-a lost');
-    await eventually(async () => (await containerStatus('job-run')) === 'lost', 5_000, 'job-run lost');
-    expect(await client.getContainer('job-run')).toMatchObject({ ok: true, container: { reason: 'WORKER_LOST' } });
-    await eventually(async () => (await containerStatus('job-never-ran')) === 'queued', 5_000, 'job-never-ran queued again');
+    await eventually(async () => (await workerStatus('agent-a')) === 'unreachable', WORKER_TTL_MS * 3, 'agent-a unreachable');
+    await eventually(async () => (await containerStatus('job-run')) === 'unknown', 3_000, 'job-run unknown');
+    await eventually(async () => (await containerStatus('job-never-ran')) === 'queued', 3_000, 'job-never-ran queued again');
     expect(await client.getContainer('job-never-ran')).toMatchObject({ ok: true, container: { status: 'queued', workerId: null, priority: 7 } });
-    // Another machine comes up: the requeued container runs there.
-    startAgent('agent-b', newStateDir());
+    // Another machine comes up: the requeued container runs there; the unknown one does not.
+    agents.start('agent-b', agents.newStateDir());
     const end = await client.waitFor('job-never-ran', 'running', 15_000);
     expect(end.container).toMatchObject({ status: 'running', workerId: 'agent-b' });
+    expect(await containerStatus('job-run')).toBe('unknown');
+    expect(liveContainerCopies('job-run')).toEqual([]);
+    // Lost only after DROVER_WORKER_LOST_AFTER_MS plus the margin, counted from its last report.
+    await eventually(async () => (await containerStatus('job-run')) === 'lost', WORKER_LOST_AFTER_MS + 5_000, 'job-run lost');
+    expect(Date.now() - killedAt).toBeGreaterThanOrEqual(WORKER_LOST_AFTER_MS);
+    expect(await client.getContainer('job-run')).toMatchObject({ ok: true, container: { reason: 'WORKER_LOST' } });
     expect(statusesOf('job-never-ran')).toEqual(['placed', 'queued', 'placed', 'running']);
-    expect(statusesOf('job-run')).toEqual(['placed', 'running', 'lost']);
+    expect(statusesOf('job-run')).toEqual(['placed', 'running', 'unknown', 'lost']);
     // The lost worker's capacity is all free (nothing leaks), and it comes back when its agent does.
     expect(await client.getWorker('agent-a')).toMatchObject({ ok: true, worker: { status: 'lost', freeCpu: 1_000 } });
-    startAgent('agent-a', dir);
+    agentA = agents.start('agent-a', dir);
     await eventually(async () => (await workerStatus('agent-a')) === 'available', 10_000, 'agent-a back');
   });
 });
