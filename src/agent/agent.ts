@@ -367,7 +367,7 @@ export class Agent {
   /** Another live agent runs this worker: stop every container, and end (the process exits non-zero). */
   private refused(message: string): void {
     if (this.refusal !== null) return;
-    this.refusal = new AgentRefusedError(`Drover refused this agent: ${message}. Another agent with id ${this.workerId} is running (state directory ${this.options.stateDir}, incarnation ${this.incarnation}); stop it, or wait until its worker is lost`);
+    this.refusal = new AgentRefusedError(`Drover refused this agent (AGENT_CONFLICT): ${message}. Another agent with id ${this.workerId} is running (state directory ${this.options.stateDir}, incarnation ${this.incarnation}); stop it, or wait until its worker is lost`);
     this.options.log.error({ incarnation: this.incarnation }, this.refusal.message);
     // Started already (not refused at its first report): its containers are no longer Drover's.
     if (this.timer !== null) void this.stop(true).then(() => this.finish(1));
