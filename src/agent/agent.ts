@@ -78,6 +78,8 @@ const REGISTER_RETRY_MS = 1_000;
 const MAX_CONTAINERS = 1_000;
 /** How often the fence is checked. */
 const FENCE_CHECK_MS = 100;
+/** A fence check this late means the process was paused. */
+const PAUSE_GAP_MS = 1_000;
 /** How long a restarted agent waits for the pid file of a container it was starting when it died. */
 const STARTING_PID_WAIT_MS = 1_000;
 
@@ -101,6 +103,12 @@ export class Agent {
   private fenceTimer: NodeJS.Timeout | null = null;
   private reporting = false;
   private reportAgain = false;
+  /**
+   * Bumped when the agent finds it was paused (its fence check ran late): the answer to a report
+   * sent before is ignored, and a new report goes out at once instead of waiting for it.
+   */
+  private generation = 0;
+  private lastTick = performance.now();
   private stopped = false;
   private refusal: AgentRefusedError | null = null;
   private finish: (code: number) => void = () => undefined;
@@ -287,6 +295,16 @@ export class Agent {
    * lost, so none may run any more. Stop them all and start nothing until a report completes.
    */
   private checkFence(): void {
+    const now = performance.now();
+    const gap = now - this.lastTick;
+    this.lastTick = now;
+    if (!this.stopped && gap > PAUSE_GAP_MS) {
+      // This process was paused (SIGSTOP, a stalled VM): whatever is in flight describes the past.
+      this.generation += 1;
+      this.reporting = false;
+      this.options.log.warn({ pausedForMs: Math.round(gap) }, 'woke from a pause: reconciling before acting on anything');
+      this.reportSoon();
+    }
     if (this.stopped || this.fenced || this.timing === null || this.answeredSentAt === null) return;
     const silentFor = performance.now() - this.answeredSentAt;
     if (silentFor <= this.timing.fenceAfterMs) return;
@@ -307,6 +325,7 @@ export class Agent {
       return;
     }
     this.reporting = true;
+    const generation = this.generation;
     try {
       this.seq += 1;
       const seq = this.seq;
@@ -324,9 +343,14 @@ export class Agent {
       try {
         reply = await this.client.report(this.workerId, containers, this.incarnation, seq);
       } catch (error) {
+        if (generation !== this.generation) return;
         this.stats.failedReports += 1;
         this.options.log.warn({ err: error }, 'report got no answer');
         return;
+      }
+      if (generation !== this.generation) {
+        this.stats.staleReplies += 1;
+        return; // sent before a pause: a newer report is out
       }
       this.stats.reports += 1;
       if (!reply.ok) {
@@ -356,10 +380,13 @@ export class Agent {
       }
       this.follow(reply);
     } finally {
-      this.reporting = false;
-      if (this.reportAgain && !this.stopped) {
-        this.reportAgain = false;
-        setImmediate(() => void this.report());
+      // A report from before a pause no longer owns the flag: the one sent after the pause does.
+      if (generation === this.generation) {
+        this.reporting = false;
+        if (this.reportAgain && !this.stopped) {
+          this.reportAgain = false;
+          setImmediate(() => void this.report());
+        }
       }
     }
   }

@@ -33,7 +33,13 @@ export type ViolationKind =
   /** A container's events came in an order its lifecycle does not allow, or its record contradicts them. */
   | 'event-order'
   /** A container run by an agent exited with another code than its command's. */
-  | 'wrong-exit-code';
+  | 'wrong-exit-code'
+  /** Sampled from the machine's processes (container-watch.ts): one container id live twice at once. */
+  | 'running-twice'
+  /** A live process of a container whose record puts it on another worker, or on none. */
+  | 'runs-elsewhere'
+  /** A live process of an ended container, a TTL after its agent could act. */
+  | 'terminal-running';
 
 export interface Violation {
   readonly kind: ViolationKind;

@@ -15,6 +15,8 @@ import { renderTable } from '../util/table.js';
 import { checkBacklogRun, checkRun, type CheckReport, type Violation } from './checker.js';
 import { BacklogLoad } from './backlog-load.js';
 import { AgentFleet } from './agent-fleet.js';
+import { copiesOnWorker } from './container-processes.js';
+import { ContainerWatch } from './container-watch.js';
 import { ChaosLoad, seededRandom } from './load.js';
 import { ProcessCluster, type ReplicaProcess } from '../replica/process-cluster.js';
 import { shardOf } from '../shard/shard-map.js';
@@ -29,8 +31,13 @@ export const FAULTS = ['kill', 'pause', 'join', 'leave', 'nats-restart', 'redis-
 export const OVERLAPPING_FAULTS = ['pause-redis-restart'] as const;
 /** One replica's link, through its fault proxy: silently cut, or slow. */
 export const PARTITION_FAULTS = ['nats-cut', 'redis-cut', 'redis-slow'] as const;
-/** A worker machine's agent SIGKILLed: its worker is lost, then the agent restarts and adopts what runs. */
-export const AGENT_FAULTS = ['agent-kill'] as const;
+/**
+ * Worker agents' faults: SIGKILLed and restarted on its state directory (it adopts what runs);
+ * frozen (SIGSTOP of the agent alone) past the worker TTL and woken; its NATS link silently cut
+ * past the TTL and healed; the machine dying (agent and containers SIGKILLed) and coming back as a
+ * new machine; a twin agent with the same worker id (refused).
+ */
+export const AGENT_FAULTS = ['agent-kill', 'agent-freeze', 'agent-cut', 'machine-death', 'agent-twin'] as const;
 export const ALL_FAULTS = [...FAULTS, ...OVERLAPPING_FAULTS, ...PARTITION_FAULTS, ...AGENT_FAULTS] as const;
 /** Latency each way for `redis-slow`: longer than every Redis command timeout of a replica at a 2 s lease. */
 const SLOW_LINK_MS = 400;
@@ -106,10 +113,16 @@ const BACKLOG_POOL = 'chaos-queue';
 const BACKLOG_WORKERS = 4;
 /** After the load stops, every queued or placed container must end within this. */
 const BACKLOG_DRAIN_MS = 60_000;
-/** Worker agents: three machines of two cores in their own pool, lost after 2 s of silence. */
+/**
+ * Worker agents: three machines of two cores in their own pool, unreachable after 2 s of silence,
+ * lost after 6 s (plus the 1 s margin; their agents fence themselves at 5 s).
+ */
 const AGENT_POOL = 'chaos-agents';
 const AGENTS = 3;
 const AGENT_WORKER_TTL_MS = 2_000;
+const AGENT_WORKER_LOST_AFTER_MS = 6_000;
+/** How long agent-freeze and agent-cut last: past the TTL, well short of the agent's fence. */
+const AGENT_SILENCE_MS = Math.round(AGENT_WORKER_TTL_MS * 1.6);
 
 interface Context {
   readonly options: ChaosOptions;
@@ -122,6 +135,7 @@ interface Context {
   /** Each replica's fault proxies to NATS and to Redis. */
   readonly links: ReadonlyMap<string, { readonly nats: FaultProxy; readonly redis: FaultProxy }>;
   readonly agents: AgentFleet;
+  readonly watch: ContainerWatch;
 }
 
 /** What runFault hands back; the rest of a FaultResult is measured around it. */
@@ -250,23 +264,12 @@ async function runFault(ctx: Context, fault: FaultName): Promise<FaultRun> {
         note: 'append-only file, fsync always',
       };
     }
-    case 'agent-kill': {
-      const victim = pick(ctx, ctx.agents.ids);
-      await ctx.agents.kill(victim);
-      const status = async () => {
-        const reply = await ctx.observer.getWorker(victim).catch(() => null);
-        return reply?.ok === true ? reply.worker.status : null;
-      };
-      const lost = await waitFor(async () => (await status()) === 'lost', start);
-      const restartAt = Date.now();
-      ctx.agents.start(victim);
-      const back = await waitFor(async () => (await status()) === 'available', restartAt);
-      return {
-        fault, replica: victim, start, end: Date.now(), ok: lost !== null && back !== null, healedAt: restartAt, victimShards: [],
-        timings: { 'SIGKILL to worker lost': lost, 'agent restart to available': back },
-        note: `worker TTL ${AGENT_WORKER_TTL_MS} ms; its running containers lost, the never-run ones requeued`,
-      };
-    }
+    case 'agent-kill':
+    case 'agent-freeze':
+    case 'agent-cut':
+    case 'machine-death':
+    case 'agent-twin':
+      return agentFault(ctx, fault, start);
     case 'nats-cut':
       return partitionFault(ctx, fault, start, 'silent blackhole of its NATS connection', (links) => links.nats.blackhole(), (links) => links.nats.heal());
     case 'redis-cut':
@@ -276,6 +279,84 @@ async function runFault(ctx: Context, fault: FaultName): Promise<FaultRun> {
         ctx, fault, start, `${SLOW_LINK_MS} ms each way added to its Redis connection`,
         (links) => links.redis.setLatency(SLOW_LINK_MS), (links) => links.redis.setLatency(0),
       );
+  }
+}
+
+async function workerStatusOf(ctx: Context, workerId: string): Promise<string | null> {
+  const reply = await ctx.observer.getWorker(workerId).catch(() => null);
+  return reply?.ok === true ? reply.worker.status : null;
+}
+
+/**
+ * One agent fault on a random agent. Each checks its own outcome (the worker unreachable while the
+ * agent is silent, available again after; a twin refused); that no container ran twice, ran where
+ * its record does not put it, or ran on after it ended is the container watch's to judge.
+ */
+async function agentFault(ctx: Context, fault: FaultName, start: number): Promise<FaultRun> {
+  const victim = pick(ctx, ctx.agents.ids);
+  const status = () => workerStatusOf(ctx, victim);
+  const base = { fault, replica: victim, start, victimShards: [] as number[] };
+  switch (fault) {
+    case 'agent-kill': {
+      // Restarted on its state directory: the same incarnation adopts what runs, nothing unknown.
+      const running = copiesOnWorker(victim).map((copy) => copy.containerId);
+      await ctx.agents.kill(victim);
+      const restartAt = Date.now();
+      ctx.agents.start(victim);
+      await new Promise((r) => setTimeout(r, AGENT_WORKER_TTL_MS));
+      const back = await waitFor(async () => (await status()) === 'available', restartAt);
+      const records = await Promise.all(running.map((id) => ctx.observer.getContainer(id).catch(() => null)));
+      const disturbed = records.filter((r) => r?.ok === true && (r.container.status === 'unknown' || r.container.status === 'lost'));
+      return {
+        ...base, end: Date.now(), ok: back !== null && disturbed.length === 0, healedAt: restartAt,
+        timings: { 'restart to available': back },
+        note: `${running.length} containers running at the kill, ${disturbed.length} of them unknown or lost after the restart`,
+      };
+    }
+    case 'agent-freeze':
+    case 'agent-cut': {
+      if (fault === 'agent-freeze') {
+        ctx.watch.agentFrozen(victim, true);
+        ctx.agents.freeze(victim, true);
+      } else ctx.agents.link(victim).blackhole();
+      const unreachable = await waitFor(async () => (await status()) === 'unreachable', start, AGENT_SILENCE_MS + 5_000);
+      const remaining = start + AGENT_SILENCE_MS - Date.now();
+      if (remaining > 0) await new Promise((r) => setTimeout(r, remaining));
+      const healedAt = Date.now();
+      if (fault === 'agent-freeze') {
+        ctx.agents.freeze(victim, false);
+        ctx.watch.agentFrozen(victim, false);
+      } else ctx.agents.link(victim).heal();
+      const back = await waitFor(async () => (await status()) === 'available', healedAt);
+      return {
+        ...base, end: Date.now(), ok: unreachable !== null && back !== null, healedAt,
+        timings: { [`${fault === 'agent-freeze' ? 'SIGSTOP' : 'cut'} to unreachable`]: unreachable, 'silent for': healedAt - start, 'back to available': back },
+        note: `worker TTL ${AGENT_WORKER_TTL_MS} ms; its containers unknown meanwhile, then running again`,
+      };
+    }
+    case 'machine-death': {
+      await ctx.agents.killMachine(victim);
+      const unreachable = await waitFor(async () => (await status()) === 'unreachable', start);
+      const lost = await waitFor(async () => (await status()) === 'lost', start);
+      const restartAt = Date.now();
+      ctx.agents.startFresh(victim);
+      const back = await waitFor(async () => (await status()) === 'available', restartAt);
+      return {
+        ...base, end: Date.now(), ok: unreachable !== null && lost !== null && back !== null, healedAt: restartAt,
+        timings: { 'SIGKILL to unreachable': unreachable, 'SIGKILL to lost': lost, 'new machine to available': back },
+        note: `lost after ${AGENT_WORKER_LOST_AFTER_MS} ms plus the margin; back as a new incarnation`,
+      };
+    }
+    default: {
+      const twin = await ctx.agents.twin(victim);
+      const refused = twin !== null && twin.code !== 0 && twin.stderr.includes('AGENT_CONFLICT');
+      const still = await status();
+      return {
+        ...base, end: Date.now(), ok: refused && still === 'available', healedAt: null,
+        timings: {},
+        note: twin === null ? 'the twin kept running: NOT refused' : `the twin exited ${twin.code}${refused ? ' (AGENT_CONFLICT)' : ''}; the worker is ${still}`,
+      };
+    }
   }
 }
 
@@ -390,6 +471,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     DROVER_SHARD_TIMEOUT_MS: '1000',
     DROVER_LOG_LEVEL: 'info',
     DROVER_WORKER_TTL_MS: String(AGENT_WORKER_TTL_MS),
+    DROVER_WORKER_LOST_AFTER_MS: String(AGENT_WORKER_LOST_AFTER_MS),
   };
   // Each replica reaches Redis and NATS through its own fault proxies (forwarding untouched until a
   // partition fault cuts one), so one replica's link can be cut while the servers stay up.
@@ -407,12 +489,14 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
   let agentLoad: BacklogLoad | null = null;
   const agents = new AgentFleet({ natsUrl: nats.url, prefix, pool: AGENT_POOL, count: AGENTS, cpu: 2_000, memory: 4_096 });
   let probe: ShardProbe | null = null;
+  let watch: ContainerWatch | null = null;
   const storeRedis = new Redis(redis.url, { lazyConnect: true, maxRetriesPerRequest: 20 });
   try {
     out(`chaos: Redis ${redis.url} (append-only, fsync always), NATS ${nats.url}, prefix ${prefix}, lease TTL ${options.leaseTtlMs} ms`);
     for (let i = 0; i < options.replicas; i += 1) await cluster.add();
     observer = await DroverClient.connect(nats.url, prefix, 5_000, 'chaos-observer');
-    const ctx: Context = { options, cluster, redis, nats, observer, log, random: seededRandom(options.seed + 1), links, agents };
+    watch = new ContainerWatch({ idPrefix: 'a-', observer, ttlMs: AGENT_WORKER_TTL_MS });
+    const ctx: Context = { options, cluster, redis, nats, observer, log, random: seededRandom(options.seed + 1), links, agents, watch };
     if ((await waitFor(() => balanced(ctx, cluster.live()), Date.now())) === null) throw new Error('the cluster never balanced at start');
     out(`chaos: ${options.replicas} replica processes balanced over ${options.shards} shards`);
 
@@ -451,7 +535,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     });
     await backlogLoad.start();
     // Containers run by worker agents: each runs a short command whose exit code the checker knows.
-    agents.startAll();
+    await agents.startAll();
     for (const id of agents.ids) {
       if ((await waitFor(async () => {
         const reply = await observer!.getWorker(id).catch(() => null);
@@ -459,11 +543,15 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       }, Date.now(), 20_000)) === null) throw new Error(`agent ${id} did not come up`);
     }
     agentLoad = new BacklogLoad({
-      natsUrl: nats.url, prefix, pool: AGENT_POOL, rate: 10, holdMs: 0, cancelChance: 0.05, random: seededRandom(options.seed + 3), requestTimeoutMs: 3_000,
-      idPrefix: 'a-', command: (n) => ({ argv: ['sh', '-c', `sleep 0.3; exit ${n % 4}`], exitCode: n % 4 }),
+      natsUrl: nats.url, prefix, pool: AGENT_POOL, rate: 3, holdMs: 0, cancelChance: 0.05, random: seededRandom(options.seed + 3), requestTimeoutMs: 3_000,
+      // Every fourth runs longer than the worker TTL, so that a copy started elsewhere while it
+      // still runs (the fault this load is here to catch) would be seen in /proc.
+      idPrefix: 'a-', command: (n) => ({ argv: ['sh', '-c', `sleep ${n % 4 === 0 ? 4 : 1}; exit ${n % 4}`], exitCode: n % 4 }),
     });
     await agentLoad.start();
-    out(`chaos: ${AGENTS} worker agents in pool ${AGENT_POOL} (6 containers fit), 10 submits/s of 'sleep 0.3; exit n%4'`);
+    watch.start();
+    out(`chaos: ${AGENTS} worker agents in pool ${AGENT_POOL} (6 containers fit), 3 submits/s of 'sleep 1 (every fourth 4); exit n%4'; ` +
+      `their processes sampled from /proc every 200 ms`);
     out(`chaos: backlog load: ${BACKLOG_WORKERS} workers in pool ${BACKLOG_POOL} (8 containers fit), 15 submits/s held 400 ms once placed, 10 % of the queued cancelled`);
     await new Promise((r) => setTimeout(r, options.settleMs));
 
@@ -511,11 +599,21 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     agentLoad = null;
     await probe.stop();
     probe = null;
+    // Every agent container has ended: none may still run a TTL later.
+    await new Promise((r) => setTimeout(r, AGENT_WORKER_TTL_MS + 1_500));
+    const leftRunning = await watch.sample(true);
+    await watch.stop();
+    out(`chaos: container watch: ${watch.stats.samples} samples of /proc, ${watch.stats.recordReads} record reads, ` +
+      `at most ${watch.stats.maxLive} agent containers live at once, ${leftRunning.length} still running at the end`);
     await storeRedis.connect();
     const store = new DroverStore(storeRedis, { prefix, shards: options.shards, historyCap: 0, releasedRetentionSeconds: 0 });
     out(`chaos: checking ${log.records.length} requests against Redis`);
     const report = await checkRun(store, options.shards, log.records);
     report.violations.push(...(await checkBacklogRun(store, backlogRecords, stillOpen)));
+    report.violations.push(...watch.violations);
+    for (const copy of leftRunning) {
+      report.violations.push({ kind: 'terminal-running', message: `container ${copy.containerId} still runs on ${copy.workerId} (group ${copy.group}) after the run ended` });
+    }
     const backlogCounts = {
       submitted: backlogRecords.length,
       queued: backlogRecords.filter((r) => r.submit === 'queued').length,
@@ -552,6 +650,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     await load?.stop().catch(() => undefined);
     await backlogLoad?.stop().catch(() => undefined);
     await agentLoad?.stop().catch(() => undefined);
+    await watch?.stop().catch(() => undefined);
     await agents.stopAll().catch(() => undefined);
     await probe?.stop().catch(() => undefined);
     await observer?.close().catch(() => undefined);

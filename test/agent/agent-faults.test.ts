@@ -17,7 +17,7 @@ import { alive } from '../../src/agent/container-process.js';
 import type { ContainerEvent, DroverClient } from '../../src/client/drover-client.js';
 import type { Replica } from '../../src/replica/replica.js';
 import { AgentProcesses, containersOf, identityOf } from '../support/agents.js';
-import { containersRunningTwice, liveContainerCopies } from '../support/container-processes.js';
+import { containersRunningTwice, liveContainerCopies } from '../../src/chaos/container-processes.js';
 import { connectClient, delay, eventually, startReplica, testPrefix } from '../support/cluster.js';
 
 const WORKER_TTL_MS = 1_500;

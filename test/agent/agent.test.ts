@@ -11,7 +11,7 @@ import { alive } from '../../src/agent/container-process.js';
 import type { ContainerEvent, DroverClient } from '../../src/client/drover-client.js';
 import type { Replica } from '../../src/replica/replica.js';
 import { AgentProcesses, containersOf, type AgentProcess } from '../support/agents.js';
-import { liveContainerCopies } from '../support/container-processes.js';
+import { liveContainerCopies } from '../../src/chaos/container-processes.js';
 import { connectClient, eventually, startReplica, testPrefix } from '../support/cluster.js';
 
 const WORKER_TTL_MS = 1_500;

@@ -18,6 +18,28 @@ const ENV_WORKER = 'DROVER_WORKER_ID=';
 
 /** Every live copy of every container on the machine (optionally only ids with `prefix`). */
 export function liveContainerCopies(prefix = ''): ContainerCopy[] {
+  return readCopies((containerId) => containerId.startsWith(prefix));
+}
+
+/** Every live copy of the containers that run on worker `workerId`. */
+export function copiesOnWorker(workerId: string): ContainerCopy[] {
+  return readCopies((_, worker) => worker === workerId);
+}
+
+/** SIGKILL every container process group on worker `workerId` (a machine that dies). */
+export function killWorkerContainers(workerId: string): number {
+  const copies = copiesOnWorker(workerId);
+  for (const copy of copies) {
+    try {
+      process.kill(-copy.group, 'SIGKILL');
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return copies.length;
+}
+
+function readCopies(wanted: (containerId: string, workerId: string) => boolean): ContainerCopy[] {
   const copies = new Map<string, ContainerCopy>();
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
@@ -31,12 +53,13 @@ export function liveContainerCopies(prefix = ''): ContainerCopy[] {
     }
     const variables = environ.split('\0');
     const containerId = variables.find((v) => v.startsWith(ENV_ID))?.slice(ENV_ID.length);
-    if (containerId === undefined || !containerId.startsWith(prefix)) continue;
+    if (containerId === undefined) continue;
+    const workerId = variables.find((v) => v.startsWith(ENV_WORKER))?.slice(ENV_WORKER.length) ?? '';
+    if (!wanted(containerId, workerId)) continue;
     // /proc/<pid>/stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces, so split after ')'.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     if (fields[0] === 'Z') continue; // a zombie runs nothing
     const group = Number(fields[2]);
-    const workerId = variables.find((v) => v.startsWith(ENV_WORKER))?.slice(ENV_WORKER.length) ?? '';
     copies.set(`${containerId}/${group}`, { containerId, workerId, group });
   }
   return [...copies.values()];
