@@ -60,11 +60,13 @@ export async function runDemo(options: DemoOptions): Promise<number> {
       `NATS ${natsUrl}${servers.some((s) => s.name === 'nats') ? ' (private)' : ''}, prefix ${prefix}\n`);
 
     for (let i = 0; i < options.replicas; i += 1) {
-      // Agents' workers are lost after 2 s of silence in the demo (10 s by default), so the loss shows quickly.
+      // Agents' workers are unreachable after 2 s of silence in the demo and lost after 6 s (10 s and
+      // 5 minutes by default), so the loss shows quickly.
       const workerTtlMs = process.env.DROVER_WORKER_TTL_MS === undefined ? { workerTtlMs: 2_000 } : {};
+      const lostAfter = process.env.DROVER_WORKER_LOST_AFTER_MS === undefined && process.env.DROVER_WORKER_TTL_MS === undefined ? { workerLostAfterMs: 6_000 } : {};
       // Every replica of the demo serves its debug page on a free port (printed below) unless DROVER_HTTP_PORT is set.
       const httpPort = process.env.DROVER_HTTP_PORT === undefined ? { httpPort: 0 } : {};
-      const config = loadConfig(process.env, { redisUrl, natsUrl, prefix, replicaId: `demo-replica-${i + 1}`, ...workerTtlMs, ...httpPort });
+      const config = loadConfig(process.env, { redisUrl, natsUrl, prefix, replicaId: `demo-replica-${i + 1}`, ...workerTtlMs, ...lostAfter, ...httpPort });
       replicas.push(await Replica.start(config, log));
     }
     out.write(`started ${replicas.length} replica(s) holding ${replicas.reduce((n, r) => n + r.servedShards().length, 0)} ` +
@@ -154,7 +156,7 @@ export async function runDemo(options: DemoOptions): Promise<number> {
       ) + '\n',
     );
     for (const violation of audit.violations.slice(0, 20)) out.write(`  violation: ${violation}\n`);
-    const loop = await runLoopDemo({ client, natsUrl, prefix, workerTtlMs: replicas[0]!.config.workerTtlMs, out });
+    const loop = await runLoopDemo({ client, natsUrl, prefix, workerTtlMs: replicas[0]!.config.workerTtlMs, workerLostAfterMs: replicas[0]!.config.workerLostAfterMs, out });
     return audit.violations.length === 0 && counts.other === 0 && loop ? 0 : 1;
   } finally {
     await client?.close().catch(() => undefined);

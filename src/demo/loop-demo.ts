@@ -4,7 +4,8 @@
  * short command and exits, and the backlog drains into the room that frees. Two machines die
  * (SIGKILL of the agent and its containers): agent-4 just before the submits, so the containers
  * placed on it in the TTL window never run and go back to the queue to run elsewhere; agent-3
- * midway, so its running containers are lost.
+ * midway, so its running containers are `unknown` after the TTL (never started elsewhere) and
+ * `lost` after DROVER_WORKER_LOST_AFTER_MS.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -24,6 +25,7 @@ export interface LoopDemoOptions {
   readonly natsUrl: string;
   readonly prefix: string;
   readonly workerTtlMs: number;
+  readonly workerLostAfterMs: number;
   readonly out: NodeJS.WriteStream;
 }
 
@@ -54,7 +56,7 @@ export async function runLoopDemo(options: LoopDemoOptions): Promise<boolean> {
   };
   try {
     out.write(`\nthe scheduling loop: ${AGENTS} agents (real processes, 2 cores each), ${CONTAINERS} containers of half a core ` +
-      `running 'sleep 2' (16 fit at once), worker TTL ${options.workerTtlMs} ms\n`);
+      `running 'sleep 2' (16 fit at once), worker TTL ${options.workerTtlMs} ms, lost after ${options.workerLostAfterMs} ms\n`);
     for (let i = 1; i <= AGENTS; i += 1) startAgent(`agent-${i}`);
     for (let waited = 0; ; waited += 100) {
       const workers = await Promise.all([...agents.keys()].map((id) => client.getWorker(id)));
@@ -77,7 +79,7 @@ export async function runLoopDemo(options: LoopDemoOptions): Promise<boolean> {
     };
     const line = (label: string) => {
       const c = count();
-      const cells = ['queued', 'placed', 'running', 'stopping', 'exited', 'lost', 'released', 'failed'].map((s) => `${s} ${c[s] ?? 0}`);
+      const cells = ['queued', 'placed', 'running', 'unknown', 'stopping', 'exited', 'lost', 'released', 'failed'].map((s) => `${s} ${c[s] ?? 0}`);
       out.write(`  ${label.padEnd(22)} ${cells.join('  ')}  (requeued ${requeued})\n`);
     };
     const started = Date.now();
