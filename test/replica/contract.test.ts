@@ -200,16 +200,20 @@ describe('accounting and concurrency', () => {
     expect(await redis.scard(replica.store.keys.workerContainers(worker.ok ? worker.worker.shard : -1, 'dup-w'))).toBe(1);
   });
 
-  it('does not act on a request whose client deadline has passed', async () => {
+  it('does not act on a request whose client deadline has passed, and says so with both clocks', async () => {
     await client.registerWorker({ id: 'late-w', cpu: 1_000, memory: 1_000, pool: 'late' });
     await settle();
     const expired = headers();
-    expired.set(DEADLINE_HEADER, String(Date.now() - 1));
-    const late = client.nc.request(`${replica.config.prefix}.submit`, JSON.stringify({ id: 'late-c', cpu: 100, memory: 100, pool: 'late' }), {
-      timeout: 500,
+    const deadline = Date.now() - 1;
+    expired.set(DEADLINE_HEADER, String(deadline));
+    const late = await client.nc.request(`${replica.config.prefix}.submit`, JSON.stringify({ id: 'late-c', cpu: 100, memory: 100, pool: 'late' }), {
+      timeout: 5_000,
       headers: expired,
     });
-    await expect(late).rejects.toThrow(/timeout/i);
+    const reply = late.json<{ ok: boolean; error: { code: string; message: string }; deadline: number; replicaTime: number }>();
+    expect(reply).toMatchObject({ ok: false, error: { code: 'DEADLINE_EXCEEDED' }, deadline });
+    expect(reply.replicaTime).toBeGreaterThan(deadline);
+    expect(reply.error.message).toContain(String(deadline));
     expect(await redis.exists(replica.store.keys.container('late-c'))).toBe(0);
     // The same request with time left is served.
     expect(await client.submit({ queue: false, id: 'late-c', cpu: 100, memory: 100, pool: 'late' })).toMatchObject({ ok: true, workerId: 'late-w' });
