@@ -219,6 +219,16 @@ describe('accounting and concurrency', () => {
     expect(await client.submit({ queue: false, id: 'late-c', cpu: 100, memory: 100, pool: 'late' })).toMatchObject({ ok: true, workerId: 'late-w' });
   });
 
+  it('neither places nor queues a submit whose deadline passes while it is being routed', async () => {
+    // The router's own entry point, past the check at the door: as if the deadline passed while
+    // this request waited for its turn. Room exists; queueing would be the fallback.
+    const request = { id: 'late-r', cpu: 100, memory: 100, gpu: null, gpuCount: 0, pool: 'late', priority: 0, maxWaitMs: 60_000, queue: true, command: null, env: null };
+    const deadline = Date.now() - 1;
+    const reply = await replica.router.submit(request, deadline, 'late-key');
+    expect(reply).toMatchObject({ ok: false, error: { code: 'DEADLINE_EXCEEDED', message: expect.stringMatching(/nothing was done/) }, deadline });
+    expect(await redis.exists(replica.store.keys.container('late-r'))).toBe(0);
+  });
+
   it('a batch submit places each container and answers per container', async () => {
     await client.registerWorker({ id: 'batch-w', cpu: 10_000, memory: 10_000, pool: 'batch' });
     await settle();
