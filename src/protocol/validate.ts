@@ -325,6 +325,16 @@ export function parseBacklogRequest(body: Json): void {
   if (field !== undefined) throw invalid(`unknown field "${field}" in request; drover.backlog takes an empty object {}`);
 }
 
+/**
+ * `drover.status` takes no parameters either: an empty payload or `{}`. Every replica answers it
+ * (no router in between), so each checks the body itself.
+ */
+export function parseStatusRequest(data: Uint8Array): void {
+  if (data.byteLength === 0) return;
+  const [field] = Object.keys(decodeObject(data));
+  if (field !== undefined) throw invalid(`unknown field "${field}" in request; drover.status takes an empty payload or {}`);
+}
+
 export function parseListRequest(body: Json): ListRequest {
   onlyFields(body, ['cursor', 'limit']);
   const cursor = body.cursor;

@@ -148,6 +148,8 @@ const cases: Case[] = [
   ['backlog: an array', 'backlog', '[]', 'INVALID_REQUEST', /JSON object/],
   ['backlog: empty payload', 'backlog', '', 'INVALID_REQUEST', /empty/],
   ['backlog: unknown field', 'backlog', JSON.stringify({ pool: 'p' }), 'INVALID_REQUEST', /unknown field "pool".*empty object/],
+  ['status: malformed JSON', 'status', '{', 'INVALID_REQUEST', /not valid JSON/],
+  ['status: unknown field', 'status', JSON.stringify({ verbose: true }), 'INVALID_REQUEST', /unknown field "verbose".*empty payload or \{\}/],
   ['workers.list: empty payload', 'workers.list', '', 'INVALID_REQUEST', /empty/],
   ['workers.list: an array', 'workers.list', '[]', 'INVALID_REQUEST', /JSON object/],
   ['submit: deadline that is not a number', 'submit', JSON.stringify(container), 'INVALID_REQUEST', /Drover-Deadline must be a time in Unix milliseconds/, undefined, 'soon'],
@@ -274,6 +276,13 @@ describe('bad input', () => {
     const reply = await client.raw(`${replica.config.prefix}.ops.replica.${replica.config.replicaId}`, JSON.stringify(body));
     expect(reply).toEqual({ results: [], capacities: [] });
     expect(await snapshotKeys(redis, replica.config.prefix)).toEqual(before);
+  });
+
+  it('answers drover.status with an empty payload or {}, once per replica', async () => {
+    for (const payload of ['', '{}']) {
+      expect(await client.raw(`${replica.config.prefix}.status`, payload)).toMatchObject({ ok: true, replicaId: replica.config.replicaId, shards: expect.any(Array) });
+    }
+    expect(await client.clusterStatus(300, 1)).toHaveLength(1);
   });
 
   it('the replica still serves after all of it', async () => {
