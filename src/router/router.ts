@@ -133,7 +133,7 @@ export class Router {
   /** Placements whose commit also took the container out of its home shard's backlog set (see isUnqueued). */
   private readonly unqueued = new WeakSet<PlaceReply>();
   /** "queued" replies to a submit its request key had queued already (a retry). */
-  private readonly requeued = new WeakSet<SubmitReply>();
+  private readonly queuedBefore = new WeakSet<SubmitReply>();
 
   constructor(private readonly options: RouterOptions) {
     this.redisReads = new Incident(options.log, 'Redis reads of the router');
@@ -286,7 +286,7 @@ export class Router {
     const reply = await this.submitOnce(request, clientDeadline, key, spec);
     // A reply that repeats what an earlier request with this key did (a retry): only if this
     // request is that one. Read on this path only; a first submit costs nothing more.
-    if (reply.ok && (this.repeated.has(reply as PlaceReply) || this.requeued.has(reply))) {
+    if (reply.ok && (this.repeated.has(reply as PlaceReply) || this.queuedBefore.has(reply))) {
       return (await this.conflictWithRecord(request, spec)) ?? reply;
     }
     return reply;
@@ -313,7 +313,7 @@ export class Router {
       this.stats.queued += 1;
       const queued: SubmitReply = { ok: true, status: 'queued', id: request.id };
       // Queued before, by this request key: a retry (checked against the record by `submit`).
-      if ((result as { existing?: true }).existing === true) this.requeued.add(queued);
+      if ((result as { existing?: true }).existing === true) this.queuedBefore.add(queued);
       return queued;
     }
     switch (result.code) {
