@@ -529,7 +529,7 @@ export class Router {
     const { registered, available } = this.view.fleet(request);
     if (registered === 0) return kind === '' ? 'no worker is registered' : `no worker of ${kind} is registered`;
     const which = kind === '' ? 'workers' : `workers of ${kind}`;
-    if (available === 0) return `all ${registered} ${which} are pending, draining, disabled or lost (none is available; an agent's worker is pending until its first report)`;
+    if (available === 0) return `all ${registered} ${which} are pending, unreachable, draining, disabled or lost (none is available; an agent's worker is pending until its first report)`;
     return `all ${available} available ${which} are too full for it`;
   }
 
@@ -637,6 +637,8 @@ export class Router {
     // Retried only while the agent still waits: a report acted on after a newer one could end a
     // running container (the owner also refuses it past its deadline or behind a newer sequence).
     const result = await this.sendBound(this.shardOf(report.workerId), { k: 'report', report, deadline: deadline ?? 0 }, deadline);
+    // Not acted on because the agent's deadline passed (here or at the owner): say that, not why else.
+    if (!result.ok && deadline !== null && Date.now() > deadline) return deadlineExceeded(deadline, 'before its report could be acted on');
     if (!result.ok) throw this.boundError(result);
     return { ok: true, ...(result as { agent: AgentInstructions }).agent };
   }

@@ -163,6 +163,7 @@ const cases: Case[] = [
   ['submit.batch: past deadline', 'submit.batch', JSON.stringify({ containers: [container] }), 'DEADLINE_EXCEEDED', /nothing was done/, undefined, 'past'],
   ['release: past deadline', 'release', JSON.stringify({ id: 'placed-1' }), 'DEADLINE_EXCEEDED', /nothing was done/, undefined, 'past'],
   ['workers.register: past deadline', 'workers.register', JSON.stringify(worker), 'DEADLINE_EXCEEDED', /nothing was done/, undefined, 'past'],
+  ['workers.report: past deadline', 'workers.report', JSON.stringify({ workerId: 'w1', containers: [], incarnation: 'i1', seq: 1 }), 'DEADLINE_EXCEEDED', /nothing was done/, undefined, 'past'],
   ['containers.get: past deadline', 'containers.get', JSON.stringify({ id: 'placed-1' }), 'DEADLINE_EXCEEDED', /nothing was done/, undefined, 'past'],
 ];
 

@@ -18,6 +18,10 @@ let replica: Replica;
 let client: DroverClient;
 let redis: Redis;
 let agentShard: number;
+/** The played agent's incarnation, and its report sequence (each report's is higher). */
+const INCARNATION = 'rf-incarnation';
+let seq = 0;
+const report = (containers: Parameters<DroverClient['report']>[1]) => client.report('rf-agent', containers, INCARNATION, (seq += 1));
 
 beforeAll(async () => {
   // The agent is played by the test: a long TTL keeps its worker from being lost between reports.
@@ -51,10 +55,10 @@ describe('every field of a container survives each status write', () => {
   it('names pending workers when NO_CAPACITY is the answer, then takes the agent worker at its first report', async () => {
     expect((await client.registerWorker({ id: 'rf-agent', cpu: 4_000, memory: 4_096, pool: 'rf', agent: true })).ok).toBe(true);
     const refused = await client.submit({ queue: false, id: 'rf-none', cpu: 100, memory: 100, pool: 'rf' });
-    expect(refused).toMatchObject({ ok: false, error: { code: 'NO_CAPACITY', message: expect.stringMatching(/all 1 workers of pool rf are pending, draining, disabled or lost/) } });
+    expect(refused).toMatchObject({ ok: false, error: { code: 'NO_CAPACITY', message: expect.stringMatching(/all 1 workers of pool rf are pending, unreachable, draining, disabled or lost/) } });
     // NO_CAPACITY writes nothing: the id is still free.
     expect(await client.getContainer('rf-none')).toMatchObject({ ok: false, error: { code: 'NOT_FOUND' } });
-    expect(await client.report('rf-agent', [])).toMatchObject({ ok: true });
+    expect(await report([])).toMatchObject({ ok: true });
     const worker = await client.getWorker('rf-agent');
     expect(worker.ok && worker.worker.status).toBe('available');
     agentShard = worker.ok ? worker.worker.shard : -1;
@@ -70,13 +74,13 @@ describe('every field of a container survives each status write', () => {
       // Never queued: placed at once.
       queuedAt: null, placedAt: stamp, runningAt: null, endedAt: null, exitCode: null, releasedAt: null, reason: null, ageMs: null, expiresAt: null,
     });
-    expect(await client.report('rf-agent', [{ id: 'rf-a', status: 'running' }])).toMatchObject({ ok: true });
+    expect(await report([{ id: 'rf-a', status: 'running' }])).toMatchObject({ ok: true });
     const running = await expectTransition('rf-a', placed, { status: 'running', runningAt: stamp });
     expect(running.runningAt).toBeGreaterThanOrEqual(placed.placedAt!);
     expect(await client.release('rf-a')).toEqual({ ok: true, id: 'rf-a', status: 'stopping' });
     const stopping = await expectTransition('rf-a', running, { status: 'stopping' });
     // The agent stopped it and no longer lists it: released, and the record is a tombstone now.
-    expect(await client.report('rf-agent', [])).toMatchObject({ ok: true });
+    expect(await report([])).toMatchObject({ ok: true });
     const released = await expectTransition('rf-a', stopping, { status: 'released', endedAt: stamp, releasedAt: stamp, reason: 'RELEASED' });
     expect(released.releasedAt).toBe(released.endedAt);
     expect(await redis.type(replica.store.keys.container('rf-a'))).toBe('string');
@@ -88,7 +92,7 @@ describe('every field of a container survives each status write', () => {
     expect(await client.submit({ id: 'rf-b', cpu: 300, memory: 128, pool: 'rf', priority: -7 })).toMatchObject({ ok: true, status: 'placed' });
     const placed = await read('rf-b');
     expect(placed).toMatchObject({ status: 'placed', priority: -7, queuedAt: null, placedAt: stamp });
-    expect(await client.report('rf-agent', [{ id: 'rf-b', status: 'exited', exitCode: 3 }])).toMatchObject({ ok: true });
+    expect(await report([{ id: 'rf-b', status: 'exited', exitCode: 3 }])).toMatchObject({ ok: true });
     await expectTransition('rf-b', placed, { status: 'exited', endedAt: stamp, exitCode: 3 });
     expect(await client.release('rf-b')).toEqual({ ok: true, id: 'rf-b', status: 'exited' });
   });

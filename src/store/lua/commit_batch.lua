@@ -83,8 +83,9 @@
   (a time of 0: a step not taken; queuedAt is 0 for a container never queued, one without a home;
   tombstones written by older versions end after 9, 11 or 13 fields) that expires after ARGV[4]
   seconds; it keeps the id from being placed again, lets a retried submit recognise its own
-  request (and compare its body), and keeps every field `containers.get` shows. workerId '-' means it ended without ever being placed (its
-  shard is then its home shard). (Ids, request keys and names cannot hold spaces.)
+  request (and compare its body), and keeps every field `containers.get` shows. workerId '-'
+  means it ended without ever being placed (its shard is then its home shard). (Ids, request keys
+  and names cannot hold spaces.)
 
   Output:
     {'FENCED', currentEpoch}   nothing was written: the writer's epoch is not the current one
