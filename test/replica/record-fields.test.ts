@@ -3,8 +3,8 @@
  * each transition and compared, whole, with the reading before it plus what the transition
  * changes. The paths: submit -> placed -> running -> stopping -> released (a worker agent, played
  * here through the public report subject); placed -> exited; queued -> failed (EXPIRED); queued ->
- * released (CANCELLED); queued -> placed -> released. And a worker that is only `pending` is named
- * in NO_CAPACITY's answer.
+ * released (CANCELLED); queued -> placed -> released; running -> unknown -> running -> unknown ->
+ * lost (a silent agent). And a worker that is only `pending` is named in NO_CAPACITY's answer.
  */
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -130,5 +130,54 @@ describe('every field of a container survives each status write', () => {
     expect(placed.queuedAt).toBe(queued.queuedAt);
     expect(await client.release('rf-e')).toEqual({ ok: true, id: 'rf-e', status: 'released' });
     await expectTransition('rf-e', placed, { status: 'released', endedAt: stamp, releasedAt: stamp, reason: 'RELEASED' });
+  });
+});
+
+describe('every field survives a silent agent: running -> unknown -> running -> unknown -> lost', () => {
+  const TTL_MS = 600;
+  let other: Replica;
+  let otherClient: DroverClient;
+  let otherSeq = 0;
+  const otherReport = (containers: Parameters<DroverClient['report']>[1]) => otherClient.report('rf-silent', containers, 'rf-silent-incarnation', (otherSeq += 1));
+
+  beforeAll(async () => {
+    other = await startReplica({ shards: SHARDS, workerTtlMs: TTL_MS, workerLostAfterMs: 3 * TTL_MS });
+    otherClient = await connectClient(other.config.prefix);
+  });
+
+  afterAll(async () => {
+    await otherClient.close();
+    await other.stop();
+  });
+
+  const readOther = async (id: string): Promise<ContainerInfo> => {
+    const reply = await otherClient.getContainer(id);
+    if (!reply.ok) throw new Error(`containers.get ${id}: ${reply.error.code}`);
+    return reply.container;
+  };
+
+  it('keeps every field while its worker goes silent, comes back, and is lost', async () => {
+    expect((await otherClient.registerWorker({ id: 'rf-silent', cpu: 2_000, memory: 2_048, pool: 'silent', agent: true })).ok).toBe(true);
+    expect(await otherReport([])).toMatchObject({ ok: true });
+    await delay(60);
+    expect(await otherClient.submit({ id: 'rf-s', cpu: 400, memory: 400, pool: 'silent', priority: 11, maxWaitMs: 90_000 })).toMatchObject({ ok: true, status: 'placed' });
+    const placed = await readOther('rf-s');
+    expect(placed).toMatchObject({ status: 'placed', priority: 11, queuedAt: null, workerId: 'rf-silent' });
+    // The agent takes the assignment and runs it.
+    await otherReport([]);
+    expect(await otherReport([{ id: 'rf-s', status: 'running' }])).toMatchObject({ ok: true });
+    const running = await readOther('rf-s');
+    expect(running).toEqual({ ...placed, status: 'running', runningAt: stamp });
+    // Silent past the TTL: unknown, nothing else changes.
+    await eventually(async () => (await readOther('rf-s')).status === 'unknown', 10_000, 'rf-s unknown');
+    const unknown = await readOther('rf-s');
+    expect(unknown).toEqual({ ...running, status: 'unknown' });
+    // Back, still running it: running again, with its first runningAt.
+    expect(await otherReport([{ id: 'rf-s', status: 'running' }])).toMatchObject({ ok: true });
+    await eventually(async () => (await readOther('rf-s')).status === 'running', 10_000, 'rf-s running again');
+    expect(await readOther('rf-s')).toEqual(running);
+    // Silent for good: unknown, then lost after workerLostAfterMs.
+    await eventually(async () => (await readOther('rf-s')).status === 'lost', 15_000, 'rf-s lost');
+    expect(await readOther('rf-s')).toEqual({ ...running, status: 'lost', endedAt: stamp, reason: 'WORKER_LOST' });
   });
 });
