@@ -104,6 +104,7 @@ export type ContainerInfo = ContainerView;
 export type ContainerEvent = PublishedContainerEvent;
 
 export interface ReplicaStatus {
+  ok: true;
   replicaId: string;
   uptimeMs: number;
   memory: { rss: number; heapUsed: number; external: number; arrayBuffers: number };
@@ -351,7 +352,8 @@ export class DroverClient {
       );
       for await (const msg of replies) {
         try {
-          statuses.push(msg.json<ReplicaStatus>());
+          const status = msg.json<ReplicaStatus | { ok: false }>();
+          if (status.ok !== false) statuses.push(status);
         } catch {
           // a malformed status is skipped
         }

@@ -10,6 +10,11 @@ export const ERROR_CODES = [
   'BACKLOG_FULL',
   /** A worker agent's report while another live agent (another incarnation) runs the worker. */
   'AGENT_CONFLICT',
+  /**
+   * The request's Drover-Deadline had passed when a router took it (or before it could be placed
+   * or queued): nothing was started; the reply carries the deadline and the replica's clock.
+   */
+  'DEADLINE_EXCEEDED',
   'INTERNAL',
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];

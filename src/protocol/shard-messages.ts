@@ -85,7 +85,8 @@ export type ShardOpResult =
   | { readonly ok: true; readonly worker: WorkerView }
   | { readonly ok: true; readonly released: true; readonly workerId: string }
   | { readonly ok: true; readonly removed: true }
-  | { readonly ok: true; readonly queued: true }
+  /** `existing`: it was queued already, by the same request key (a retry; nothing was written). */
+  | { readonly ok: true; readonly queued: true; readonly existing?: true }
   | { readonly ok: true; readonly cancelled: true }
   | { readonly ok: true; readonly requeued: true }
   /** A release of a container its agent runs: the agent is told to stop it; capacity frees when it has. */

@@ -224,6 +224,9 @@ function parseSpec(body: Json, where: string): ContainerSpec {
     const entries = Object.entries(raw as Json);
     if (entries.length > MAX_ENV_ENTRIES) throw invalid(`${where}: "env" has ${entries.length} entries; the limit is ${MAX_ENV_ENTRIES}`);
     env = {};
+    // Sorted by name: the stored JSON (and its digest, kept in an ended container's tombstone) is
+    // then the same for the same environment however a client orders it.
+    entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
     for (const [key, value] of entries) {
       if (!ENV_NAME_PATTERN.test(key)) throw invalid(`${where}: env name "${key.slice(0, 40)}" must match ${ENV_NAME_PATTERN.source}`);
       env[key] = processString(value, `${where}: env.${key}`);
@@ -314,6 +317,22 @@ export function parseContainerBatch(body: Json): SubmitRequest[] {
 export function parseIdRequest(body: Json): IdRequest {
   onlyFields(body, ['id']);
   return { id: id(body, 'id', 'request') };
+}
+
+/** `drover.backlog` takes no parameters: its body is the empty object `{}`. */
+export function parseBacklogRequest(body: Json): void {
+  const [field] = Object.keys(body);
+  if (field !== undefined) throw invalid(`unknown field "${field}" in request; drover.backlog takes an empty object {}`);
+}
+
+/**
+ * `drover.status` takes no parameters either: an empty payload or `{}`. Every replica answers it
+ * (no router in between), so each checks the body itself.
+ */
+export function parseStatusRequest(data: Uint8Array): void {
+  if (data.byteLength === 0) return;
+  const [field] = Object.keys(decodeObject(data));
+  if (field !== undefined) throw invalid(`unknown field "${field}" in request; drover.status takes an empty payload or {}`);
 }
 
 export function parseListRequest(body: Json): ListRequest {

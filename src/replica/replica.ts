@@ -34,6 +34,8 @@ import {
   type ShardReply,
 } from '../protocol/shard-messages.js';
 import { Subjects } from '../protocol/subjects.js';
+import { replyFromError } from '../protocol/errors.js';
+import { parseStatusRequest } from '../protocol/validate.js';
 import { Router } from '../router/router.js';
 import { ShardOwner } from '../shard/shard-owner.js';
 import { DroverStore } from '../store/store.js';
@@ -335,7 +337,15 @@ export class Replica {
       }),
       this.nc.subscribe(this.subjects.status, {
         callback: (error, msg) => {
-          if (!error) msg.respond(JSON.stringify(this.status()));
+          if (error) return;
+          let reply: unknown;
+          try {
+            parseStatusRequest(msg.data);
+            reply = { ok: true, ...this.status() };
+          } catch (failure) {
+            reply = replyFromError(failure);
+          }
+          msg.respond(JSON.stringify(reply));
         },
       }),
     );

@@ -66,7 +66,8 @@ export class ShardEndpoint {
     switch (result.outcome) {
       case 'queued':
         if (result.created) this.scheduler.queued(result.entry);
-        return { ok: true, queued: true };
+        // Queued before by this request key: the router compares the retry with the record.
+        return result.created ? { ok: true, queued: true } : { ok: true, queued: true, existing: true };
       case 'placed':
         return { ok: false, code: 'ALREADY_PLACED', message: `container ${op.id} is already placed on ${result.workerId}`, workerId: result.workerId, requestKey: result.requestKey };
       case 'refused':

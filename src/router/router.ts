@@ -18,6 +18,7 @@ import {
   parseIdRequest,
   parseListRequest,
   parseAgentReport,
+  parseBacklogRequest,
   parseWorkerBatch,
   parseWorkerRegistration,
   specJson,
@@ -38,6 +39,7 @@ import { mergeBacklogReports, parseBacklogReport, type BacklogReport } from '../
 import type { AttemptResult } from '../observe/metrics.js';
 import { CapacityView } from './capacity-view.js';
 import { ShardClient } from './shard-client.js';
+import { requestDifferences } from './same-request.js';
 
 /**
  * Shards one placement may try. Every shard whose summary does not prove the container cannot fit
@@ -130,6 +132,8 @@ export class Router {
   private readonly repeated = new WeakSet<PlaceReply>();
   /** Placements whose commit also took the container out of its home shard's backlog set (see isUnqueued). */
   private readonly unqueued = new WeakSet<PlaceReply>();
+  /** "queued" replies to a submit its request key had queued already (a retry). */
+  private readonly queuedBefore = new WeakSet<SubmitReply>();
 
   constructor(private readonly options: RouterOptions) {
     this.redisReads = new Incident(options.log, 'Redis reads of the router');
@@ -182,7 +186,7 @@ export class Router {
       [subjects.submitBatch, (msg, deadline) => this.onSubmitBatch(msg, deadline)],
       [subjects.release, (msg) => this.onRelease(msg)],
       [subjects.containersGet, (msg) => this.onContainerGet(msg)],
-      [subjects.backlog, () => this.onBacklog()],
+      [subjects.backlog, (msg) => this.onBacklog(msg)],
       [subjects.workersRegister, (msg) => this.onRegister(msg)],
       [subjects.workersRegisterBatch, (msg) => this.onRegisterBatch(msg)],
       [subjects.workersGet, (msg) => this.onWorkerGet(msg)],
@@ -231,11 +235,20 @@ export class Router {
   }
 
   private serve(msg: Msg, handler: Handler): void {
-    const deadline = clientDeadline(msg);
+    let deadline: number | null;
+    try {
+      deadline = clientDeadline(msg);
+    } catch (error) {
+      this.stats.invalid += 1;
+      respond(msg, replyFromError(error));
+      return;
+    }
     if (deadline !== null && Date.now() > deadline) {
-      // The client stopped waiting (this replica was paused, or very busy): acting now could
-      // place a container behind an answer the client already got for a retry.
+      // The client stopped waiting (this replica was paused, or very busy, or the client's clock
+      // is ahead): acting now could place a container behind an answer the client already got for
+      // a retry. Nothing is done, and the answer says so, with both clocks.
       this.stats.expired += 1;
+      respond(msg, deadlineExceeded(deadline, 'before a router began it'));
       return;
     }
     if (this.inFlight >= MAX_ROUTER_IN_FLIGHT) {
@@ -270,11 +283,23 @@ export class Router {
    */
   async submit(request: SubmitRequest, clientDeadline: number | null, key: string): Promise<SubmitReply> {
     const spec = specJson(request);
+    const reply = await this.submitOnce(request, clientDeadline, key, spec);
+    // A reply that repeats what an earlier request with this key did (a retry): only if this
+    // request is that one. Read on this path only; a first submit costs nothing more.
+    if (reply.ok && (this.repeated.has(reply as PlaceReply) || this.queuedBefore.has(reply))) {
+      return (await this.conflictWithRecord(request, spec)) ?? reply;
+    }
+    return reply;
+  }
+
+  private async submitOnce(request: SubmitRequest, clientDeadline: number | null, key: string, spec: string): Promise<SubmitReply> {
     const started = performance.now();
     const placed = await this.place(request, clientDeadline, key, spec);
     if (placed.ok && !this.repeated.has(placed)) this.options.onScheduled?.((performance.now() - started) / 1_000);
     if (placed.ok || !request.queue) return placed;
     if (placed.error.code !== 'NO_CAPACITY' && placed.error.code !== 'UNAVAILABLE') return placed;
+    // Not queued behind the back of a client that stopped waiting.
+    if (clientDeadline !== null && Date.now() > clientDeadline) return deadlineExceeded(clientDeadline, 'before it could be placed or queued');
     const result = await this.sendBound(this.shardOf(request.id), {
       k: 'enqueue',
       id: request.id,
@@ -286,7 +311,10 @@ export class Router {
     });
     if (result.ok) {
       this.stats.queued += 1;
-      return { ok: true, status: 'queued', id: request.id };
+      const queued: SubmitReply = { ok: true, status: 'queued', id: request.id };
+      // Queued before, by this request key: a retry (checked against the record by `submit`).
+      if ((result as { existing?: true }).existing === true) this.queuedBefore.add(queued);
+      return queued;
     }
     switch (result.code) {
       case 'ALREADY_PLACED':
@@ -314,6 +342,25 @@ export class Router {
       ),
     );
     return { ok: true, results };
+  }
+
+  /**
+   * CONFLICT when the container's record says its request key was used for another body (this
+   * submit only reuses the key); null when the record matches, or is gone (its tombstone expired).
+   */
+  private async conflictWithRecord(request: SubmitRequest, spec: string): Promise<ErrorReply | null> {
+    let record;
+    try {
+      record = await this.options.store.readContainer(request.id);
+    } catch (error) {
+      if (error instanceof CorruptRecordError) throw error;
+      this.stats.unavailable += 1;
+      return errorReply('UNAVAILABLE', `could not read container ${request.id} to compare this retry with its first request; retry with the same id and request key`);
+    }
+    if (record === null) return null;
+    const differences = requestDifferences(record, request, spec);
+    if (differences.length === 0) return null;
+    return errorReply('CONFLICT', `container ${request.id} was submitted with this request key and another body (${differences.join('; ')}): a request key names one request`);
   }
 
   /** A request key for a client that sent none: unique per router, so retries of it are not recognised. */
@@ -449,6 +496,8 @@ export class Router {
       // make the answer UNAVAILABLE.
       if (this.view.choose(request, tried, this.options.config.replicaId) === null) break;
     }
+    // Not placed, and the client stopped waiting: that is the answer, not "retry".
+    if (clientDeadline !== null && Date.now() > clientDeadline) return deadlineExceeded(clientDeadline, 'before it could be placed');
     this.stats.unavailable += 1;
     const why = lastUnavailable ?? `${unproven} shards that may have room could not be asked`;
     return errorReply('UNAVAILABLE', `could not place ${request.id} now (${why}); retry with the same id and request key`);
@@ -480,7 +529,7 @@ export class Router {
     const { registered, available } = this.view.fleet(request);
     if (registered === 0) return kind === '' ? 'no worker is registered' : `no worker of ${kind} is registered`;
     const which = kind === '' ? 'workers' : `workers of ${kind}`;
-    if (available === 0) return `all ${registered} ${which} are draining, disabled or lost`;
+    if (available === 0) return `all ${registered} ${which} are pending, unreachable, draining, disabled or lost (none is available; an agent's worker is pending until its first report)`;
     return `all ${available} available ${which} are too full for it`;
   }
 
@@ -525,7 +574,8 @@ export class Router {
    * The backlog of the whole cluster: every replica answers for the partitions it holds; the
    * answer says which shards did not answer within BACKLOG_REPORT_WAIT_MS.
    */
-  private async onBacklog(): Promise<unknown> {
+  private async onBacklog(msg: Msg): Promise<unknown> {
+    parseBacklogRequest(decodeObject(msg.data));
     const { nc, subjects, config } = this.options;
     const reports: BacklogReport[] = [];
     const covered = new Set<number>();
@@ -587,6 +637,8 @@ export class Router {
     // Retried only while the agent still waits: a report acted on after a newer one could end a
     // running container (the owner also refuses it past its deadline or behind a newer sequence).
     const result = await this.sendBound(this.shardOf(report.workerId), { k: 'report', report, deadline: deadline ?? 0 }, deadline);
+    // Not acted on because the agent's deadline passed (here or at the owner): say that, not why else.
+    if (!result.ok && deadline !== null && Date.now() > deadline) return deadlineExceeded(deadline, 'before its report could be acted on');
     if (!result.ok) throw this.boundError(result);
     return { ok: true, ...(result as { agent: AgentInstructions }).agent };
   }
@@ -618,7 +670,7 @@ export class Router {
 
   /** Pages through workers shard by shard; the cursor is "<shard>:<offset>". */
   private async onWorkerList(msg: Msg): Promise<unknown> {
-    const { cursor, limit } = parseListRequest(msg.data.byteLength === 0 ? {} : decodeObject(msg.data));
+    const { cursor, limit } = parseListRequest(decodeObject(msg.data));
     let [shard, offset] = cursor === null ? [0, 0] : cursor.split(':').map(Number) as [number, number];
     const workers: WorkerView[] = [];
     while (shard < this.options.config.shards && workers.length < limit) {
@@ -730,12 +782,28 @@ function requestKey(msg: Msg): string | null {
   return raw;
 }
 
-/** The client's deadline header, if it sent a valid one. */
+/**
+ * The client's deadline header, or null without one. A malformed one is refused (INVALID_REQUEST),
+ * not ignored: a client that believes its request dies at its deadline must not be served past it.
+ */
 function clientDeadline(msg: Msg): number | null {
   const raw = msg.headers?.get(DEADLINE_HEADER);
   if (raw === undefined || raw === '') return null;
-  const value = Number(raw);
-  return Number.isSafeInteger(value) && value > 0 ? value : null;
+  const value = /^[0-9]{1,16}$/.test(raw) ? Number(raw) : Number.NaN;
+  if (!Number.isSafeInteger(value) || value <= 0) {
+    throw new DroverError('INVALID_REQUEST', `header ${DEADLINE_HEADER} must be a time in Unix milliseconds (a whole number above 0); got ${JSON.stringify(raw.slice(0, 40))}`);
+  }
+  return value;
+}
+
+/** The answer to a request whose client deadline passed `when`: the deadline, and this replica's clock. */
+function deadlineExceeded(deadline: number, when: string): ErrorReply {
+  const replicaTime = Date.now();
+  return errorReply(
+    'DEADLINE_EXCEEDED',
+    `the request's ${DEADLINE_HEADER} ${deadline} passed ${replicaTime - deadline} ms ago by this replica's clock (${replicaTime}), ${when}; nothing was done`,
+    { deadline, replicaTime },
+  );
 }
 
 function delay(ms: number): Promise<void> {

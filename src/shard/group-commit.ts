@@ -302,7 +302,9 @@ export class GroupCommit {
         const [status = '', holderKey = ''] = outcome.extra.split(' ');
         const message = status === 'queued'
           ? `container ${queued.containerId} is queued by another request`
-          : `container ${queued.containerId} ended (${status}) without being placed`;
+          : status === 'different'
+            ? `container ${queued.containerId} is queued by this request key with another body: a request key names one request`
+            : `container ${queued.containerId} ended (${status}) without being placed`;
         queued.resolve({ ok: false, code: 'NOT_PLACEABLE', message, requestKey: holderKey });
         return false;
       }

@@ -15,7 +15,10 @@ export interface ContainerRecord {
   readonly cpu: number;
   readonly memory: number;
   readonly gpuCount: number;
-  /** Unix ms (Redis clock) of each step; null for steps it has not taken. */
+  /**
+   * Unix ms (Redis clock) of each step; null for steps it has not taken. queuedAt is null for a
+   * container that was never queued (placed at once when submitted).
+   */
   readonly queuedAt: number | null;
   readonly placedAt: number | null;
   /** When its worker's agent confirmed it runs. */
@@ -30,14 +33,21 @@ export interface ContainerRecord {
   readonly exitCode: number | null;
   /** Why it ended (released, failed or lost). */
   readonly reason: ContainerReason | null;
-  /** While queued: its priority and when it expires. */
+  /** Its priority (null only in a tombstone written before tombstones kept it), and while queued when it expires. */
   readonly priority: number | null;
   readonly expiresAt: number | null;
+  /** How long it may wait in the backlog, as submitted; null when the record does not say. */
+  readonly maxWaitMs: number | null;
   /** The request key of the submit that queued or placed it (the client's, or one its router made up). */
   readonly requestKey: string;
-  /** Command and environment JSON for its worker's agent ('' when none). */
+  /** Command and environment JSON for its worker's agent ('' when none, and in a tombstone). */
   readonly spec: string;
-  /** While queued: what it asks for beyond cpu, memory and GPU count. */
+  /**
+   * A tombstone's digest of that JSON instead (SHA-1 hex; null when it had none); undefined for a
+   * live record, whose `spec` is whole, and for a tombstone written before tombstones kept it.
+   */
+  readonly specDigest?: string | null;
+  /** What it asks for beyond cpu, memory and GPU count. */
   readonly gpu: string | null;
   readonly pool: string | null;
 }
@@ -115,7 +125,9 @@ export function containerFromHash(id: string, hash: Record<string, string>, what
     cpu: integer(what, hash, 'cpu'),
     memory: integer(what, hash, 'memory'),
     gpuCount: integer(what, hash, 'gpuCount'),
-    queuedAt: optionalInteger(what, hash, 'queuedAt'),
+    // Only a container that went through a backlog has a home; one placed at once has a queuedAt
+    // too (its submit time, kept for a requeue), but it was never queued.
+    queuedAt: hash.home === undefined ? null : optionalInteger(what, hash, 'queuedAt'),
     placedAt: status === 'queued' ? null : optionalInteger(what, hash, 'placedAt'),
     runningAt: status === 'queued' ? null : optionalInteger(what, hash, 'runningAt'),
     deliveredAt: status === 'queued' ? null : optionalInteger(what, hash, 'deliveredAt'),
@@ -124,6 +136,7 @@ export function containerFromHash(id: string, hash: Record<string, string>, what
     reason: reason as ContainerReason | null,
     priority: hash.priority === undefined ? null : integer(what, hash, 'priority'),
     expiresAt: status === 'queued' ? optionalInteger(what, hash, 'expiresAt') : null,
+    maxWaitMs: maxWaitOf(what, hash),
     requestKey: hash.requestKey ?? '',
     spec: hash.spec ?? '',
     gpu: hash.gpu === undefined || hash.gpu === '' ? null : hash.gpu,
@@ -131,19 +144,36 @@ export function containerFromHash(id: string, hash: Record<string, string>, what
   };
 }
 
+/** As submitted: kept with a placement; a queued record says it by its expiry. */
+function maxWaitOf(what: string, hash: Record<string, string>): number | null {
+  if (hash.maxWaitMs !== undefined && hash.maxWaitMs !== '-') return integer(what, hash, 'maxWaitMs');
+  if (hash.status !== 'queued' || hash.expiresAt === undefined || hash.queuedAt === undefined) return null;
+  return integer(what, hash, 'expiresAt') - integer(what, hash, 'queuedAt');
+}
+
 /**
- * An ended container's tombstone (see commit_batch.lua and backlog_commit.lua):
- * "<status> <workerId|-> <shard> <cpu> <memory> <gpuCount> <placedAt> <endedAt> <requestKey|-> [<reason> <queuedAt> [<exitCode|-> <runningAt>]]".
+ * An ended container's tombstone (see commit_batch.lua and backlog_commit.lua): 18 space-separated
+ * fields, "<status> <workerId|-> <shard> <cpu> <memory> <gpuCount> <placedAt> <endedAt>
+ * <requestKey|-> <reason> <queuedAt> <exitCode|-> <runningAt> <priority> <gpu|-> <pool|-> <maxWaitMs|->
+ * <specDigest|->" (a time of 0 is a step not taken). Older tombstones end after 9, 11 or 13 fields.
  */
 export function containerFromTombstone(id: string, tombstone: string): ContainerRecord {
   const what = `container ${id} (tombstone)`;
   const fields = tombstone.split(' ');
-  if ((fields.length !== 9 && fields.length !== 11 && fields.length !== 13) || !isContainerStatus(fields[0])) throw new CorruptRecordError(what, 'value', tombstone);
-  const names = ['status', 'workerId', 'shard', 'cpu', 'memory', 'gpuCount', 'placedAt', 'endedAt', 'requestKey', 'reason', 'queuedAt', 'exitCode', 'runningAt'];
+  if (![9, 11, 13, 18].includes(fields.length) || !isContainerStatus(fields[0])) throw new CorruptRecordError(what, 'value', tombstone);
+  const names = ['status', 'workerId', 'shard', 'cpu', 'memory', 'gpuCount', 'placedAt', 'endedAt', 'requestKey', 'reason', 'queuedAt', 'exitCode', 'runningAt',
+    'priority', 'gpu', 'pool', 'maxWaitMs', 'specDigest'];
   const hash: Record<string, string> = Object.fromEntries(fields.map((field, i) => [names[i]!, field]));
   if (hash.requestKey === '-') hash.requestKey = '';
   if (hash.exitCode === '-') delete hash.exitCode;
+  if (hash.gpu === '-') hash.gpu = '';
+  if (hash.pool === '-') hash.pool = '';
   // Tombstones written before reasons were recorded are releases by a client.
   if (hash.reason === undefined) hash.reason = 'RELEASED';
-  return containerFromHash(id, hash, what);
+  // A tombstone's queuedAt is 0 unless the container was queued: no home needed to tell.
+  hash.home = hash.shard!;
+  const record = containerFromHash(id, hash, what);
+  if (fields.length < 18) return record;
+  if (hash.specDigest !== '-' && !/^[0-9a-f]{40}$/.test(hash.specDigest!)) throw new CorruptRecordError(what, 'specDigest', hash.specDigest);
+  return { ...record, specDigest: hash.specDigest === '-' ? null : hash.specDigest! };
 }

@@ -1,10 +1,13 @@
 /**
- * Bad input, as a table: every case gets INVALID_REQUEST (or NOT_FOUND) with a message naming what
- * is wrong, Redis does not change at all, and the replica keeps serving.
+ * Bad input, as a table: every case gets INVALID_REQUEST (or NOT_FOUND, CONFLICT,
+ * DEADLINE_EXCEEDED) with a message naming what is wrong, Redis does not change at all, and the
+ * replica keeps serving.
  */
+import { headers } from '@nats-io/transport-node';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DroverClient } from '../../src/client/drover-client.js';
+import { DEADLINE_HEADER, REQUEST_KEY_HEADER } from '../../src/protocol/subjects.js';
 import type { Replica } from '../../src/replica/replica.js';
 import { shardOf } from '../../src/shard/shard-map.js';
 import { connectClient, connectRedis, delay, snapshotKeys, startReplica } from '../support/cluster.js';
@@ -35,8 +38,14 @@ const HOME = Array.from({ length: 100 }, (_, i) => `home-${i}`).find((id) => sha
 const worker = { id: 'w9', cpu: 1_000, memory: 1_024 };
 const big = JSON.stringify({ ...container, pad: 'x'.repeat(70 * 1024) });
 
-/** `requestKey`: sent in the Drover-Request-Key header. */
-type Case = [name: string, subject: string, payload: string, code: string, message: RegExp, requestKey?: string];
+/**
+ * `requestKey`: sent in the Drover-Request-Key header. `deadline`: sent as the Drover-Deadline
+ * header instead of the client's own (10 s from now).
+ */
+type Case = [name: string, subject: string, payload: string, code: string, message: RegExp, requestKey?: string, deadline?: string];
+
+/** A deadline that has passed by any clock: a minute ago. */
+const PAST = () => String(Date.now() - 60_000);
 
 const cases: Case[] = [
   ['malformed JSON', 'submit', '{"id": "c1", ', 'INVALID_REQUEST', /not valid JSON/],
@@ -135,13 +144,50 @@ const cases: Case[] = [
   ['submit: request key with braces', 'submit', JSON.stringify(container), 'INVALID_REQUEST', /Drover-Request-Key/, '{k}'],
   ['batch: request key with a slash', 'submit.batch', JSON.stringify({ containers: [container] }), 'INVALID_REQUEST', /Drover-Request-Key/, 'a/b'],
   ['release: request key with a star', 'release', JSON.stringify({ id: 'placed-1' }), 'INVALID_REQUEST', /Drover-Request-Key/, 'k*'],
+  ['backlog: malformed JSON', 'backlog', '{"pool":', 'INVALID_REQUEST', /not valid JSON/],
+  ['backlog: an array', 'backlog', '[]', 'INVALID_REQUEST', /JSON object/],
+  ['backlog: empty payload', 'backlog', '', 'INVALID_REQUEST', /empty/],
+  ['backlog: unknown field', 'backlog', JSON.stringify({ pool: 'p' }), 'INVALID_REQUEST', /unknown field "pool".*empty object/],
+  ['status: malformed JSON', 'status', '{', 'INVALID_REQUEST', /not valid JSON/],
+  ['status: unknown field', 'status', JSON.stringify({ verbose: true }), 'INVALID_REQUEST', /unknown field "verbose".*empty payload or \{\}/],
+  ['workers.list: empty payload', 'workers.list', '', 'INVALID_REQUEST', /empty/],
+  ['workers.list: an array', 'workers.list', '[]', 'INVALID_REQUEST', /JSON object/],
+  ['submit: deadline that is not a number', 'submit', JSON.stringify(container), 'INVALID_REQUEST', /Drover-Deadline must be a time in Unix milliseconds/, undefined, 'soon'],
+  ['submit: fractional deadline', 'submit', JSON.stringify(container), 'INVALID_REQUEST', /Drover-Deadline/, undefined, '1.5'],
+  ['submit: deadline with an exponent', 'submit', JSON.stringify(container), 'INVALID_REQUEST', /Drover-Deadline/, undefined, '1.9e12'],
+  ['submit: negative deadline', 'submit', JSON.stringify(container), 'INVALID_REQUEST', /Drover-Deadline/, undefined, '-5'],
+  ['submit: zero deadline', 'submit', JSON.stringify(container), 'INVALID_REQUEST', /Drover-Deadline/, undefined, '0'],
+  ['release: malformed deadline', 'release', JSON.stringify({ id: 'placed-1' }), 'INVALID_REQUEST', /Drover-Deadline/, undefined, 'tomorrow'],
+  ['backlog: malformed deadline', 'backlog', '{}', 'INVALID_REQUEST', /Drover-Deadline/, undefined, 'x'],
+  ['submit: past deadline', 'submit', JSON.stringify(container), 'DEADLINE_EXCEEDED', /Drover-Deadline \d+ passed \d+ ms ago by this replica's clock/, undefined, 'past'],
+  ['submit.batch: past deadline', 'submit.batch', JSON.stringify({ containers: [container] }), 'DEADLINE_EXCEEDED', /nothing was done/, undefined, 'past'],
+  ['release: past deadline', 'release', JSON.stringify({ id: 'placed-1' }), 'DEADLINE_EXCEEDED', /nothing was done/, undefined, 'past'],
+  ['workers.register: past deadline', 'workers.register', JSON.stringify(worker), 'DEADLINE_EXCEEDED', /nothing was done/, undefined, 'past'],
+  ['workers.report: past deadline', 'workers.report', JSON.stringify({ workerId: 'w1', containers: [], incarnation: 'i1', seq: 1 }), 'DEADLINE_EXCEEDED', /nothing was done/, undefined, 'past'],
+  ['containers.get: past deadline', 'containers.get', JSON.stringify({ id: 'placed-1' }), 'DEADLINE_EXCEEDED', /nothing was done/, undefined, 'past'],
 ];
 
+/** Send `payload` with the given headers (the client's own deadline unless `deadline` says otherwise). */
+async function send(subject: string, payload: string, requestKey?: string, deadline?: string): Promise<Record<string, unknown>> {
+  if (deadline === undefined) return client.raw(subject, payload, requestKey);
+  const header = headers();
+  header.set(DEADLINE_HEADER, deadline === 'past' ? PAST() : deadline);
+  if (requestKey !== undefined) header.set(REQUEST_KEY_HEADER, requestKey);
+  return (await client.nc.request(subject, payload, { headers: header, timeout: 10_000 })).json<Record<string, unknown>>();
+}
+
 describe('bad input', () => {
-  it.each(cases)('%s -> %s', async (_name, subject, payload, code, message, requestKey) => {
+  it.each(cases)('%s -> %s', async (_name, subject, payload, code, message, requestKey, deadline) => {
     const before = await snapshotKeys(redis, replica.config.prefix);
-    const reply = await client.raw(`${replica.config.prefix}.${subject}`, payload, requestKey);
+    const sentAt = Date.now();
+    const reply = await send(`${replica.config.prefix}.${subject}`, payload, requestKey, deadline);
     expect(reply).toMatchObject({ ok: false, error: { code } });
+    if (code === 'DEADLINE_EXCEEDED') {
+      // The deadline it was given, and the replica's clock when it refused (same machine here).
+      expect(reply.deadline).toBeLessThan(sentAt);
+      expect(reply.replicaTime).toBeGreaterThanOrEqual(sentAt);
+      expect(reply.replicaTime).toBeLessThanOrEqual(Date.now());
+    }
     expect((reply as { error: { message: string } }).error.message).toMatch(message);
     // Let anything a broken handler might have queued reach Redis before comparing.
     await delay(5);
@@ -231,6 +277,13 @@ describe('bad input', () => {
     const reply = await client.raw(`${replica.config.prefix}.ops.replica.${replica.config.replicaId}`, JSON.stringify(body));
     expect(reply).toEqual({ results: [], capacities: [] });
     expect(await snapshotKeys(redis, replica.config.prefix)).toEqual(before);
+  });
+
+  it('answers drover.status with an empty payload or {}, once per replica', async () => {
+    for (const payload of ['', '{}']) {
+      expect(await client.raw(`${replica.config.prefix}.status`, payload)).toMatchObject({ ok: true, replicaId: replica.config.replicaId, shards: expect.any(Array) });
+    }
+    expect(await client.clusterStatus(300, 1)).toHaveLength(1);
   });
 
   it('the replica still serves after all of it', async () => {

@@ -200,19 +200,33 @@ describe('accounting and concurrency', () => {
     expect(await redis.scard(replica.store.keys.workerContainers(worker.ok ? worker.worker.shard : -1, 'dup-w'))).toBe(1);
   });
 
-  it('does not act on a request whose client deadline has passed', async () => {
+  it('does not act on a request whose client deadline has passed, and says so with both clocks', async () => {
     await client.registerWorker({ id: 'late-w', cpu: 1_000, memory: 1_000, pool: 'late' });
     await settle();
     const expired = headers();
-    expired.set(DEADLINE_HEADER, String(Date.now() - 1));
-    const late = client.nc.request(`${replica.config.prefix}.submit`, JSON.stringify({ id: 'late-c', cpu: 100, memory: 100, pool: 'late' }), {
-      timeout: 500,
+    const deadline = Date.now() - 1;
+    expired.set(DEADLINE_HEADER, String(deadline));
+    const late = await client.nc.request(`${replica.config.prefix}.submit`, JSON.stringify({ id: 'late-c', cpu: 100, memory: 100, pool: 'late' }), {
+      timeout: 5_000,
       headers: expired,
     });
-    await expect(late).rejects.toThrow(/timeout/i);
+    const reply = late.json<{ ok: boolean; error: { code: string; message: string }; deadline: number; replicaTime: number }>();
+    expect(reply).toMatchObject({ ok: false, error: { code: 'DEADLINE_EXCEEDED' }, deadline });
+    expect(reply.replicaTime).toBeGreaterThan(deadline);
+    expect(reply.error.message).toContain(String(deadline));
     expect(await redis.exists(replica.store.keys.container('late-c'))).toBe(0);
     // The same request with time left is served.
     expect(await client.submit({ queue: false, id: 'late-c', cpu: 100, memory: 100, pool: 'late' })).toMatchObject({ ok: true, workerId: 'late-w' });
+  });
+
+  it('neither places nor queues a submit whose deadline passes while it is being routed', async () => {
+    // The router's own entry point, past the check at the door: as if the deadline passed while
+    // this request waited for its turn. Room exists; queueing would be the fallback.
+    const request = { id: 'late-r', cpu: 100, memory: 100, gpu: null, gpuCount: 0, pool: 'late', priority: 0, maxWaitMs: 60_000, queue: true, command: null, env: null };
+    const deadline = Date.now() - 1;
+    const reply = await replica.router.submit(request, deadline, 'late-key');
+    expect(reply).toMatchObject({ ok: false, error: { code: 'DEADLINE_EXCEEDED', message: expect.stringMatching(/nothing was done/) }, deadline });
+    expect(await redis.exists(replica.store.keys.container('late-r'))).toBe(0);
   });
 
   it('a batch submit places each container and answers per container', async () => {

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DroverClient } from '../../src/client/drover-client.js';
 import { REQUEST_KEY_HEADER } from '../../src/protocol/subjects.js';
 import type { Replica } from '../../src/replica/replica.js';
-import { connectClient, connectRedis, startReplica } from '../support/cluster.js';
+import { connectClient, connectRedis, snapshotKeys, startReplica } from '../support/cluster.js';
 
 let replica: Replica;
 let client: DroverClient;
@@ -73,6 +73,44 @@ describe('request keys', () => {
     expect(await client.getContainer('rk-r1')).toMatchObject({ ok: true, container: { id: 'rk-r1', status: 'released', cpu: 100, memory: 100 } });
     const view = await client.getContainer('rk-r1');
     expect(view.ok && Object.keys(view.container).sort()).toEqual(['ageMs', 'cpu', 'endedAt', 'exitCode', 'expiresAt', 'gpuCount', 'id', 'memory', 'placedAt', 'priority', 'queuedAt', 'reason', 'releasedAt', 'runningAt', 'shard', 'status', 'workerId']);
+  });
+
+  it('answers CONFLICT to the same key with another body: placed, ended and queued records', async () => {
+    const body = { id: 'rk-d1', cpu: 500, memory: 100, priority: 2, maxWaitMs: 60_000, command: ['sleep', '1'], env: { B: '2', A: '1' } };
+    const placed = await client.submit(body, 'key-d1');
+    expect(placed).toMatchObject({ ok: true, status: 'placed' });
+    // The same request again (env in another order is the same environment): the same answer.
+    expect(await client.submit({ ...body, env: { A: '1', B: '2' } }, 'key-d1')).toEqual(placed);
+    const changes: Array<[Record<string, unknown>, RegExp]> = [
+      [{ cpu: 700 }, /cpu 500, not 700/],
+      [{ memory: 101 }, /memory 100, not 101/],
+      [{ priority: 3 }, /priority 2, not 3/],
+      [{ maxWaitMs: 1_000 }, /maxWaitMs 60000, not 1000/],
+      [{ command: ['sleep', '2'] }, /command\/env differ/],
+      [{ env: undefined }, /command\/env differ/],
+      [{ gpuCount: 1 }, /gpuCount 0, not 1/],
+    ];
+    const expectConflicts = async (id: string, key: string, base: Record<string, unknown>) => {
+      for (const [change, message] of changes) {
+        const reply = await client.submit({ ...base, ...change, id } as typeof body, key);
+        expect(reply).toMatchObject({ ok: false, error: { code: 'CONFLICT', message: expect.stringMatching(message) } });
+        expect((reply as { error: { message: string } }).error.message).toMatch(/this request key and another body/);
+      }
+    };
+    await expectConflicts('rk-d1', 'key-d1', body);
+    // Ended (a tombstone): the same request is still recognised, another body still refused.
+    expect(await client.release('rk-d1')).toEqual({ ok: true, id: 'rk-d1', status: 'released' });
+    expect(await client.submit(body, 'key-d1')).toEqual(placed);
+    await expectConflicts('rk-d1', 'key-d1', body);
+    // Queued (no worker of its pool): a retry is "queued" again, another body CONFLICT.
+    const queuedBody = { ...body, id: 'rk-q1', pool: 'nowhere' };
+    expect(await client.submit(queuedBody, 'key-q1')).toEqual({ ok: true, status: 'queued', id: 'rk-q1' });
+    const before = await snapshotKeys(redis, replica.config.prefix);
+    expect(await client.submit(queuedBody, 'key-q1')).toEqual({ ok: true, status: 'queued', id: 'rk-q1' });
+    await expectConflicts('rk-q1', 'key-q1', queuedBody);
+    expect(await client.submit({ ...queuedBody, pool: 'elsewhere' }, 'key-q1')).toMatchObject({ ok: false, error: { code: 'CONFLICT', message: expect.stringMatching(/pool "nowhere", not "elsewhere"/) } });
+    // Nothing was written by any of them.
+    expect(await snapshotKeys(redis, replica.config.prefix)).toEqual(before);
   });
 
   it('takes the key from the Drover-Request-Key header', async () => {

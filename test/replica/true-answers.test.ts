@@ -160,7 +160,7 @@ describe('NO_CAPACITY says why', () => {
     await delay(50);
     const drained = await client.submit({ queue: false, id: 'why-c4', cpu: 100, memory: 100, pool: 'why' });
     expect(drained.ok === false && drained.error.code).toBe('NO_CAPACITY');
-    expect(drained.ok === false && drained.error.message).toMatch(/all 1 workers of pool why are draining, disabled or lost/);
+    expect(drained.ok === false && drained.error.message).toMatch(/all 1 workers of pool why are pending, unreachable, draining, disabled or lost/);
   });
 });
 

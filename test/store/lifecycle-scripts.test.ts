@@ -46,6 +46,8 @@ const queueOp = (containerId: string, requestKey = `k-${containerId}`, extra: Pa
 const place = (containerId: string, expectedVersion: number, requestKey = `k-${containerId}`): PlaceOp => ({
   kind: 'place', containerId, workerId: W1, expectedVersion, cpu: 500, memory: 512, gpuCount: 0, deadline: 0, requestKey, priority: 9, maxWaitMs: 5_000, gpu: null, pool: 'p',
 });
+/** A placement of a container queued by `queueOp`: what a retry of that submit (or its backlog) asks for. */
+const placeQueued = (containerId: string, expectedVersion: number, requestKey = `k-${containerId}`): PlaceOp => ({ ...place(containerId, expectedVersion, requestKey), priority: 3 });
 const outcomes = async (shard: number, ops: Parameters<DroverStore['commitBacklog']>[2], e = homeEpoch) => {
   const result = await store.commitBacklog(shard, e, ops);
   if (result.fenced) throw new Error('fenced');
@@ -84,7 +86,8 @@ describe('backlog_commit', () => {
     expect(await outcomes(HOME, [queueOp(c1), queueOp(c2)])).toEqual(['QUEUED', 'QUEUED']);
     expect(await outcomes(HOME, [{ kind: 'drop', containerId: c1 }])).toEqual(['STILL_QUEUED']);
     expect(await outcomes(HOME, [{ kind: 'end', containerId: c1, status: 'released', reason: 'CANCELLED' }])).toEqual(['ENDED_NOW']);
-    expect(await store.readContainer(c1)).toMatchObject({ status: 'released', reason: 'CANCELLED', workerId: null, placedAt: null, priority: null });
+    // The tombstone keeps the whole request: nothing containers.get shows is lost.
+    expect(await store.readContainer(c1)).toMatchObject({ status: 'released', reason: 'CANCELLED', workerId: null, placedAt: null, priority: 3, pool: 'p', maxWaitMs: 60_000 });
     expect(await redis.zscore(store.keys.backlog(HOME), c1)).toBeNull();
     const before = await snapshotKeys(redis, prefix);
     expect(await outcomes(HOME, [{ kind: 'end', containerId: c1, status: 'failed', reason: 'EXPIRED' }])).toEqual(['NOT_QUEUED']);
@@ -96,7 +99,7 @@ describe('backlog_commit', () => {
     expect(refused.fenced === false && refused.outcomes[0]).toMatchObject({ code: 'NOT_PLACEABLE', extra: `released k-${c1}` });
     expect(await snapshotKeys(redis, prefix)).toEqual(before);
     // Placed elsewhere: the backlog may drop it.
-    const result = await store.commitBatch(SHARD, epoch, [place(c2, await version())]);
+    const result = await store.commitBatch(SHARD, epoch, [placeQueued(c2, await version())]);
     expect(result.fenced === false && result.outcomes[0]!.code).toBe('PLACED');
     expect(await outcomes(HOME, [{ kind: 'drop', containerId: c2 }])).toEqual(['DROPPED']);
     expect(await redis.zcard(store.keys.backlog(HOME))).toBe(0);
@@ -149,7 +152,13 @@ describe('commit_batch: the container lifecycle', () => {
     const other = await store.commitBatch(SHARD, epoch, [place(c1, await version(), 'not-its-key')]);
     expect(other.fenced === false && other.outcomes[0]).toMatchObject({ code: 'NOT_PLACEABLE', extra: `queued k-${c1}` });
     expect(await snapshotKeys(redis, prefix)).toEqual(before);
-    const own = await store.commitBatch(SHARD, epoch, [place(c1, await version())]);
+    // Its own key with another body (a reused key, not a retry): refused, nothing written.
+    for (const changed of [{ cpu: 700 }, { priority: 9 }, { pool: null }, { gpuCount: 1 }, { spec: '{"command":["false"],"env":null}' }]) {
+      const different = await store.commitBatch(SHARD, epoch, [{ ...placeQueued(c1, await version()), ...changed }]);
+      expect(different.fenced === false && different.outcomes[0]).toMatchObject({ code: 'NOT_PLACEABLE', extra: `different k-${c1}` });
+    }
+    expect(await snapshotKeys(redis, prefix)).toEqual(before);
+    const own = await store.commitBatch(SHARD, epoch, [placeQueued(c1, await version())]);
     // Placed outside its home shard: its id stays in the home backlog's set for the drop.
     expect(own.fenced === false && own.outcomes[0]).toMatchObject({ code: 'PLACED', extra: '' });
     expect(await redis.zscore(store.keys.backlog(HOME), c1)).not.toBeNull();
@@ -166,7 +175,7 @@ describe('commit_batch: the container lifecycle', () => {
     const [c1, c2] = [idIn('u', HOME), idIn('u2', HOME)];
     await outcomes(HOME, [queueOp(c1), queueOp(c2)]);
     const fresh = idIn('u3', HOME);
-    const placeHome = (id: string, v: number, key = `k-${id}`): PlaceOp => ({ ...place(id, v, key), workerId: homeWorker });
+    const placeHome = (id: string, v: number, key = `k-${id}`): PlaceOp => ({ ...placeQueued(id, v, key), workerId: homeWorker });
     const v = await homeVersion();
     const result = await store.commitBatch(HOME, homeEpoch, [placeHome(c1, v), placeHome(c2, v, 'not-its-key'), placeHome(fresh, v)]);
     expect(result.fenced === false && result.outcomes.map((o) => [o.code, o.extra])).toEqual([

@@ -31,7 +31,7 @@
            so they carry nothing else
       'E', id, '', the status it ends in ('released' or 'failed'), the reason ('CANCELLED',
            'EXPIRED'), and six '' (11 fields)                                              end:
-           only from 'queued'
+           only from 'queued'; its tombstone (format in commit_batch.lua) keeps the request
     A malformed op fails the whole batch before anything is written.
 
   Output:
@@ -195,8 +195,13 @@ for i = 0, n - 1 do
     else
       write[i] = 'end'
       local status, reason = ARGV[base + 3], ARGV[base + 4]
+      -- The tombstone keeps the whole request (format in commit_batch.lua): nothing shown is lost.
+      local kept = redis.call('HMGET', key, 'priority', 'gpu', 'pool', 'maxWaitMs', 'expiresAt', 'spec')
+      local maxWait = kept[4] or ((tonumber(kept[5]) and tonumber(r.queuedAt)) and (tonumber(kept[5]) - tonumber(r.queuedAt)) or '-')
       write[-1 - i] = status .. ' - ' .. shard .. ' ' .. r.cpu .. ' ' .. r.memory .. ' ' .. r.gpus .. ' 0 ' .. nowMs
-        .. ' ' .. (r.requestKey ~= '' and r.requestKey or '-') .. ' ' .. reason .. ' ' .. r.queuedAt
+        .. ' ' .. (r.requestKey ~= '' and r.requestKey or '-') .. ' ' .. reason .. ' ' .. r.queuedAt .. ' - 0'
+        .. ' ' .. (kept[1] or '0') .. ' ' .. ((kept[2] or '') ~= '' and kept[2] or '-') .. ' ' .. ((kept[3] or '') ~= '' and kept[3] or '-')
+        .. ' ' .. maxWait .. ' ' .. ((kept[6] or '') ~= '' and redis.sha1hex(kept[6]) or '-')
       records[key] = {status = status, workerId = '-', requestKey = r.requestKey}
       reply('ENDED_NOW', r.queuedAt)
     end

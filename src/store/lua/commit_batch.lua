@@ -78,10 +78,14 @@
   the same atomic step, so the set never loses an id whose record is still queued, and the home
   backlog's owner has no drop to write for it (the backlog places in the home shard first).
   An ended container is a tombstone: a string of space-separated fields
-    <status> <workerId|-> <shard> <cpu> <memory> <gpuCount> <placedAt> <endedAt> <requestKey|-> [<reason> <queuedAt> [<exitCode|-> <runningAt>] ]
-  that expires after ARGV[4] seconds; it keeps the id from being placed again and lets a retried
-  submit recognise its own request. workerId '-' means it ended without ever being placed (its
-  shard is then its home shard). (Ids, request keys and names cannot hold spaces.)
+    <status> <workerId|-> <shard> <cpu> <memory> <gpuCount> <placedAt> <endedAt> <requestKey|-> <reason>
+    <queuedAt> <exitCode|-> <runningAt> <priority> <gpu|-> <pool|-> <maxWaitMs|-> <sha1 of spec|->
+  (a time of 0: a step not taken; queuedAt is 0 for a container never queued, one without a home;
+  tombstones written by older versions end after 9, 11 or 13 fields) that expires after ARGV[4]
+  seconds; it keeps the id from being placed again, lets a retried submit recognise its own
+  request (and compare its body), and keeps every field `containers.get` shows. workerId '-'
+  means it ended without ever being placed (its shard is then its home shard). (Ids, request keys
+  and names cannot hold spaces.)
 
   Output:
     {'FENCED', currentEpoch}   nothing was written: the writer's epoch is not the current one
@@ -91,7 +95,8 @@
       ALREADY_PLACED    extra = "<worker> <requestKey>": where the container is (or was) placed and
                         the request key that placed it; nothing written
       NOT_PLACEABLE     extra = "<status> <requestKey>": queued by another request key, or ended
-                        without a placement (cancelled, expired); nothing written
+                        without a placement (cancelled, expired); "different <requestKey>": queued
+                        by this request key with another body; nothing written
       RV_CONFLICT       version = the worker's current version; nothing written
       NO_CAPACITY       the worker lacks the capacity in Redis; nothing written
       NOT_SCHEDULABLE   extra = the worker's status; nothing written
@@ -298,6 +303,16 @@ local function checkSet(key)
   return expectType(key, 'set')
 end
 
+-- Whether place op `base` asks for what queued container c (its record at `key`) asks for. A retry
+-- of the submit that queued it may place it, but only as that submit. The spec is compared when the
+-- op carries one (the backlog's own placements carry none: the record keeps it).
+local function sameAsQueued(c, key, base)
+  local q = redis.call('HMGET', key, 'priority', 'gpu', 'pool', 'spec')
+  return c.cpu == tonumber(ARGV[base + 4]) and c.memory == tonumber(ARGV[base + 5]) and c.gpus == tonumber(ARGV[base + 6])
+    and tonumber(q[1] or '0') == tonumber(ARGV[base + 10]) and (q[2] or '') == ARGV[base + 12] and (q[3] or '') == ARGV[base + 13]
+    and (ARGV[base + 9] == '' or (q[4] or '') == ARGV[base + 9])
+end
+
 for i = 0, n - 1 do
   local workerKey, setKey, thirdKey = KEYS[5 + 3 * i], KEYS[6 + 3 * i], KEYS[7 + 3 * i]
   local base = 6 + 14 * i
@@ -314,6 +329,8 @@ for i = 0, n - 1 do
     if wrong then return wrong end
     if c.state == 'queued' and c.requestKey ~= requestKey then
       reply('NOT_PLACEABLE', 0, 'queued ' .. c.requestKey)
+    elseif c.state == 'queued' and not sameAsQueued(c, thirdKey, base) then
+      reply('NOT_PLACEABLE', 0, 'different ' .. c.requestKey)
     elseif c.state ~= 'none' and c.state ~= 'queued' and c.workerId == '-' then
       reply('NOT_PLACEABLE', 0, c.state .. ' ' .. c.requestKey)
     elseif c.state ~= 'none' and c.state ~= 'queued' then
@@ -362,10 +379,14 @@ for i = 0, n - 1 do
       if w then
         local final = ARGV[base + 4] ~= '' and ARGV[base + 4] or 'released'
         local reason = ARGV[base + 5] ~= '' and ARGV[base + 5] or (final == 'released' and 'RELEASED' or '-')
+        -- The rest of the request goes with it: nothing the record shows is lost when it ends.
+        local kept = redis.call('HMGET', thirdKey, 'priority', 'gpu', 'pool', 'maxWaitMs', 'spec')
         local tombstone = final .. ' ' .. workerId .. ' ' .. shard .. ' ' .. c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus
           .. ' ' .. c.placedAt .. ' ' .. nowMs .. ' ' .. (c.requestKey ~= '' and c.requestKey or '-')
-          .. ' ' .. reason .. ' ' .. (c.queuedAt or '0')
+          .. ' ' .. reason .. ' ' .. (c.home and c.queuedAt or '0')
           .. ' ' .. (ARGV[base + 6] ~= '' and ARGV[base + 6] or '-') .. ' ' .. (c.runningAt or '0')
+          .. ' ' .. (kept[1] or '0') .. ' ' .. ((kept[2] or '') ~= '' and kept[2] or '-') .. ' ' .. ((kept[3] or '') ~= '' and kept[3] or '-')
+          .. ' ' .. (kept[4] or '-') .. ' ' .. ((kept[5] or '') ~= '' and redis.sha1hex(kept[5]) or '-')
         containers[thirdKey] = {state = final, ended = true, workerId = workerId, requestKey = c.requestKey}
         writeVersion[i] = w.version
         written[i] = tombstone
