@@ -33,6 +33,17 @@ export interface BacklogLoadOptions {
    * it must end with. Such containers are not released: they end on their own.
    */
   readonly command?: (n: number) => { argv: string[]; exitCode: number };
+  /**
+   * The pool's workers: while one of them has room for a container (every container of a load has
+   * the same shape) for WAIT_WITH_ROOM_MS on end, no container may stay queued all that time.
+   */
+  readonly workerIds?: readonly string[];
+}
+
+/** What the load saw waiting too long: a queued request past its expiry, or waiting while room existed. */
+export interface WaitProblem {
+  readonly kind: 'queued-past-time' | 'waits-with-room';
+  readonly message: string;
 }
 
 /** What one container's requests were told. */
@@ -49,6 +60,17 @@ export interface BacklogRecord {
 }
 
 const MAX_ATTEMPTS = 60;
+/** Every this many submits, one asks for a short maxWaitMs, so expiry is exercised through the faults. */
+const SHORT_WAIT_EVERY = 10;
+const SHORT_WAIT_MS = 4_000;
+/** A queued container still queued this long after its expiresAt is a violation. */
+const EXPIRY_SLACK_MS = 3_000;
+/**
+ * Room continuously available this long while a container stays queued is a violation: longer than
+ * any fault keeps a shard unanswered (a lease TTL of 2 s plus recovery, a pause of 4.2 s).
+ */
+const WAIT_WITH_ROOM_MS = 10_000;
+const MAX_WAIT_PROBLEMS = 40;
 const MAX_BACKOFF_MS = 1_000;
 /** Containers not yet ended are looked up this often (events are at most once). */
 const SWEEP_MS = 1_000;
@@ -69,6 +91,12 @@ export class BacklogLoad {
   private readonly open = new Set<string>();
   private readonly pending = new Set<Promise<unknown>>();
   private sequence = 0;
+  readonly waitProblems: WaitProblem[] = [];
+  private readonly reportedWaits = new Set<string>();
+  /** When each open container was first seen queued by a sweep (cleared when it is not). */
+  private readonly queuedSince = new Map<string, number>();
+  /** Since when a worker of the pool has had room at every sweep (null: not at the last one). */
+  private roomSince: number | null = null;
 
   constructor(private readonly options: BacklogLoadOptions) {}
 
@@ -139,7 +167,8 @@ export class BacklogLoad {
       if (attempt > 0) await backoff(attempt);
       let reply;
       try {
-        reply = await client.submit({ id, cpu: 1_000, memory: 1_024, pool: this.options.pool, maxWaitMs: 600_000, ...(command !== undefined ? { command: command.argv } : {}) }, key);
+        const maxWaitMs = n % SHORT_WAIT_EVERY === 0 ? SHORT_WAIT_MS : 600_000;
+        reply = await client.submit({ id, cpu: 1_000, memory: 1_024, pool: this.options.pool, maxWaitMs, ...(command !== undefined ? { command: command.argv } : {}) }, key);
       } catch {
         continue; // no answer: retry with the same key
       }
@@ -193,6 +222,10 @@ export class BacklogLoad {
     const client = this.client;
     if (client === null) return [];
     const ids = [...this.open];
+    const room = await this.poolHasRoom(client);
+    const now = Date.now();
+    this.roomSince = room ? this.roomSince ?? now : null;
+    const stillQueued = new Set<string>();
     for (let i = 0; i < ids.length; i += SWEEP_BATCH) {
       await Promise.all(ids.slice(i, i + SWEEP_BATCH).map(async (id) => {
         let reply;
@@ -207,6 +240,10 @@ export class BacklogLoad {
           this.open.delete(id);
           return;
         }
+        if (status === 'queued') {
+          stillQueued.add(id);
+          this.checkWait(id, reply.container.expiresAt, now);
+        }
         // Placed, but its release is not under way (its event was lost, or the load stopped).
         if (this.options.command === undefined && status === 'placed' && !this.releasingNow.has(id) && (!this.releasing.has(id) || !this.running)) {
           this.releasing.add(id);
@@ -214,7 +251,34 @@ export class BacklogLoad {
         }
       }));
     }
+    for (const id of this.queuedSince.keys()) if (!stillQueued.has(id)) this.queuedSince.delete(id);
     return [...this.open];
+  }
+
+  /** Whether some worker of the pool is available with room for one container (unknown: false). */
+  private async poolHasRoom(client: DroverClient): Promise<boolean> {
+    const workerIds = this.options.workerIds ?? [];
+    const replies = await Promise.all(workerIds.map((id) => client.getWorker(id).catch(() => null)));
+    return replies.some((reply) => reply?.ok === true && reply.worker.status === 'available' && reply.worker.freeCpu >= 1_000 && reply.worker.freeMemory >= 1_024);
+  }
+
+  /** A queued container past its expiry, or waiting all the while room existed, is reported (once). */
+  private checkWait(id: string, expiresAt: number | null, now: number): void {
+    const since = this.queuedSince.get(id) ?? now;
+    this.queuedSince.set(id, since);
+    if (expiresAt !== null && now > expiresAt + EXPIRY_SLACK_MS) {
+      this.waitProblem('queued-past-time', id, `container ${id} is still queued ${now - expiresAt} ms after it expired (expiresAt ${expiresAt})`);
+    }
+    if (this.roomSince !== null && now - this.roomSince >= WAIT_WITH_ROOM_MS && now - since >= WAIT_WITH_ROOM_MS) {
+      this.waitProblem('waits-with-room', id, `container ${id} has been queued for ${now - since} ms while pool ${this.options.pool} had room for it for ${now - this.roomSince} ms`);
+    }
+  }
+
+  private waitProblem(kind: WaitProblem['kind'], id: string, message: string): void {
+    const key = `${kind}/${id}`;
+    if (this.reportedWaits.has(key) || this.waitProblems.length >= MAX_WAIT_PROBLEMS) return;
+    this.reportedWaits.add(key);
+    this.waitProblems.push({ kind, message });
   }
 }
 

@@ -39,7 +39,11 @@ export type ViolationKind =
   /** A live process of a container whose record puts it on another worker, or on none. */
   | 'runs-elsewhere'
   /** A live process of an ended container, a TTL after its agent could act. */
-  | 'terminal-running';
+  | 'terminal-running'
+  /** A queued request still queued well after its expiry (backlog-load.ts). */
+  | 'queued-past-time'
+  /** A request queued all the while its pool had room for it (backlog-load.ts). */
+  | 'waits-with-room';
 
 export interface Violation {
   readonly kind: ViolationKind;

@@ -531,7 +531,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       if (!reply.ok) throw new Error(`registering queue-worker-${i}: ${reply.error.message}`);
     }
     backlogLoad = new BacklogLoad({
-      natsUrl: nats.url, prefix, pool: BACKLOG_POOL, rate: 15, holdMs: 400, cancelChance: 0.1, random: seededRandom(options.seed + 2), requestTimeoutMs: 3_000,
+      natsUrl: nats.url, prefix, pool: BACKLOG_POOL, workerIds: Array.from({ length: BACKLOG_WORKERS }, (_, i) => `queue-worker-${i}`), rate: 15, holdMs: 400, cancelChance: 0.1, random: seededRandom(options.seed + 2), requestTimeoutMs: 3_000,
     });
     await backlogLoad.start();
     // Containers run by worker agents: each runs a short command whose exit code the checker knows.
@@ -543,7 +543,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       }, Date.now(), 20_000)) === null) throw new Error(`agent ${id} did not come up`);
     }
     agentLoad = new BacklogLoad({
-      natsUrl: nats.url, prefix, pool: AGENT_POOL, rate: 3, holdMs: 0, cancelChance: 0.05, random: seededRandom(options.seed + 3), requestTimeoutMs: 3_000,
+      natsUrl: nats.url, prefix, pool: AGENT_POOL, workerIds: agents.ids, rate: 3, holdMs: 0, cancelChance: 0.05, random: seededRandom(options.seed + 3), requestTimeoutMs: 3_000,
       // Every fourth runs longer than the worker TTL, so that a copy started elsewhere while it
       // still runs (the fault this load is here to catch) would be seen in /proc.
       idPrefix: 'a-', command: (n) => ({ argv: ['sh', '-c', `sleep ${n % 4 === 0 ? 4 : 1}; exit ${n % 4}`], exitCode: n % 4 }),
@@ -593,6 +593,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     const [queuedOpen, agentOpen] = await Promise.all([backlogLoad.drain(BACKLOG_DRAIN_MS), agentLoad.drain(BACKLOG_DRAIN_MS)]);
     const stillOpen = [...queuedOpen, ...agentOpen];
     const backlogRecords = [...backlogLoad.records.values(), ...agentLoad.records.values()];
+    const waitProblems = [...backlogLoad.waitProblems, ...agentLoad.waitProblems];
     await backlogLoad.stop();
     await agentLoad.stop();
     backlogLoad = null;
@@ -611,6 +612,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
     const report = await checkRun(store, options.shards, log.records);
     report.violations.push(...(await checkBacklogRun(store, backlogRecords, stillOpen)));
     report.violations.push(...watch.violations);
+    report.violations.push(...waitProblems);
     for (const copy of leftRunning) {
       report.violations.push({ kind: 'terminal-running', message: `container ${copy.containerId} still runs on ${copy.workerId} (group ${copy.group}) after the run ended` });
     }
