@@ -38,6 +38,11 @@ export interface BacklogLoadOptions {
    * the same shape) for WAIT_WITH_ROOM_MS on end, no container may stay queued all that time.
    */
   readonly workerIds?: readonly string[];
+  /**
+   * How long past its expiry a queued request may still be queued: a fault may keep its home shard
+   * unanswered for up to a lease TTL plus 2 s (the partition bound), and expiry runs every second.
+   */
+  readonly expirySlackMs: number;
 }
 
 /** What the load saw waiting too long: a queued request past its expiry, or waiting while room existed. */
@@ -63,8 +68,6 @@ const MAX_ATTEMPTS = 60;
 /** Every this many submits, one asks for a short maxWaitMs, so expiry is exercised through the faults. */
 const SHORT_WAIT_EVERY = 10;
 const SHORT_WAIT_MS = 4_000;
-/** A queued container still queued this long after its expiresAt is a violation. */
-const EXPIRY_SLACK_MS = 3_000;
 /**
  * Room continuously available this long while a container stays queued is a violation: longer than
  * any fault keeps a shard unanswered (a lease TTL of 2 s plus recovery, a pause of 4.2 s).
@@ -266,7 +269,7 @@ export class BacklogLoad {
   private checkWait(id: string, expiresAt: number | null, now: number): void {
     const since = this.queuedSince.get(id) ?? now;
     this.queuedSince.set(id, since);
-    if (expiresAt !== null && now > expiresAt + EXPIRY_SLACK_MS) {
+    if (expiresAt !== null && now > expiresAt + this.options.expirySlackMs) {
       this.waitProblem('queued-past-time', id, `container ${id} is still queued ${now - expiresAt} ms after it expired (expiresAt ${expiresAt})`);
     }
     if (this.roomSince !== null && now - this.roomSince >= WAIT_WITH_ROOM_MS && now - since >= WAIT_WITH_ROOM_MS) {

@@ -525,13 +525,16 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       releaseChance: 0.45, maxAttempts: 60, requestTimeoutMs: 3_000, seed: options.seed, pool: MAIN_POOL,
     });
     await load.start();
+    // A queued request must have ended this soon after its expiry: the partition bound (a lease TTL
+    // plus 2 s without an answer from its home shard) plus the one-second expiry sweep.
+    const expirySlackMs = options.leaseTtlMs + 3_000;
     // Requests that wait: a small pool that the backlog load keeps overfull.
     for (let i = 0; i < BACKLOG_WORKERS; i += 1) {
       const reply = await observer.registerWorker({ id: `queue-worker-${i}`, cpu: 2_000, memory: 4_096, pool: BACKLOG_POOL });
       if (!reply.ok) throw new Error(`registering queue-worker-${i}: ${reply.error.message}`);
     }
     backlogLoad = new BacklogLoad({
-      natsUrl: nats.url, prefix, pool: BACKLOG_POOL, workerIds: Array.from({ length: BACKLOG_WORKERS }, (_, i) => `queue-worker-${i}`), rate: 15, holdMs: 400, cancelChance: 0.1, random: seededRandom(options.seed + 2), requestTimeoutMs: 3_000,
+      natsUrl: nats.url, prefix, pool: BACKLOG_POOL, workerIds: Array.from({ length: BACKLOG_WORKERS }, (_, i) => `queue-worker-${i}`), expirySlackMs, rate: 15, holdMs: 400, cancelChance: 0.1, random: seededRandom(options.seed + 2), requestTimeoutMs: 3_000,
     });
     await backlogLoad.start();
     // Containers run by worker agents: each runs a short command whose exit code the checker knows.
@@ -543,7 +546,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       }, Date.now(), 20_000)) === null) throw new Error(`agent ${id} did not come up`);
     }
     agentLoad = new BacklogLoad({
-      natsUrl: nats.url, prefix, pool: AGENT_POOL, workerIds: agents.ids, rate: 3, holdMs: 0, cancelChance: 0.05, random: seededRandom(options.seed + 3), requestTimeoutMs: 3_000,
+      natsUrl: nats.url, prefix, pool: AGENT_POOL, workerIds: agents.ids, expirySlackMs, rate: 3, holdMs: 0, cancelChance: 0.05, random: seededRandom(options.seed + 3), requestTimeoutMs: 3_000,
       // Every fourth runs longer than the worker TTL, so that a copy started elsewhere while it
       // still runs (the fault this load is here to catch) would be seen in /proc.
       idPrefix: 'a-', command: (n) => ({ argv: ['sh', '-c', `sleep ${n % 4 === 0 ? 4 : 1}; exit ${n % 4}`], exitCode: n % 4 }),
