@@ -16,18 +16,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { alive } from '../../src/agent/container-process.js';
 import type { ContainerEvent, DroverClient } from '../../src/client/drover-client.js';
 import type { Replica } from '../../src/replica/replica.js';
-import { AgentProcesses, containersOf, identityOf } from '../support/agents.js';
+import { AGENT_TEST_TIMING, AgentProcesses, containerStatus as statusOfContainer, recordEvents, workerStatus as statusOfWorker, containersOf, identityOf } from '../support/agents.js';
 import { containersRunningTwice, liveContainerCopies } from '../../src/chaos/container-processes.js';
 import { connectClient, delay, eventually, startReplica, testPrefix } from '../support/cluster.js';
 
-const WORKER_TTL_MS = 1_500;
-/** Margin 1 s: the agent fences 5 s after its last answered report, the owner declares lost at 7 s. */
-const WORKER_LOST_AFTER_MS = 6_000;
+const { workerTtlMs: WORKER_TTL_MS, workerLostAfterMs: WORKER_LOST_AFTER_MS } = AGENT_TEST_TIMING;
 let replica: Replica;
 let client: DroverClient;
 let prefix: string;
 const agents = new AgentProcesses(() => prefix);
-const events: ContainerEvent[] = [];
+let events: ContainerEvent[] = [];
 /** Sampled every 100 ms for the whole file: any container id with two live process groups. */
 const twice = new Set<string>();
 let sampler: NodeJS.Timeout;
@@ -38,11 +36,7 @@ beforeAll(async () => {
   prefix = testPrefix('af');
   replica = await startReplica(config());
   client = await connectClient(prefix);
-  client.nc.subscribe(`${prefix}.events.containers.>`, {
-    callback: (error, msg) => {
-      if (!error) events.push(msg.json<ContainerEvent>());
-    },
-  });
+  events = recordEvents(client, prefix);
   sampler = setInterval(() => {
     for (const id of containersRunningTwice(`${prefix}-`).keys()) twice.add(id);
   }, 100);
@@ -57,15 +51,9 @@ afterAll(async () => {
 
 const statusesOf = (id: string) => events.filter((e) => e.id === id).map((e) => e.status);
 
-async function containerStatus(id: string): Promise<string> {
-  const reply = await client.getContainer(id);
-  return reply.ok ? reply.container.status : `error ${reply.error.code}`;
-}
+const containerStatus = (id: string) => statusOfContainer(client, id);
 
-async function workerStatus(id: string): Promise<string | null> {
-  const reply = await client.getWorker(id);
-  return reply.ok ? reply.worker.status : null;
-}
+const workerStatus = (id: string) => statusOfWorker(client, id);
 
 async function available(...ids: string[]): Promise<void> {
   for (const id of ids) await eventually(async () => (await workerStatus(id)) === 'available', 10_000, `${id} available`);

@@ -10,18 +10,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { alive } from '../../src/agent/container-process.js';
 import type { ContainerEvent, DroverClient } from '../../src/client/drover-client.js';
 import type { Replica } from '../../src/replica/replica.js';
-import { AgentProcesses, containersOf, type AgentProcess } from '../support/agents.js';
+import { AGENT_TEST_TIMING, AgentProcesses, containerStatus as statusOfContainer, recordEvents, workerStatus as statusOfWorker, containersOf, type AgentProcess } from '../support/agents.js';
 import { liveContainerCopies } from '../../src/chaos/container-processes.js';
 import { connectClient, eventually, startReplica, testPrefix } from '../support/cluster.js';
 
-const WORKER_TTL_MS = 1_500;
-/** Margin 1 s (a tenth, at least 1 s): the agent fences at 5 s, the owner declares lost at 7 s. */
-const WORKER_LOST_AFTER_MS = 6_000;
+const { workerTtlMs: WORKER_TTL_MS, workerLostAfterMs: WORKER_LOST_AFTER_MS } = AGENT_TEST_TIMING;
 let replica: Replica;
 let client: DroverClient;
 let prefix: string;
 const agents = new AgentProcesses(() => prefix);
-const events: ContainerEvent[] = [];
+let events: ContainerEvent[] = [];
 let agentA: AgentProcess;
 let dirA: string;
 
@@ -29,11 +27,7 @@ beforeAll(async () => {
   prefix = testPrefix('ag');
   replica = await startReplica({ prefix, shards: 4, workerTtlMs: WORKER_TTL_MS, workerLostAfterMs: WORKER_LOST_AFTER_MS });
   client = await connectClient(prefix);
-  client.nc.subscribe(`${prefix}.events.containers.>`, {
-    callback: (error, msg) => {
-      if (!error) events.push(msg.json<ContainerEvent>());
-    },
-  });
+  events = recordEvents(client, prefix);
 });
 
 afterAll(async () => {
@@ -42,15 +36,9 @@ afterAll(async () => {
   await replica.stop();
 });
 
-async function workerStatus(id: string): Promise<string | null> {
-  const reply = await client.getWorker(id);
-  return reply.ok ? reply.worker.status : null;
-}
+const workerStatus = (id: string) => statusOfWorker(client, id);
 
-async function containerStatus(id: string): Promise<string> {
-  const reply = await client.getContainer(id);
-  return reply.ok ? reply.container.status : `error ${reply.error.code}`;
-}
+const containerStatus = (id: string) => statusOfContainer(client, id);
 
 const statusesOf = (id: string) => events.filter((e) => e.id === id).map((e) => e.status);
 

@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { ContainerEvent, DroverClient } from '../../src/client/drover-client.js';
 import { natsUrl } from './cluster.js';
 
 const bin = new URL('../../bin/drover.js', import.meta.url).pathname;
@@ -95,4 +96,32 @@ export function containersOf(stateDir: string): Record<string, StoredContainer> 
 export function identityOf(stateDir: string): { incarnation: string; seq: number } {
   const state = JSON.parse(readFileSync(join(stateDir, 'state.json'), 'utf8')) as { incarnation: string; seq: number };
   return { incarnation: state.incarnation, seq: state.seq };
+}
+
+/**
+ * The worker timing of the agent test files: unreachable after 1.5 s of silence, lost after 6 s
+ * plus the 1 s margin (the agent fences 5 s after its last answered report, the owner declares the
+ * worker lost at 7 s).
+ */
+export const AGENT_TEST_TIMING = { workerTtlMs: 1_500, workerLostAfterMs: 6_000 } as const;
+
+/** Every container event under `prefix`, in arrival order (subscribed before anything happens). */
+export function recordEvents(client: DroverClient, prefix: string): ContainerEvent[] {
+  const events: ContainerEvent[] = [];
+  client.nc.subscribe(`${prefix}.events.containers.>`, {
+    callback: (error, msg) => {
+      if (!error) events.push(msg.json<ContainerEvent>());
+    },
+  });
+  return events;
+}
+
+export async function containerStatus(client: DroverClient, id: string): Promise<string> {
+  const reply = await client.getContainer(id);
+  return reply.ok ? reply.container.status : `error ${reply.error.code}`;
+}
+
+export async function workerStatus(client: DroverClient, id: string): Promise<string | null> {
+  const reply = await client.getWorker(id);
+  return reply.ok ? reply.worker.status : null;
 }
