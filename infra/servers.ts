@@ -225,7 +225,8 @@ export function startNats(options: NatsServerOptions = {}): Promise<ServerProces
     {
       name: 'nats',
       binary: findBinary('nats-server'),
-      args: (port) => ['-c', config, '-a', '127.0.0.1', '-p', String(port)],
+      // JetStream (the event stream) stores in this instance's own temporary directory.
+      args: (port, dir) => ['-c', config, '-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir],
       probe: null,
       expect: 'INFO',
       url: (port) => `nats://127.0.0.1:${port}`,

@@ -53,6 +53,10 @@ export interface DroverConfig {
   readonly httpPort: number | null;
   /** The address it binds: DROVER_HTTP_HOST, default 127.0.0.1 (loopback only). */
   readonly httpHost: string;
+  /** The event stream drops events older than this (DROVER_EVENTS_MAX_AGE_S; see src/events/event-stream.ts). */
+  readonly eventsMaxAgeSeconds: number;
+  /** ... and its oldest events once it holds this many bytes (DROVER_EVENTS_MAX_BYTES). */
+  readonly eventsMaxBytes: number;
 }
 
 export const PREFIX_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$/;
@@ -104,6 +108,8 @@ export function loadConfig(env: Env = process.env, overrides: Partial<DroverConf
     backlogHoldAfterMs: overrides.backlogHoldAfterMs ?? integerVar(env, 'DROVER_BACKLOG_HOLD_AFTER_MS', 30_000, 100, 86_400_000),
     httpPort: overrides.httpPort !== undefined ? overrides.httpPort : env.DROVER_HTTP_PORT === 'off' ? null : integerVar(env, 'DROVER_HTTP_PORT', DEFAULT_HTTP_PORT, 0, 65_535),
     httpHost: overrides.httpHost ?? httpHostVar(env.DROVER_HTTP_HOST),
+    eventsMaxAgeSeconds: overrides.eventsMaxAgeSeconds ?? integerVar(env, 'DROVER_EVENTS_MAX_AGE_S', DEFAULT_EVENTS_MAX_AGE_S, 1, MAX_EVENTS_MAX_AGE_S),
+    eventsMaxBytes: overrides.eventsMaxBytes ?? integerVar(env, 'DROVER_EVENTS_MAX_BYTES', DEFAULT_EVENTS_MAX_BYTES, MIN_EVENTS_MAX_BYTES, MAX_EVENTS_MAX_BYTES),
   };
 }
 
@@ -112,6 +118,23 @@ export function loadConfig(env: Env = process.env, overrides: Partial<DroverConf
  * typical max_client_disconnect, so a control-plane outage or a NATS restart stops no running work.
  */
 export const DEFAULT_WORKER_LOST_AFTER_MS = 300_000;
+
+/**
+ * The event stream keeps a day of events: a consumer away overnight (a restarted dashboard, a
+ * client that lost its link) replays what it missed; anything older is history, which the shard
+ * history streams in Redis keep. At most a year.
+ */
+export const DEFAULT_EVENTS_MAX_AGE_S = 86_400;
+export const MAX_EVENTS_MAX_AGE_S = 31_536_000;
+/**
+ * ... and at most 1 GiB of them: an event is about 150 bytes of JSON plus JetStream's per-message
+ * overhead (subject, headers, index), so some 4 million events, a day at ~50 status changes a
+ * second. JetStream reserves max_bytes against the server's file store when the stream is made,
+ * so it is bounded (at least 1 KiB, at most 1 TiB) rather than unlimited.
+ */
+export const DEFAULT_EVENTS_MAX_BYTES = 1_073_741_824;
+export const MIN_EVENTS_MAX_BYTES = 1_024;
+export const MAX_EVENTS_MAX_BYTES = 1_099_511_627_776;
 
 /** The replica's HTTP port unless DROVER_HTTP_PORT says otherwise (Prometheus exporters' range). */
 export const DEFAULT_HTTP_PORT = 9470;

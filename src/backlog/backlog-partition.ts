@@ -160,7 +160,9 @@ export class BacklogPartition {
           settled: [],
         };
         this.entries.set(id, entry);
-        this.options.events.publish({ id, status: 'queued' });
+        // Only a new record is a status write (seq > 0); a requeued record was queued, and its
+        // event published, by the Q op of its worker's shard (group-commit.ts).
+        if (outcome.seq > 0) this.options.events.publish({ id, status: 'queued', seq: outcome.seq });
         return { outcome: 'queued', entry, created: true };
       }
       case 'PLACED': {
@@ -216,7 +218,7 @@ export class BacklogPartition {
     if (outcome.code === 'ENDED_NOW') {
       entry.gone = true;
       if (this.entries.get(entry.id) === entry) this.entries.delete(entry.id);
-      this.options.events.publish({ id: entry.id, status, reason });
+      this.options.events.publish({ id: entry.id, status, reason, seq: outcome.seq });
       return 'cancelled';
     }
     // The record is not queued any more: a placement (from an attempt of a previous owner of this

@@ -15,6 +15,8 @@ export interface ContainerEvent {
   readonly workerId?: string;
   readonly reason?: ContainerReason;
   readonly exitCode?: number;
+  /** The record's seq after this status write (see commit_batch.lua): one more than the event before. */
+  readonly seq: number;
 }
 
 /** The event as published: `at` is the publishing replica's clock (Unix ms). */

@@ -23,6 +23,8 @@ export interface ContainerView {
   /** While queued: how long it has waited, and when it will fail with EXPIRED. */
   readonly ageMs: number | null;
   readonly expiresAt: number | null;
+  /** Rises by one with every status write (each event carries it): a jump means an event was missed. */
+  readonly seq: number;
 }
 
 export function containerView(record: ContainerRecord, now = Date.now()): ContainerView {
@@ -45,5 +47,6 @@ export function containerView(record: ContainerRecord, now = Date.now()): Contai
     reason: record.reason,
     ageMs: queued && record.queuedAt !== null ? Math.max(0, now - record.queuedAt) : null,
     expiresAt: queued ? record.expiresAt : null,
+    seq: record.seq,
   };
 }

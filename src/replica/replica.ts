@@ -45,6 +45,7 @@ import { LinkMonitor } from './link-monitor.js';
 import { BacklogPartition, maxWaitOf, type QueuedEntry } from '../backlog/backlog-partition.js';
 import { BacklogScheduler, type AttemptOutcome } from '../backlog/backlog-scheduler.js';
 import { NatsContainerEvents } from '../events/container-events.js';
+import { ensureEventStream, logEnsureOutcome, type EnsureOutcome } from '../events/event-stream.js';
 import { ShardEndpoint } from './shard-endpoint.js';
 import { DroverClient } from '../client/drover-client.js';
 import { containerView } from '../protocol/container-view.js';
@@ -134,6 +135,8 @@ export class Replica {
   /** Owner counters survive the owners themselves (shards come and go). */
   private readonly retiredOwnerStats = { batches: 0, committedOps: 0, fenceRefusals: 0, versionConflicts: 0, resyncs: 0 };
   private retiredBacklogFenceRefusals = 0;
+  /** The event stream as ensured at start (null before): `drover status` says whether events are kept. */
+  private eventStream: EnsureOutcome | null = null;
 
   private constructor(
     readonly config: DroverConfig,
@@ -324,6 +327,11 @@ export class Replica {
 
   private async begin(): Promise<void> {
     await this.store.ensureShardCount(this.config.shards);
+    // Before anything is published: events from the first write on are kept. Never throws (a
+    // server without JetStream is logged, and the replica runs without replay).
+    const streamSettings = { prefix: this.config.prefix, maxAgeSeconds: this.config.eventsMaxAgeSeconds, maxBytes: this.config.eventsMaxBytes };
+    this.eventStream = await ensureEventStream(this.nc, streamSettings);
+    logEnsureOutcome(this.log, this.eventStream, streamSettings);
     // HTTP first: a port that cannot be bound fails the start before this replica joins anything.
     // Until it has joined and holds its shards, /readyz says so.
     await this.startHttp();
@@ -442,6 +450,9 @@ export class Replica {
       links: { nats: this.links.nats.describe(), redis: this.links.redis.describe() },
       peers: this.peers.stats,
       steppedOut: this.membership.suspended,
+      eventStream: this.eventStream === null ? null
+        : this.eventStream.ok ? { name: this.eventStream.stream, kept: true }
+          : { name: this.eventStream.stream, kept: false, reason: this.eventStream.reason },
       routing: this.router.routing,
       http: this.httpAddress(),
       shardClient: this.router.shardClient.stats,

@@ -291,7 +291,7 @@ export class GroupCommit {
       const { cpu, memory, gpuCount } = queued.request;
       if (outcome.code === 'PLACED') {
         add(tally.placed, cpu, memory, gpuCount);
-        this.host.options.events.publish({ id: queued.containerId, status: 'placed', workerId });
+        this.host.options.events.publish({ id: queued.containerId, status: 'placed', workerId, seq: outcome.seq });
         // Its agent (if it has one) is told to report now: the reply carries the assignment.
         if (queued.actor.getSnapshot().context.spec.agent === true) this.host.options.pokeAgent(workerId);
         queued.resolve(outcome.extra === 'unqueued' ? { ok: true, workerId, unqueued: true } : { ok: true, workerId });
@@ -338,6 +338,7 @@ export class GroupCommit {
           id: queued.containerId,
           status: final,
           workerId,
+          seq: outcome.seq,
           ...(reason !== undefined ? { reason } : {}),
           ...(queued.exitCode !== undefined ? { exitCode: queued.exitCode } : {}),
         });
@@ -358,7 +359,7 @@ export class GroupCommit {
     }
     if (queued.kind === 'transition') {
       if (outcome.code === 'TRANSITIONED') {
-        this.host.options.events.publish({ id: queued.containerId, status: queued.to, workerId });
+        this.host.options.events.publish({ id: queued.containerId, status: queued.to, workerId, seq: outcome.seq });
         if (queued.to === 'stopping') queued.resolve({ ok: true, stopping: true, workerId });
         else queued.resolve({ ok: true, workerId });
         return false;
@@ -387,6 +388,10 @@ export class GroupCommit {
       if (outcome.code === 'REQUEUED') {
         const [cpu, memory, gpuCount] = outcome.extra.split(' ').map(Number) as [number, number, number];
         add(tally.released, cpu, memory, gpuCount);
+        // Published here, by the writer of the status (its worker's shard), whatever its home
+        // backlog does next: the backlog may still hold the entry from the first time (its
+        // queue op then finds the record queued and writes nothing), and would publish nothing.
+        this.host.options.events.publish({ id: queued.containerId, status: 'queued', seq: outcome.seq });
         this.host.options.onRequeued(queued.containerId);
         queued.resolve({ ok: true, requeued: true });
         return false;

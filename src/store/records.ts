@@ -50,6 +50,11 @@ export interface ContainerRecord {
   /** What it asks for beyond cpu, memory and GPU count. */
   readonly gpu: string | null;
   readonly pool: string | null;
+  /**
+   * How many status writes the record has seen (every one adds one; see commit_batch.lua). 0 for a
+   * record no version that counts has written since it was created (kept from before the count).
+   */
+  readonly seq: number;
 }
 
 export class CorruptRecordError extends Error {
@@ -141,6 +146,7 @@ export function containerFromHash(id: string, hash: Record<string, string>, what
     spec: hash.spec ?? '',
     gpu: hash.gpu === undefined || hash.gpu === '' ? null : hash.gpu,
     pool: hash.pool === undefined || hash.pool === '' ? null : hash.pool,
+    seq: hash.seq === undefined ? 0 : integer(what, hash, 'seq'),
   };
 }
 
@@ -152,17 +158,18 @@ function maxWaitOf(what: string, hash: Record<string, string>): number | null {
 }
 
 /**
- * An ended container's tombstone (see commit_batch.lua and backlog_commit.lua): 18 space-separated
+ * An ended container's tombstone (see commit_batch.lua and backlog_commit.lua): 19 space-separated
  * fields, "<status> <workerId|-> <shard> <cpu> <memory> <gpuCount> <placedAt> <endedAt>
  * <requestKey|-> <reason> <queuedAt> <exitCode|-> <runningAt> <priority> <gpu|-> <pool|-> <maxWaitMs|->
- * <specDigest|->" (a time of 0 is a step not taken). Older tombstones end after 9, 11 or 13 fields.
+ * <specDigest|-> <seq>" (a time of 0 is a step not taken). Older tombstones end after 9, 11, 13 or
+ * 18 fields (seq then reads 0).
  */
 export function containerFromTombstone(id: string, tombstone: string): ContainerRecord {
   const what = `container ${id} (tombstone)`;
   const fields = tombstone.split(' ');
-  if (![9, 11, 13, 18].includes(fields.length) || !isContainerStatus(fields[0])) throw new CorruptRecordError(what, 'value', tombstone);
+  if (![9, 11, 13, 18, 19].includes(fields.length) || !isContainerStatus(fields[0])) throw new CorruptRecordError(what, 'value', tombstone);
   const names = ['status', 'workerId', 'shard', 'cpu', 'memory', 'gpuCount', 'placedAt', 'endedAt', 'requestKey', 'reason', 'queuedAt', 'exitCode', 'runningAt',
-    'priority', 'gpu', 'pool', 'maxWaitMs', 'specDigest'];
+    'priority', 'gpu', 'pool', 'maxWaitMs', 'specDigest', 'seq'];
   const hash: Record<string, string> = Object.fromEntries(fields.map((field, i) => [names[i]!, field]));
   if (hash.requestKey === '-') hash.requestKey = '';
   if (hash.exitCode === '-') delete hash.exitCode;

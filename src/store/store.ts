@@ -52,6 +52,8 @@ export interface BacklogOutcome {
   readonly code: BacklogCode;
   /** Code-specific; see backlog_commit.lua. */
   readonly extra: string;
+  /** The container's seq after the op when it changed its status (a new queued record, an end), else 0. */
+  readonly seq: number;
 }
 export type BacklogResult =
   | { readonly fenced: true; readonly currentEpoch: number }
@@ -188,6 +190,11 @@ export interface OpOutcome {
    * (WRONG_WORKER), freed "cpu memory gpu" (RELEASED), "status S" or "containers N" (NOT_REMOVABLE).
    */
   readonly extra: string;
+  /**
+   * The container's seq after the op when the op changed its status (PLACED, RELEASED,
+   * TRANSITIONED, REQUEUED), else 0: the publisher puts it in the event without reading the record.
+   */
+  readonly seq: number;
 }
 
 export type BatchResult =
@@ -214,6 +221,13 @@ export type HeartbeatResult =
   | { readonly duplicate: true; readonly heldForMs: number };
 
 const outcomeCodes = new Set<string>(OUTCOME_CODES);
+
+/** A script's seq item: a whole number from 0 (0: the op changed no container status). */
+function seqOf(item: unknown, script: string): number {
+  const seq = Number(item);
+  if (!Number.isSafeInteger(seq) || seq < 0) throw new Error(`${script} returned a malformed seq ${JSON.stringify(item)}`);
+  return seq;
+}
 
 export class DroverStore {
   readonly keys: KeySpace;
@@ -361,14 +375,14 @@ export class DroverStore {
     }
     const reply = (await runScript(this.redis, 'commit_batch', keys, args)) as unknown[];
     if (reply[0] === 'FENCED') return { fenced: true, currentEpoch: Number(reply[1]) };
-    if (reply[0] !== 'OK' || reply.length !== 1 + 3 * ops.length) {
+    if (reply[0] !== 'OK' || reply.length !== 1 + 4 * ops.length) {
       throw new Error(`commit_batch returned a malformed reply of ${reply.length} items for ${ops.length} ops`);
     }
     const outcomes: OpOutcome[] = [];
     for (let i = 0; i < ops.length; i += 1) {
-      const code = String(reply[1 + 3 * i]);
+      const code = String(reply[1 + 4 * i]);
       if (!outcomeCodes.has(code)) throw new Error(`commit_batch returned unknown code ${code}`);
-      outcomes.push({ code: code as OutcomeCode, version: Number(reply[2 + 3 * i]), extra: String(reply[3 + 3 * i]) });
+      outcomes.push({ code: code as OutcomeCode, version: Number(reply[2 + 4 * i]), extra: String(reply[3 + 4 * i]), seq: seqOf(reply[4 + 4 * i], 'commit_batch') });
     }
     return { fenced: false, outcomes };
   }
@@ -395,14 +409,14 @@ export class DroverStore {
     }
     const reply = (await runScript(this.redis, 'backlog_commit', keys, args)) as unknown[];
     if (reply[0] === 'FENCED') return { fenced: true, currentEpoch: Number(reply[1]) };
-    if (reply[0] !== 'OK' || reply.length !== 1 + 2 * ops.length) {
+    if (reply[0] !== 'OK' || reply.length !== 1 + 3 * ops.length) {
       throw new Error(`backlog_commit returned a malformed reply of ${reply.length} items for ${ops.length} ops`);
     }
     const outcomes: BacklogOutcome[] = [];
     for (let i = 0; i < ops.length; i += 1) {
-      const code = String(reply[1 + 2 * i]);
+      const code = String(reply[1 + 3 * i]);
       if (!backlogCodes.has(code)) throw new Error(`backlog_commit returned unknown code ${code}`);
-      outcomes.push({ code: code as BacklogCode, extra: String(reply[2 + 2 * i]) });
+      outcomes.push({ code: code as BacklogCode, extra: String(reply[2 + 3 * i]), seq: seqOf(reply[3 + 3 * i], 'backlog_commit') });
     }
     return { fenced: false, outcomes };
   }

@@ -22,7 +22,8 @@ export function testPrefix(label = 't'): string {
 }
 
 export function testConfig(overrides: Partial<DroverConfig> = {}): DroverConfig {
-  return loadConfig({}, { redisUrl: redisUrl(), natsUrl: natsUrl(), prefix: testPrefix(), shards: 8, leaseTtlMs: 3_000, httpPort: null, ...overrides });
+  // A small event stream: JetStream reserves its max_bytes on the shared test server, once per prefix.
+  return loadConfig({}, { redisUrl: redisUrl(), natsUrl: natsUrl(), prefix: testPrefix(), shards: 8, leaseTtlMs: 3_000, httpPort: null, eventsMaxBytes: 4 * 1024 * 1024, ...overrides });
 }
 
 export async function startReplica(overrides: Partial<DroverConfig> = {}): Promise<Replica> {

@@ -34,9 +34,16 @@
            only from 'queued'; its tombstone (format in commit_batch.lua) keeps the request
     A malformed op fails the whole batch before anything is written.
 
+  seq: a queue op that writes a new record sets its `seq` to 1, and an end sets the tombstone's to
+  the record's plus one (see commit_batch.lua: every status write adds one); a queue op that finds
+  the record already queued by its request key (a retry, or a requeue whose record commit_batch's
+  Q wrote and counted) changes no status and leaves it alone.
+
   Output:
     {'FENCED', currentEpoch}      nothing was written
-    {'OK', code_0, extra_0, ...}  one pair per op, in order
+    {'OK', code_0, extra_0, seq_0, ...}  three items per op, in order; seq is the container's new
+                                  seq when the op changed its status (QUEUED of a new record,
+                                  ENDED_NOW), else 0
       QUEUED        extra = queuedAt; new, or already queued by the same request key (idempotent)
       QUEUED_BY     extra = the other request key that queued it; nothing written
       PLACED        extra = "<worker> <requestKey>" it is placed (or was, and is released since)
@@ -117,9 +124,9 @@ local function load(key)
     if kind == 'none' then
       r = {status = 'none'}
     elseif kind == 'hash' then
-      local v = redis.call('HMGET', key, 'status', 'workerId', 'requestKey', 'queuedAt', 'cpu', 'memory', 'gpuCount')
+      local v = redis.call('HMGET', key, 'status', 'workerId', 'requestKey', 'queuedAt', 'cpu', 'memory', 'gpuCount', 'seq')
       r = {status = v[1] or 'none', workerId = v[2] or '-', requestKey = v[3] or '', queuedAt = v[4] or '0',
-        cpu = v[5], memory = v[6], gpus = v[7]}
+        cpu = v[5], memory = v[6], gpus = v[7], seq = tonumber(v[8]) or 0}
     elseif kind == 'string' then
       local f = {}
       for field in string.gmatch(redis.call('GET', key), '%S+') do f[#f + 1] = field end
@@ -136,9 +143,10 @@ end
 local size = nil
 local out = {'OK'}
 local write = {}
-local function reply(code, extra)
+local function reply(code, extra, seq)
   out[#out + 1] = code
   out[#out + 1] = extra
+  out[#out + 1] = seq or 0
 end
 
 for i = 0, n - 1 do
@@ -178,9 +186,10 @@ for i = 0, n - 1 do
     else
       size = size + 1
       write[i] = 'queue'
+      -- A new record: its first status write (an id used again after its tombstone expired starts over).
       records[key] = {status = 'queued', workerId = '-', requestKey = requestKey, queuedAt = tostring(nowMs),
-        cpu = ARGV[base + 5], memory = ARGV[base + 6], gpus = ARGV[base + 8]}
-      reply('QUEUED', tostring(nowMs))
+        cpu = ARGV[base + 5], memory = ARGV[base + 6], gpus = ARGV[base + 8], seq = 1}
+      reply('QUEUED', tostring(nowMs), 1)
     end
   elseif kind == 'D' then
     if r.status == 'queued' then
@@ -201,9 +210,9 @@ for i = 0, n - 1 do
       write[-1 - i] = status .. ' - ' .. shard .. ' ' .. r.cpu .. ' ' .. r.memory .. ' ' .. r.gpus .. ' 0 ' .. nowMs
         .. ' ' .. (r.requestKey ~= '' and r.requestKey or '-') .. ' ' .. reason .. ' ' .. r.queuedAt .. ' - 0'
         .. ' ' .. (kept[1] or '0') .. ' ' .. ((kept[2] or '') ~= '' and kept[2] or '-') .. ' ' .. ((kept[3] or '') ~= '' and kept[3] or '-')
-        .. ' ' .. maxWait .. ' ' .. ((kept[6] or '') ~= '' and redis.sha1hex(kept[6]) or '-')
-      records[key] = {status = status, workerId = '-', requestKey = r.requestKey}
-      reply('ENDED_NOW', r.queuedAt)
+        .. ' ' .. maxWait .. ' ' .. ((kept[6] or '') ~= '' and redis.sha1hex(kept[6]) or '-') .. ' ' .. (r.seq + 1)
+      records[key] = {status = status, workerId = '-', requestKey = r.requestKey, seq = r.seq + 1}
+      reply('ENDED_NOW', r.queuedAt, r.seq + 1)
     end
   end
 end
@@ -232,7 +241,7 @@ for i = 0, n - 1 do
     if action == 'queue' then
       local fields = {'status', 'queued', 'requestKey', ARGV[base + 2], 'home', shard, 'queuedAt', nowMs,
         'priority', ARGV[base + 3], 'expiresAt', nowMs + tonumber(ARGV[base + 4]), 'cpu', ARGV[base + 5], 'memory', ARGV[base + 6],
-        'gpu', ARGV[base + 7], 'gpuCount', ARGV[base + 8], 'pool', ARGV[base + 9]}
+        'gpu', ARGV[base + 7], 'gpuCount', ARGV[base + 8], 'pool', ARGV[base + 9], 'seq', 1}
       if ARGV[base + 10] ~= '' then
         fields[#fields + 1] = 'spec'
         fields[#fields + 1] = ARGV[base + 10]

@@ -79,17 +79,25 @@
   backlog's owner has no drop to write for it (the backlog places in the home shard first).
   An ended container is a tombstone: a string of space-separated fields
     <status> <workerId|-> <shard> <cpu> <memory> <gpuCount> <placedAt> <endedAt> <requestKey|-> <reason>
-    <queuedAt> <exitCode|-> <runningAt> <priority> <gpu|-> <pool|-> <maxWaitMs|-> <sha1 of spec|->
+    <queuedAt> <exitCode|-> <runningAt> <priority> <gpu|-> <pool|-> <maxWaitMs|-> <sha1 of spec|-> <seq>
   (a time of 0: a step not taken; queuedAt is 0 for a container never queued, one without a home;
-  tombstones written by older versions end after 9, 11 or 13 fields) that expires after ARGV[4]
+  tombstones written by older versions end after 9, 11, 13 or 18 fields) that expires after ARGV[4]
   seconds; it keeps the id from being placed again, lets a retried submit recognise its own
   request (and compare its body), and keeps every field `containers.get` shows. workerId '-'
   means it ended without ever being placed (its shard is then its home shard). (Ids, request keys
   and names cannot hold spaces.)
 
+  seq: every write that changes a container's status (P, R, T, Q here; queue and end in
+  backlog_commit.lua) sets the record's `seq` field to the previous value plus one (a record
+  without one counts as 0), and a tombstone keeps it as its last field: a consumer of the
+  container's events sees one number per status write, and a jump means it missed one. D and A
+  change no container status and leave it alone.
+
   Output:
     {'FENCED', currentEpoch}   nothing was written: the writer's epoch is not the current one
-    {'OK', code_0, version_0, extra_0, code_1, ...}: one triple per op, in order
+    {'OK', code_0, version_0, extra_0, seq_0, code_1, ...}: four items per op, in order; seq is the
+    container's new seq for an op that changed its status (PLACED, RELEASED, TRANSITIONED,
+    REQUEUED), else 0
       PLACED            version = the worker's new version; extra = 'unqueued' when the container
                         was queued in this shard's backlog and left it, else ''
       ALREADY_PLACED    extra = "<worker> <requestKey>": where the container is (or was) placed and
@@ -233,17 +241,17 @@ local function loadContainer(key)
   if c == nil then
     local found = redis.call('TYPE', key).ok
     if found == 'none' then
-      c = {state = 'none'}
+      c = {state = 'none', seq = 0}
     elseif found == 'hash' then
-      local v = redis.call('HMGET', key, 'workerId', 'cpu', 'memory', 'gpuCount', 'placedAt', 'requestKey', 'status', 'queuedAt', 'runningAt', 'home', 'deliveredAt')
+      local v = redis.call('HMGET', key, 'workerId', 'cpu', 'memory', 'gpuCount', 'placedAt', 'requestKey', 'status', 'queuedAt', 'runningAt', 'home', 'deliveredAt', 'seq')
       -- 'placed' (and, with an agent, 'running' or 'stopping') hold capacity; 'queued' holds none yet.
       c = {state = v[7] == 'queued' and 'queued' or 'placed', status = v[7], workerId = v[1] or '-', cpu = tonumber(v[2]),
         memory = tonumber(v[3]), gpus = tonumber(v[4]), placedAt = v[5], requestKey = v[6] or '', queuedAt = v[8], runningAt = v[9],
-        home = v[10], delivered = v[11] ~= false and v[11] ~= nil}
+        home = v[10], delivered = v[11] ~= false and v[11] ~= nil, seq = tonumber(v[12]) or 0}
     elseif found == 'string' then
       local f = {}
       for field in string.gmatch(redis.call('GET', key), '%S+') do f[#f + 1] = field end
-      c = {state = f[1] or 'released', ended = true, workerId = f[2] or '-', requestKey = f[9] ~= '-' and f[9] or ''}
+      c = {state = f[1] or 'released', ended = true, workerId = f[2] or '-', requestKey = f[9] ~= '-' and f[9] or '', seq = tonumber(f[19]) or 0}
     else
       return nil, redis.error_reply('ERR commit_batch: key ' .. key .. ' is a ' .. found)
     end
@@ -260,14 +268,17 @@ local out = {'OK'}
 local writeVersion = {}
 local written = {}
 local freed = {}
+-- The container's seq after a status-changing op (P, R, T, Q), by op index.
+local seqs = {}
 -- Ids of queued containers placed by this batch whose home backlog is this shard's (phase 2 takes
 -- them out of KEYS[4]).
 local unqueued = {}
 
-local function reply(code, version, extra)
+local function reply(code, version, extra, seq)
   out[#out + 1] = code
   out[#out + 1] = version
   out[#out + 1] = extra
+  out[#out + 1] = seq or 0
 end
 
 local function bump(key, w)
@@ -352,14 +363,15 @@ for i = 0, n - 1 do
         w.containers = w.containers + 1
         bump(workerKey, w)
         written[i] = c.state
+        seqs[i] = c.seq + 1
         containers[thirdKey] = {state = 'placed', workerId = workerId, cpu = cpu, memory = memory, gpus = gpus,
-          placedAt = tostring(nowMs), requestKey = requestKey, queuedAt = c.queuedAt}
+          placedAt = tostring(nowMs), requestKey = requestKey, queuedAt = c.queuedAt, status = 'placed', seq = seqs[i]}
         writeVersion[i] = w.version
         if c.state == 'queued' and c.home == shard then
           unqueued[#unqueued + 1] = containerId
-          reply('PLACED', w.version, 'unqueued')
+          reply('PLACED', w.version, 'unqueued', seqs[i])
         else
-          reply('PLACED', w.version, '')
+          reply('PLACED', w.version, '', seqs[i])
         end
       end
     end
@@ -387,11 +399,13 @@ for i = 0, n - 1 do
           .. ' ' .. (ARGV[base + 6] ~= '' and ARGV[base + 6] or '-') .. ' ' .. (c.runningAt or '0')
           .. ' ' .. (kept[1] or '0') .. ' ' .. ((kept[2] or '') ~= '' and kept[2] or '-') .. ' ' .. ((kept[3] or '') ~= '' and kept[3] or '-')
           .. ' ' .. (kept[4] or '-') .. ' ' .. ((kept[5] or '') ~= '' and redis.sha1hex(kept[5]) or '-')
-        containers[thirdKey] = {state = final, ended = true, workerId = workerId, requestKey = c.requestKey}
+          .. ' ' .. (c.seq + 1)
+        seqs[i] = c.seq + 1
+        containers[thirdKey] = {state = final, ended = true, workerId = workerId, requestKey = c.requestKey, seq = seqs[i]}
         writeVersion[i] = w.version
         written[i] = tombstone
         freed[i] = c
-        reply('RELEASED', w.version, c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus)
+        reply('RELEASED', w.version, c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus, seqs[i])
       end
     end
   elseif kind == 'T' then
@@ -406,9 +420,11 @@ for i = 0, n - 1 do
       reply('NOT_IN_STATE', 0, c.status)
     else
       c.status = ARGV[base + 5]
+      c.seq = c.seq + 1
+      seqs[i] = c.seq
       writeVersion[i] = 0
       written[i] = c.status
-      reply('TRANSITIONED', 0, c.status)
+      reply('TRANSITIONED', 0, c.status, c.seq)
     end
   elseif kind == 'D' then
     local c, failure = loadContainer(thirdKey)
@@ -466,10 +482,11 @@ for i = 0, n - 1 do
     else
       local w = giveBack(workerKey, expected, c)
       if w then
-        containers[thirdKey] = {state = 'queued', status = 'queued', workerId = '-', requestKey = c.requestKey, queuedAt = c.queuedAt}
+        seqs[i] = c.seq + 1
+        containers[thirdKey] = {state = 'queued', status = 'queued', workerId = '-', requestKey = c.requestKey, queuedAt = c.queuedAt, seq = seqs[i]}
         writeVersion[i] = w.version
         freed[i] = c
-        reply('REQUEUED', w.version, c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus)
+        reply('REQUEUED', w.version, c.cpu .. ' ' .. c.memory .. ' ' .. c.gpus, seqs[i])
       end
     end
   elseif kind == 'O' then
@@ -527,7 +544,7 @@ for i = 0, n - 1 do
     if kind == 'P' then
       local cpu, memory, gpus = ARGV[base + 4], ARGV[base + 5], ARGV[base + 6]
       redis.call('HSET', thirdKey, 'status', 'placed', 'workerId', workerId, 'shard', shard,
-        'cpu', cpu, 'memory', memory, 'gpuCount', gpus, 'placedAt', nowMs, 'requestKey', ARGV[base + 8])
+        'cpu', cpu, 'memory', memory, 'gpuCount', gpus, 'placedAt', nowMs, 'requestKey', ARGV[base + 8], 'seq', seqs[i])
       if ARGV[base + 9] ~= '' then redis.call('HSET', thirdKey, 'spec', ARGV[base + 9]) end
       -- Kept for a requeue (its worker lost before running it): it goes back with its priority and
       -- its submit time (a queued container's queuedAt, else now), and a fresh maxWaitMs.
@@ -550,7 +567,7 @@ for i = 0, n - 1 do
       history({'op', 'release', 'container', containerId, 'worker', workerId, 'cpu', c.cpu, 'memory', c.memory,
         'gpuCount', c.gpus, 'version', version, 'epoch', epoch})
     elseif kind == 'T' then
-      redis.call('HSET', thirdKey, 'status', written[i])
+      redis.call('HSET', thirdKey, 'status', written[i], 'seq', seqs[i])
       -- runningAt and stoppingAt keep their first time (a container back from unknown ran all
       -- along); unknownAt says when it last became unknown.
       if written[i] == 'unknown' then
@@ -563,7 +580,7 @@ for i = 0, n - 1 do
       local c = freed[i]
       -- Back to what the backlog wrote, with its queue time, priority, key, spec and expiry.
       local maxWait = tonumber(redis.call('HGET', thirdKey, 'maxWaitMs')) or 3600000
-      redis.call('HSET', thirdKey, 'status', 'queued', 'expiresAt', nowMs + maxWait, 'home', ARGV[base + 10])
+      redis.call('HSET', thirdKey, 'status', 'queued', 'expiresAt', nowMs + maxWait, 'home', ARGV[base + 10], 'seq', seqs[i])
       redis.call('HDEL', thirdKey, 'workerId', 'placedAt', 'runningAt', 'stoppingAt', 'deliveredAt', 'unknownAt')
       redis.call('SREM', setKey, containerId)
       redis.call('SADD', KEYS[3], containerId)
