@@ -217,6 +217,8 @@ export async function serversFromEnv(env: Record<string, string | undefined> = p
 
 export interface NatsServerOptions {
   readonly port?: number;
+  /** Run with JetStream (default true); false plays a NATS_URL given from outside without it. */
+  readonly jetstream?: boolean;
 }
 
 export function startNats(options: NatsServerOptions = {}): Promise<ServerProcess> {
@@ -226,7 +228,9 @@ export function startNats(options: NatsServerOptions = {}): Promise<ServerProces
       name: 'nats',
       binary: findBinary('nats-server'),
       // JetStream (the event stream) stores in this instance's own temporary directory.
-      args: (port, dir) => ['-c', config, '-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir],
+      args: (port, dir) => options.jetstream === false
+        ? ['-c', config, '-a', '127.0.0.1', '-p', String(port), '--js=false']
+        : ['-c', config, '-a', '127.0.0.1', '-p', String(port), '-js', '-sd', dir],
       probe: null,
       expect: 'INFO',
       url: (port) => `nats://127.0.0.1:${port}`,

@@ -12,6 +12,7 @@
  *   drover workers [list]               table of every worker
  *   drover workers register --id ID --cpu M --memory MiB [--gpu TYPE --gpu-count N] [--pool P]
  *   drover workers get|drain|disable|enable|remove --id ID
+ *   drover events [--id ID] [--since TIME | --seq N] [--json]
  *
  * Client commands (status, submit, release, container, workers) talk NATS only (NATS_URL,
  * DROVER_PREFIX) and take `--timeout MS` (default 10000), how long to wait for a reply. They print
@@ -36,6 +37,7 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger } from '../util/log.js';
 import { renderTable } from '../util/table.js';
+import { eventsCommand, eventsOptions } from './events-command.js';
 
 const USAGE = `usage:
   drover replica
@@ -53,6 +55,8 @@ const USAGE = `usage:
   drover release --id ID             (a queued container is cancelled; a placed one released)
   drover container --id ID
   drover wait --id ID [--for placed|running|terminal]   (default terminal; --timeout default 1 h)
+  drover events [--id ID] [--since TIME | --seq N] [--json]   replay the event stream from a time
+                (2026-01-31T12:00:00Z, or 90s/10m/2h/1d ago) or a stream sequence, then follow; Ctrl-C stops
   drover backlog                     depth by pool and shape, oldest age, from every replica
   drover workers [list]
   drover workers register --id ID --cpu MILLICORES --memory MIB [--gpu TYPE --gpu-count N] [--pool NAME]
@@ -96,6 +100,8 @@ const OPTIONS = {
   'state-dir': { type: 'string' },
   'stop-grace-ms': { type: 'string' },
   'stop-containers-on-exit': { type: 'boolean' },
+  since: { type: 'string' },
+  seq: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -127,6 +133,7 @@ const POSITIONAL_LIMITS: Record<string, number> = {
   release: 1,
   container: 1,
   wait: 1,
+  events: 1,
   backlog: 1,
   workers: 2,
 };
@@ -259,7 +266,9 @@ async function waitCommand(values: Values): Promise<number> {
   const client = await DroverClient.connect(config.natsUrl, config.prefix, Math.min(timeoutMs, DEFAULT_TIMEOUT_MS), 'drover-cli');
   try {
     const result = await client.waitFor(id, until, timeoutMs, (event) => {
-      process.stderr.write(`${new Date(event.at).toISOString()} ${event.id} ${event.status}${event.workerId ? ` on ${event.workerId}` : ''}${event.reason ? ` (${event.reason})` : ''}\n`);
+      process.stderr.write(`${new Date(event.at).toISOString()} ${event.id} ${event.status}${event.workerId ? ` on ${event.workerId}` : ''}${event.reason ? ` (${event.reason})` : ''}${typeof event.seq === 'number' ? ` seq ${event.seq}` : ''}\n`);
+    }, (first, last) => {
+      process.stderr.write(`drover wait: missed ${first === last ? `seq ${first}` : `seqs ${first}-${last}`} of ${id}; reading its record again\n`);
     });
     process.stdout.write(`${JSON.stringify(result.container ?? { id, status: result.status }, null, 2)}\n`);
     return 0;
@@ -572,6 +581,17 @@ async function run(allArgs: string[]): Promise<number> {
     }
     case 'wait':
       return waitCommand(values);
+    case 'events': {
+      const options = eventsOptions(values);
+      if (typeof options === 'string') throw new UsageError(options);
+      const config = loadConfig();
+      const client = await DroverClient.connect(config.natsUrl, config.prefix, DEFAULT_TIMEOUT_MS, 'drover-cli');
+      try {
+        return await eventsCommand(client, options);
+      } finally {
+        await client.close().catch(() => undefined);
+      }
+    }
     case 'backlog':
       return withClient(values, async (client) => {
         const reply = await client.backlog();

@@ -287,11 +287,20 @@ export class DroverClient {
    * Wait until container `id` reaches `until`: 'placed' (placed or anything after), 'running'
    * (running, or ended before it ran) or 'terminal'. Subscribes to the container's events first,
    * then reads its record, so a change between the two is not missed; events are at most once, so
-   * the record is read again every WAIT_RECHECK_MS too. Resolves with the record as last read (or
-   * as the event said), rejects after `timeoutMs`.
+   * the record is read again every WAIT_RECHECK_MS too, and at once when an event's `seq` jumps
+   * past the last one seen (an event was missed: `onGap` is told which seqs). Resolves with the
+   * record as last read (or as the event said), rejects after `timeoutMs`.
    */
-  async waitFor(id: string, until: WaitTarget, timeoutMs: number, onEvent?: (event: ContainerEvent) => void): Promise<{ status: ContainerStatus; container: ContainerInfo | null }> {
+  async waitFor(
+    id: string,
+    until: WaitTarget,
+    timeoutMs: number,
+    onEvent?: (event: ContainerEvent) => void,
+    onGap?: (firstMissed: number, lastMissed: number) => void,
+  ): Promise<{ status: ContainerStatus; container: ContainerInfo | null }> {
     const subscription = this.nc.subscribe(this.subjects.containerEvents(id));
+    /** The highest seq known, from the record or an event (0: none yet, or a record from before seq). */
+    let lastSeq = 0;
     let settle: (value: { status: ContainerStatus; container: ContainerInfo | null }) => void = () => undefined;
     let fail: (error: Error) => void = () => undefined;
     const done = new Promise<{ status: ContainerStatus; container: ContainerInfo | null }>((resolve, reject) => {
@@ -304,12 +313,22 @@ export class DroverClient {
         if (reply.error.code === 'NOT_FOUND') fail(new Error(`container ${id} is not known`));
         return;
       }
+      // A record from an older replica has no seq: nothing to compare then.
+      if (typeof reply.container.seq === 'number' && reply.container.seq > lastSeq) lastSeq = reply.container.seq;
       if (reached(reply.container.status, until)) settle({ status: reply.container.status, container: reply.container });
     };
     void (async () => {
       for await (const msg of subscription) {
         try {
           const event = msg.json<ContainerEvent>();
+          if (typeof event.seq === 'number' && Number.isSafeInteger(event.seq)) {
+            if (lastSeq > 0 && event.seq > lastSeq + 1) {
+              // Missed at least one status write: read the record now rather than at the next recheck.
+              onGap?.(lastSeq + 1, event.seq - 1);
+              void check().catch(() => undefined);
+            }
+            if (event.seq > lastSeq) lastSeq = event.seq;
+          }
           onEvent?.(event);
           if (reached(event.status, until)) {
             settle({ status: event.status, container: null });

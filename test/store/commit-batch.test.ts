@@ -167,9 +167,9 @@ describe('commit_batch', () => {
     expect(result).toEqual({
       fenced: false,
       outcomes: [
-        { code: 'PLACED', version: 2, extra: '' },
-        { code: 'PLACED', version: 3, extra: '' },
-        { code: 'PLACED', version: 2, extra: '' },
+        { code: 'PLACED', version: 2, extra: '', seq: 1 },
+        { code: 'PLACED', version: 3, extra: '', seq: 1 },
+        { code: 'PLACED', version: 2, extra: '', seq: 1 },
       ],
     });
     const w1 = await store.readWorker(SHARD, W1);
@@ -199,9 +199,9 @@ describe('commit_batch', () => {
     expect(result).toEqual({
       fenced: false,
       outcomes: [
-        { code: 'RV_CONFLICT', version: 2, extra: '' },
-        { code: 'NO_CAPACITY', version: 1, extra: '' },
-        { code: 'ALREADY_PLACED', version: 0, extra: `${W1} k-c1` },
+        { code: 'RV_CONFLICT', version: 2, extra: '', seq: 0 },
+        { code: 'NO_CAPACITY', version: 1, extra: '', seq: 0 },
+        { code: 'ALREADY_PLACED', version: 0, extra: `${W1} k-c1`, seq: 0 },
       ],
     });
     expect(await snapshotKeys(redis, prefix)).toEqual(before);
@@ -222,7 +222,7 @@ describe('commit_batch', () => {
   it('releases once into a tombstone: a second release frees nothing, the id stays taken', async () => {
     await store.commitBatch(SHARD, epoch, [place('c1', W1, 1)]);
     const first = await store.commitBatch(SHARD, epoch, [release('c1', W1, 2)]);
-    expect(first).toEqual({ fenced: false, outcomes: [{ code: 'RELEASED', version: 3, extra: '500 512 0' }] });
+    expect(first).toEqual({ fenced: false, outcomes: [{ code: 'RELEASED', version: 3, extra: '500 512 0', seq: 2 }] });
     // The record is now a small string, with every field the contract shows.
     expect(await redis.type(store.keys.container('c1'))).toBe('string');
     expect(await store.readContainer('c1')).toMatchObject({
@@ -230,10 +230,10 @@ describe('commit_batch', () => {
     });
     const before = await snapshotKeys(redis, prefix);
     const second = await store.commitBatch(SHARD, epoch, [release('c1', W1, 3)]);
-    expect(second).toEqual({ fenced: false, outcomes: [{ code: 'ALREADY_RELEASED', version: 0, extra: W1 }] });
+    expect(second).toEqual({ fenced: false, outcomes: [{ code: 'ALREADY_RELEASED', version: 0, extra: W1, seq: 0 }] });
     // A released id cannot be placed again while its tombstone lives; the placing key is reported.
     const again = await store.commitBatch(SHARD, epoch, [place('c1', W2, 1, 100, { requestKey: 'someone-else' })]);
-    expect(again).toEqual({ fenced: false, outcomes: [{ code: 'ALREADY_PLACED', version: 0, extra: `${W1} k-c1` }] });
+    expect(again).toEqual({ fenced: false, outcomes: [{ code: 'ALREADY_PLACED', version: 0, extra: `${W1} k-c1`, seq: 0 }] });
     expect(await snapshotKeys(redis, prefix)).toEqual(before);
     const w1 = await store.readWorker(SHARD, W1);
     expect([w1?.freeCpu, w1?.freeMemory]).toEqual([2_000, 4_096]);
@@ -263,8 +263,8 @@ describe('commit_batch', () => {
     expect(drained).toEqual({
       fenced: false,
       outcomes: [
-        { code: 'STATUS_SET', version: 2, extra: '' },
-        { code: 'NOT_SCHEDULABLE', version: 2, extra: 'draining' },
+        { code: 'STATUS_SET', version: 2, extra: '', seq: 0 },
+        { code: 'NOT_SCHEDULABLE', version: 2, extra: 'draining', seq: 0 },
       ],
     });
   });
@@ -275,12 +275,12 @@ describe('commit_batch', () => {
     const refused = await store.commitBatch(SHARD, epoch, [
       { kind: 'remove', workerId: W2, expectedVersion: 1 }, // available
     ]);
-    expect(refused).toEqual({ fenced: false, outcomes: [{ code: 'NOT_REMOVABLE', version: 1, extra: 'status available' }] });
+    expect(refused).toEqual({ fenced: false, outcomes: [{ code: 'NOT_REMOVABLE', version: 1, extra: 'status available', seq: 0 }] });
     const busy = await store.commitBatch(SHARD, epoch, [
       { kind: 'status', workerId: W1, expectedVersion: 2, status: 'disabled' },
       { kind: 'remove', workerId: W1, expectedVersion: 2 },
     ]);
-    expect(busy.fenced === false && busy.outcomes[1]).toEqual({ code: 'NOT_REMOVABLE', version: 3, extra: 'containers 1' });
+    expect(busy.fenced === false && busy.outcomes[1]).toEqual({ code: 'NOT_REMOVABLE', version: 3, extra: 'containers 1', seq: 0 });
     expect(before.size).toBeGreaterThan(0);
     // Released in the same batch as the removal: the removal sees the batch's own release.
     const removed = await store.commitBatch(SHARD, epoch, [release('c1', W1, 3), { kind: 'remove', workerId: W1, expectedVersion: 3 }, place('c2', W1, 3)]);

@@ -94,7 +94,7 @@ describe('backlog_commit', () => {
     // An ended id cannot be queued again, nor placed.
     expect(await outcomes(HOME, [queueOp(c1)])).toEqual(['ENDED']);
     const placed = await store.commitBacklog(HOME, homeEpoch, [queueOp(c1, 'k-new')]);
-    expect(placed.fenced === false && placed.outcomes[0]).toEqual({ code: 'ENDED', extra: `released k-${c1}` });
+    expect(placed.fenced === false && placed.outcomes[0]).toEqual({ code: 'ENDED', extra: `released k-${c1}`, seq: 0 });
     const refused = await store.commitBatch(SHARD, epoch, [place(c1, await version())]);
     expect(refused.fenced === false && refused.outcomes[0]).toMatchObject({ code: 'NOT_PLACEABLE', extra: `released k-${c1}` });
     expect(await snapshotKeys(redis, prefix)).toEqual(before);
