@@ -42,10 +42,13 @@ async function read(id: string): Promise<ContainerInfo> {
   return reply.container;
 }
 
-/** The record after a transition: exactly the one before it with `changes`, nothing else different. */
+/**
+ * The record after a transition: exactly the one before it with `changes`, nothing else different,
+ * and its seq one higher (one status write).
+ */
 async function expectTransition(id: string, before: ContainerInfo, changes: Partial<ContainerInfo>): Promise<ContainerInfo> {
   const after = await read(id);
-  expect(after).toEqual({ ...before, ...changes });
+  expect(after).toEqual({ ...before, seq: before.seq + 1, ...changes });
   return after;
 }
 
@@ -72,7 +75,7 @@ describe('every field of a container survives each status write', () => {
     expect(placed).toEqual({
       id: 'rf-a', status: 'placed', workerId: 'rf-agent', shard: agentShard, cpu: 500, memory: 256, gpuCount: 0, priority: 9,
       // Never queued: placed at once.
-      queuedAt: null, placedAt: stamp, runningAt: null, endedAt: null, exitCode: null, releasedAt: null, reason: null, ageMs: null, expiresAt: null,
+      queuedAt: null, placedAt: stamp, runningAt: null, endedAt: null, exitCode: null, releasedAt: null, reason: null, ageMs: null, expiresAt: null, seq: 1,
     });
     expect(await report([{ id: 'rf-a', status: 'running' }])).toMatchObject({ ok: true });
     const running = await expectTransition('rf-a', placed, { status: 'running', runningAt: stamp });
@@ -102,7 +105,7 @@ describe('every field of a container survives each status write', () => {
     const queued = await read('rf-c');
     expect(queued).toEqual({
       id: 'rf-c', status: 'queued', workerId: null, shard: shardOf('rf-c', SHARDS), cpu: 100, memory: 100, gpuCount: 0, priority: 5,
-      queuedAt: stamp, placedAt: null, runningAt: null, endedAt: null, exitCode: null, releasedAt: null, reason: null, ageMs: stamp, expiresAt: queued.queuedAt! + 300,
+      queuedAt: stamp, placedAt: null, runningAt: null, endedAt: null, exitCode: null, releasedAt: null, reason: null, ageMs: stamp, expiresAt: queued.queuedAt! + 300, seq: 1,
     });
     await eventually(async () => (await read('rf-c')).status === 'failed', 10_000, 'rf-c expired');
     const failed = await expectTransition('rf-c', queued, { status: 'failed', endedAt: stamp, reason: 'EXPIRED', ageMs: null, expiresAt: null });
@@ -167,17 +170,18 @@ describe('every field survives a silent agent: running -> unknown -> running -> 
     await otherReport([]);
     expect(await otherReport([{ id: 'rf-s', status: 'running' }])).toMatchObject({ ok: true });
     const running = await readOther('rf-s');
-    expect(running).toEqual({ ...placed, status: 'running', runningAt: stamp });
+    expect(running).toEqual({ ...placed, status: 'running', runningAt: stamp, seq: 2 });
     // Silent past the TTL: unknown, nothing else changes.
     await eventually(async () => (await readOther('rf-s')).status === 'unknown', 10_000, 'rf-s unknown');
     const unknown = await readOther('rf-s');
-    expect(unknown).toEqual({ ...running, status: 'unknown' });
+    expect(unknown).toEqual({ ...running, status: 'unknown', seq: 3 });
     // Back, still running it: running again, with its first runningAt.
     expect(await otherReport([{ id: 'rf-s', status: 'running' }])).toMatchObject({ ok: true });
     await eventually(async () => (await readOther('rf-s')).status === 'running', 10_000, 'rf-s running again');
-    expect(await readOther('rf-s')).toEqual(running);
+    expect(await readOther('rf-s')).toEqual({ ...running, seq: 4 });
     // Silent for good: unknown, then lost after workerLostAfterMs.
     await eventually(async () => (await readOther('rf-s')).status === 'lost', 15_000, 'rf-s lost');
-    expect(await readOther('rf-s')).toEqual({ ...running, status: 'lost', endedAt: stamp, reason: 'WORKER_LOST' });
+    // running (4) -> unknown (5) -> lost (6)
+    expect(await readOther('rf-s')).toEqual({ ...running, status: 'lost', endedAt: stamp, reason: 'WORKER_LOST', seq: 6 });
   });
 });

@@ -299,6 +299,26 @@ describe('commit_batch', () => {
     expect(ops).toEqual([`register:${W1}`, `register:${W2}`, 'place:c1']);
   });
 
+  it('adds one to the seq per status write, also within one batch; the tombstone keeps it, an older tombstone reads 0', async () => {
+    const transition = (to: 'running' | 'stopping' | 'unknown', from: Array<'placed' | 'running' | 'unknown'>) =>
+      ({ kind: 'transition' as const, containerId: 'c1', workerId: W1, expectedVersion: 2, from, to });
+    const result = await store.commitBatch(SHARD, epoch, [place('c1', W1, 1), transition('running', ['placed']), transition('unknown', ['running'])]);
+    expect(result.fenced === false && result.outcomes.map((o) => [o.code, o.seq])).toEqual([['PLACED', 1], ['TRANSITIONED', 2], ['TRANSITIONED', 3]]);
+    expect((await store.readContainer('c1'))?.seq).toBe(3);
+    // A refused op changes nothing and answers 0; D (delivered) changes no status.
+    const refused = await store.commitBatch(SHARD, epoch, [transition('running', ['placed'])]);
+    expect(refused.fenced === false && refused.outcomes[0]).toMatchObject({ code: 'NOT_IN_STATE', seq: 0 });
+    const ended = await store.commitBatch(SHARD, epoch, [release('c1', W1, 2)]);
+    expect(ended.fenced === false && ended.outcomes[0]).toMatchObject({ code: 'RELEASED', seq: 4 });
+    const tombstone = (await redis.get(store.keys.container('c1')))!;
+    expect(tombstone.split(' ')).toHaveLength(19);
+    expect(tombstone.endsWith(' 4')).toBe(true);
+    expect(await store.readContainer('c1')).toMatchObject({ status: 'released', seq: 4 });
+    // Written before seq was kept: 18 fields, read as seq 0 with everything else intact.
+    await redis.set(store.keys.container('c1'), tombstone.split(' ').slice(0, 18).join(' '));
+    expect(await store.readContainer('c1')).toMatchObject({ status: 'released', seq: 0, cpu: 500 });
+  });
+
   it('writes nothing at all when a key it would write turns out to be of the wrong type', async () => {
     // Op 0 is a good placement; op 1's container-set key has been overwritten with a string. A
     // script that wrote as it went would leave c1 recorded without its capacity taken.
