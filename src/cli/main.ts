@@ -264,11 +264,21 @@ async function waitCommand(values: Values): Promise<number> {
   const timeoutMs = positiveInt(values.timeout, DEFAULT_WAIT_MS, 'timeout', MAX_WAIT_MS);
   const config = loadConfig();
   const client = await DroverClient.connect(config.natsUrl, config.prefix, Math.min(timeoutMs, DEFAULT_TIMEOUT_MS), 'drover-cli');
+  let lastRead = '';
   try {
     const result = await client.waitFor(id, until, timeoutMs, (event) => {
       process.stderr.write(`${new Date(event.at).toISOString()} ${event.id} ${event.status}${event.workerId ? ` on ${event.workerId}` : ''}${event.reason ? ` (${event.reason})` : ''}${typeof event.seq === 'number' ? ` seq ${event.seq}` : ''}\n`);
-    }, (first, last) => {
-      process.stderr.write(`drover wait: missed ${first === last ? `seq ${first}` : `seqs ${first}-${last}`} of ${id}; reading its record again\n`);
+    }, {
+      onGap: (first, last) => {
+        process.stderr.write(`drover wait: missed ${first === last ? `seq ${first}` : `seqs ${first}-${last}`} of ${id}; reading its record again\n`);
+      },
+      // The first reading says where it starts (later ones, every second, only when they change it).
+      onRecord: (container) => {
+        const line = `${container.status} (seq ${container.seq})`;
+        if (line === lastRead) return;
+        lastRead = line;
+        process.stderr.write(`drover wait: ${id} is ${line}\n`);
+      },
     });
     process.stdout.write(`${JSON.stringify(result.container ?? { id, status: result.status }, null, 2)}\n`);
     return 0;

@@ -296,7 +296,7 @@ export class DroverClient {
     until: WaitTarget,
     timeoutMs: number,
     onEvent?: (event: ContainerEvent) => void,
-    onGap?: (firstMissed: number, lastMissed: number) => void,
+    hooks: { onGap?: (firstMissed: number, lastMissed: number) => void; onRecord?: (container: ContainerInfo) => void } = {},
   ): Promise<{ status: ContainerStatus; container: ContainerInfo | null }> {
     const subscription = this.nc.subscribe(this.subjects.containerEvents(id));
     /** The highest seq known, from the record or an event (0: none yet, or a record from before seq). */
@@ -315,6 +315,7 @@ export class DroverClient {
       }
       // A record from an older replica has no seq: nothing to compare then.
       if (typeof reply.container.seq === 'number' && reply.container.seq > lastSeq) lastSeq = reply.container.seq;
+      hooks.onRecord?.(reply.container);
       if (reached(reply.container.status, until)) settle({ status: reply.container.status, container: reply.container });
     };
     void (async () => {
@@ -324,7 +325,7 @@ export class DroverClient {
           if (typeof event.seq === 'number' && Number.isSafeInteger(event.seq)) {
             if (lastSeq > 0 && event.seq > lastSeq + 1) {
               // Missed at least one status write: read the record now rather than at the next recheck.
-              onGap?.(lastSeq + 1, event.seq - 1);
+              hooks.onGap?.(lastSeq + 1, event.seq - 1);
               void check().catch(() => undefined);
             }
             if (event.seq > lastSeq) lastSeq = event.seq;
