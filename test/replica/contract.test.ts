@@ -60,7 +60,7 @@ describe('public contract', () => {
     expect(job).toMatchObject({ ok: true, container: { id: 'job-1', status: 'placed', workerId: 'gpu-1', releasedAt: null } });
     // Exactly the contract's fields: nothing internal leaks into the reply.
     expect(Object.keys((job as { container: object }).container).sort()).toEqual(
-      ['ageMs', 'cpu', 'endedAt', 'exitCode', 'expiresAt', 'gpuCount', 'id', 'memory', 'placedAt', 'priority', 'queuedAt', 'reason', 'releasedAt', 'runningAt', 'shard', 'status', 'workerId'],
+      ['ageMs', 'cpu', 'endedAt', 'exitCode', 'expiresAt', 'gpuCount', 'id', 'memory', 'placedAt', 'priority', 'queuedAt', 'reason', 'releasedAt', 'runningAt', 'seq', 'shard', 'status', 'workerId'],
     );
     const worker = await client.getWorker('gpu-1');
     expect(worker.ok && [worker.worker.freeCpu, worker.worker.freeGpuCount, worker.worker.resourceVersion]).toEqual([6_900, 0, 3]);
