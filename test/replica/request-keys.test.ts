@@ -72,7 +72,7 @@ describe('request keys', () => {
     expect(await redis.type(replica.store.keys.container('rk-r1'))).toBe('string');
     expect(await client.getContainer('rk-r1')).toMatchObject({ ok: true, container: { id: 'rk-r1', status: 'released', cpu: 100, memory: 100 } });
     const view = await client.getContainer('rk-r1');
-    expect(view.ok && Object.keys(view.container).sort()).toEqual(['ageMs', 'cpu', 'endedAt', 'exitCode', 'expiresAt', 'gpuCount', 'id', 'memory', 'placedAt', 'priority', 'queuedAt', 'reason', 'releasedAt', 'runningAt', 'shard', 'status', 'workerId']);
+    expect(view.ok && Object.keys(view.container).sort()).toEqual(['ageMs', 'cpu', 'endedAt', 'exitCode', 'expiresAt', 'gpuCount', 'id', 'memory', 'placedAt', 'priority', 'queuedAt', 'reason', 'releasedAt', 'runningAt', 'seq', 'shard', 'status', 'workerId']);
   });
 
   it('answers CONFLICT to the same key with another body: placed, ended and queued records', async () => {
