@@ -125,6 +125,8 @@ export interface ReplicaStatus {
   http?: { host: string; port: number; url: string } | null;
   /** Its backlog scheduler's counters and the containers queued in its partitions. */
   backlog?: Record<string, number>;
+  /** Its shard owners' counts of agent reports, refused reports, and silences acted on (unreachable, unknown, lost, requeued). */
+  agents?: Record<string, number>;
 }
 
 export type WaitTarget = 'placed' | 'running' | 'terminal';

@@ -38,6 +38,7 @@ import { replyFromError } from '../protocol/errors.js';
 import { parseStatusRequest } from '../protocol/validate.js';
 import { Router } from '../router/router.js';
 import { ShardOwner } from '../shard/shard-owner.js';
+import type { AgentKeepalive } from '../shard/agent-keepalive.js';
 import { DroverStore } from '../store/store.js';
 import { Incident } from '../util/incident.js';
 import { silentLogger, type Logger } from '../util/log.js';
@@ -87,6 +88,8 @@ export interface ReplicaStats {
   readonly owners: { batches: number; committedOps: number; fenceRefusals: number; versionConflicts: number; resyncs: number };
   readonly leases: ShardLeases['stats'];
   readonly backlog: BacklogScheduler['stats'] & { queued: number; fenceRefusals: number };
+  /** What the shard owners saw of worker agents: reports, refusals, and silences acted on. */
+  readonly agents: AgentKeepalive['stats'];
 }
 
 export class Replica {
@@ -135,6 +138,7 @@ export class Replica {
   /** Owner counters survive the owners themselves (shards come and go). */
   private readonly retiredOwnerStats = { batches: 0, committedOps: 0, fenceRefusals: 0, versionConflicts: 0, resyncs: 0 };
   private retiredBacklogFenceRefusals = 0;
+  private readonly retiredAgentStats: AgentKeepalive['stats'] = { reports: 0, staleReports: 0, agentConflicts: 0, unreachable: 0, unknown: 0, lost: 0, requeued: 0 };
   /** The event stream as ensured at start (null before): `drover status` says whether events are kept. */
   private eventStream: EnsureOutcome | null = null;
 
@@ -490,6 +494,8 @@ export class Replica {
     }
     let queued = 0;
     for (const { backlog } of this.served.values()) queued += backlog.entries.size;
+    const agents = { ...this.retiredAgentStats };
+    for (const { owner } of this.served.values()) addCounts(agents, owner.agentStats);
     return {
       replicaId: this.config.replicaId,
       shards: this.servedShards(),
@@ -498,6 +504,7 @@ export class Replica {
       owners,
       leases: this.leases.stats,
       backlog: { ...this.backlog.stats, queued, fenceRefusals: this.backlogFenceRefusals() },
+      agents,
     };
   }
 
@@ -783,6 +790,7 @@ export class Replica {
       this.retiredOwnerStats[key] += served.owner.stats[key];
     }
     this.served.delete(shard);
+    addCounts(this.retiredAgentStats, served.owner.agentStats);
     this.retiredBacklogFenceRefusals += served.backlog.stats.fenceRefusals;
     served.backlog.close();
     this.backlog.remove(shard);
@@ -988,4 +996,9 @@ function connectNats(config: DroverConfig, name: string): Promise<NatsConnection
     // connection from then on (the same bound as for Redis, see redis-client.ts).
     timeout: START_CONNECT_TIMEOUT_MS,
   });
+}
+
+/** Add every counter of `from` to `into` (counters of owners that come and go, summed per replica). */
+function addCounts<T extends Record<string, number>>(into: T, from: Readonly<T>): void {
+  for (const key of Object.keys(into) as Array<keyof T>) (into[key] as number) += from[key];
 }
