@@ -153,6 +153,13 @@ describe('agent faults', () => {
     const other = await client.report('st-1', [], 'another-incarnation', 1);
     expect(other).toMatchObject({ ok: false, error: { code: 'AGENT_CONFLICT' } });
     expect(await workerStatus('st-1')).toBe('available');
+    // Counted where an operator looks (drover status).
+    const counted = replica.stats().agents;
+    expect(counted.staleReports).toBeGreaterThanOrEqual(1);
+    expect(counted.agentConflicts).toBeGreaterThanOrEqual(2); // the twin's and this one
+    expect(counted.unreachable).toBeGreaterThanOrEqual(2);
+    expect(counted.unknown).toBeGreaterThanOrEqual(2);
+    expect(counted.lost).toBeGreaterThanOrEqual(1);
   });
 
   it('a control-plane outage longer than the TTL (the replica gone, then back) stops nothing: every record ends running', async () => {
