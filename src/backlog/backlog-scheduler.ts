@@ -17,6 +17,14 @@
  * already shows room for it. A slow sweep (every SAFETY_SWEEP_MS) wakes any shape the view says may
  * fit, in case a summary was lost; it is the safety net, not the mechanism.
  *
+ * No spinning. A shape is attempted again only when capacity that may fit it appeared: after an
+ * attempt that found no room, it sleeps unless a summary that may fit it (a growth for this shape,
+ * counted in `Shape.growth`, not any summary at all) arrived while the attempt was in flight. And a
+ * shape has at most `Shape.window` attempts in flight: one after it wakes, one more after each
+ * placement (so a drain doubles its attempts every round trip, up to MAX_ATTEMPTS_IN_FLIGHT), half
+ * as many after each "no room". So a full cluster with thousands queued makes about one attempt per
+ * shape per room that appears, instead of hundreds in flight against shards known full.
+ *
  * Attempts go through this replica's router, exactly like a client's submit, with the request key
  * that queued the container: commit_batch.lua places a queued container only with that key and
  * only while it is queued, so however many owners (or stale owners) try, it is placed once.
@@ -97,6 +105,11 @@ export class Shape {
   /** Unix ms before which a shape that met unavailable owners is not tried again. */
   retryAt = 0;
   backoffMs = RETRY_FIRST_MS;
+  /** Attempts of this shape in flight, and how many it may have (see "No spinning" above). */
+  inFlight = 0;
+  window = 1;
+  /** Summaries taken that may fit this shape (room for it appeared somewhere, or is still there). */
+  growth = 0;
   constructor(
     readonly key: string,
     readonly request: PlacementRequest,
@@ -174,6 +187,8 @@ export interface BacklogStats {
   unavailable: number;
   notOurs: number;
   expired: number;
+  /** Expiries that could not be written now (the write bound, or an unknown outcome): tried again at the next sweep. */
+  expiryDeferred: number;
   cancelled: number;
   wakes: number;
   holds: number;
@@ -190,10 +205,12 @@ export class BacklogScheduler {
   private timers: NodeJS.Timeout[] = [];
   private retryTimer: NodeJS.Timeout | null = null;
   private readonly maxInFlight: number;
-  readonly stats: BacklogStats = { attempts: 0, placed: 0, unqueued: 0, noRoom: 0, unavailable: 0, notOurs: 0, expired: 0, cancelled: 0, wakes: 0, holds: 0, heldPlacements: 0 };
+  readonly stats: BacklogStats = { attempts: 0, placed: 0, unqueued: 0, noRoom: 0, unavailable: 0, notOurs: 0, expired: 0, expiryDeferred: 0, cancelled: 0, wakes: 0, holds: 0, heldPlacements: 0 };
 
   constructor(private readonly options: BacklogSchedulerOptions) {
     this.maxInFlight = options.maxAttemptsInFlight ?? MAX_ATTEMPTS_IN_FLIGHT;
+    // Every summary the view takes is a possible wake-up (see capacityChanged).
+    options.view.onUpdate((shard) => this.capacityChanged(shard));
   }
 
   start(): void {
@@ -215,6 +232,10 @@ export class BacklogScheduler {
   /** A partition this replica now holds: its entries join the shapes and are tried if they may fit. */
   add(partition: BacklogPartition): void {
     this.partitions.set(partition.shard, partition);
+    // What its reconciliation finds queued in Redis and held nowhere is tried like a new entry.
+    partition.onAdopted = (entry) => {
+      if (this.partitions.get(partition.shard) === partition) this.queued(entry);
+    };
     for (const entry of partition.entries.values()) this.enqueue(entry, false);
     for (const shape of this.shapes.values()) this.wakeIfFits(shape);
     this.schedulePump();
@@ -237,15 +258,18 @@ export class BacklogScheduler {
     this.enqueue(entry, true);
   }
 
-  /** A capacity summary was taken for `shard`: wake the sleeping shapes it may fit. */
+  /**
+   * A capacity summary was taken for `shard` (the view tells the scheduler of each): each shape it may fit counts a growth (an attempt of
+   * it that finds no room stays awake only if one came meanwhile), and the sleeping ones wake.
+   */
   capacityChanged(shard: number): void {
-    if (this.awake.size === this.shapes.size) return;
     const view = this.options.view;
     let woke = false;
     for (const shape of this.shapes.values()) {
-      if (!shape.asleep) continue;
       const tier = view.tier(shard, shape.request);
-      if (tier === 'likely' || tier === 'possible') {
+      if (tier !== 'likely' && tier !== 'possible') continue;
+      shape.growth += 1;
+      if (shape.asleep) {
         this.wake(shape);
         woke = true;
       }
@@ -284,11 +308,24 @@ export class BacklogScheduler {
    * backlog; the caller reads its record.
    */
   async cancel(shard: number, id: string): Promise<'cancelled' | 'not-queued' | 'unavailable'> {
+    let settled = false;
     for (let wait = 0; wait <= MAX_ATTEMPT_WAITS; wait += 1) {
       const partition = this.partitions.get(shard);
       if (partition === undefined || partition.isClosed) return 'unavailable';
       const entry = partition.entries.get(id);
-      if (entry === undefined) return 'not-queued';
+      if (entry === undefined) {
+        if (settled) return 'not-queued';
+        // Not held here: Redis may still say queued in this shard (a queue whose reply was lost,
+        // a requeue not yet handed over). Settle the id from Redis once (held if it is queued),
+        // so a queued container can always be cancelled by its home shard's owner.
+        settled = true;
+        try {
+          await partition.settle([id]);
+        } catch {
+          return 'unavailable';
+        }
+        continue;
+      }
       if (entry.attempting) {
         await new Promise<void>((resolve) => entry.settled.push(resolve));
         continue;
@@ -417,12 +454,14 @@ export class BacklogScheduler {
       let best: Shape | null = null;
       let bestHead: QueuedEntry | null = null;
       for (const shape of this.awake) {
-        if (shape.retryAt > now) continue;
+        if (shape.retryAt > now || shape.inFlight >= shape.window) continue;
         const head = shape.head();
         if (head === null) {
           this.dropShape(shape.key, shape);
           continue;
         }
+        // Its end (expiry, cancel) is being written: the shape waits for it (a round trip).
+        if (head.ending) continue;
         if (bestHead === null || before(head, bestHead)) {
           best = shape;
           bestHead = head;
@@ -447,8 +486,10 @@ export class BacklogScheduler {
   private async run(shape: Shape, entry: QueuedEntry, heldIn: number | null = null): Promise<void> {
     entry.attempting = true;
     this.inFlight += 1;
+    shape.inFlight += 1;
     this.stats.attempts += 1;
     const versionBefore = this.options.view.version;
+    const growthBefore = shape.growth;
     let result: AttemptOutcome;
     try {
       result = heldIn === null ? await this.options.attempt(entry, this.preferredShard(shape, entry)) : await this.options.placeOn(entry, heldIn);
@@ -459,12 +500,15 @@ export class BacklogScheduler {
     }
     entry.attempting = false;
     this.inFlight -= 1;
+    shape.inFlight -= 1;
     const partition = this.partitions.get(entry.shard);
     switch (result.outcome) {
       case 'placed':
         this.stats.placed += 1;
         if (result.unqueued === true) this.stats.unqueued += 1;
         shape.backoffMs = RETRY_FIRST_MS;
+        // One more in flight per placement: the window doubles every round trip while room lasts.
+        shape.window = Math.min(this.maxInFlight, shape.window + 1);
         if (result.shard !== undefined) shape.preferShard = result.shard;
         if (partition !== undefined && !entry.gone) partition.forget(entry, result.unqueued === true);
         break;
@@ -478,11 +522,15 @@ export class BacklogScheduler {
         // Null: the entry is gone (its partition closed meanwhile).
         const holder = this.requeue(shape, entry);
         if (holder === null) break;
-        // Room may have appeared while the attempt was concluding (a summary came, and its wake-up
-        // found the shape awake, or gone if its heap emptied meanwhile): stay awake if so; the
-        // pump asks the view before the next attempt.
-        if (this.options.view.version === versionBefore) this.sleep(holder);
-        else this.wake(holder);
+        holder.window = Math.max(1, Math.floor(holder.window / 2));
+        // Room that may fit this shape may have appeared while the attempt was concluding (a
+        // summary came that may fit it, and its wake-up found the shape awake): stay awake if so;
+        // the pump asks the view before the next attempt. Any other summary (a shard filling up,
+        // another shape's room) is no reason to try again. A shape made anew meanwhile (its heap
+        // had emptied) has no count of its own yet: any summary counts for it.
+        const grew = holder === shape ? shape.growth !== growthBefore : this.options.view.version !== versionBefore;
+        if (grew) this.wake(holder);
+        else this.sleep(holder);
         break;
       }
       case 'unavailable': {
@@ -578,14 +626,28 @@ export class BacklogScheduler {
     }
   }
 
-  /** Fail every queued container whose maxWaitMs has passed (not while an attempt of it is in flight). */
+  /**
+   * Fail every queued container whose maxWaitMs has passed: not while an attempt of it is in flight,
+   * not again while its end is being written, and no more per partition than its write bound has
+   * room for (the rest at the next sweep). So a mass expiry is one end write per entry, however slow
+   * Redis answers.
+   */
   private expire(): void {
     const now = Date.now();
     for (const partition of this.partitions.values()) {
+      let room = partition.writeRoom;
       for (const entry of partition.entries.values()) {
-        if (entry.expiresAt > now || entry.attempting || entry.gone) continue;
+        if (entry.expiresAt > now || entry.attempting || entry.ending || entry.gone) continue;
+        if (room === 0) {
+          this.stats.expiryDeferred += 1;
+          continue;
+        }
+        room -= 1;
         void partition.end(entry, 'EXPIRED').then((result) => {
           if (result === 'cancelled') this.stats.expired += 1;
+          else if (result === 'unavailable') this.stats.expiryDeferred += 1;
+          // A head that was ending held its shape back (see pump).
+          this.schedulePump();
         });
       }
     }

@@ -9,9 +9,11 @@
  * the hot paths pay nothing for them; only durations are observed as they happen.
  *
  * What the seed's audit asked to watch, from these:
- *   conflict ratio      sum(rate(scheduler_schedule_attempts_total[5m]))
- *                         / sum(rate(scheduler_schedule_attempts_total{result="scheduled"}[5m]))
- *                       and drover_version_conflicts_total, drover_reroutes_total per placement
+ *   conflict ratio      sum(rate(drover_conflicts_total[5m])) / sum(rate(drover_placements_total[5m])):
+ *                       version and fence refusals and re-routes caused by a stale view, per
+ *                       placement. The backlog's retries (drover_backlog_attempts_total, re-routes
+ *                       with cause="backlog") are counted apart: they are waiting, not conflicts.
+ *                       scheduler_schedule_attempts_total counts clients' attempts only.
  *   time to schedule    scheduler_pod_scheduling_sli_duration_seconds (submit or queue -> placed)
  *   utilization         drover_worker_utilization (distribution), drover_pool_allocated / drover_pool_capacity
  *   backlog over time   scheduler_pending_pods{queue}
@@ -26,7 +28,12 @@ export interface MetricsSource {
   readonly replicaId: string;
   counters(): {
     readonly placed: number;
-    readonly reroutes: number;
+    readonly staleViewReroutes: number;
+    readonly unavailableReroutes: number;
+    readonly backlogReroutes: number;
+    readonly backlogPlaced: number;
+    readonly backlogUnavailable: number;
+    readonly backlogNotOurs: number;
     readonly fenceRefusals: number;
     readonly versionConflicts: number;
     readonly leasesAcquired: number;
@@ -64,14 +71,14 @@ export class ReplicaMetrics {
 
     this.attempts = new Counter({
       name: 'scheduler_schedule_attempts_total',
-      help: 'Placement attempts by result: scheduled, unschedulable (no worker has room), error (owners unavailable, refused).',
+      help: 'Placement attempts of clients\' submits by result: scheduled, unschedulable (no worker has room), error (owners unavailable, refused). The backlog\'s attempts are drover_backlog_attempts_total.',
       labelNames: ['result'],
       registers,
     });
     for (const result of ['scheduled', 'unschedulable', 'error'] as const) this.attempts.inc({ result }, 0);
     this.attemptDuration = new Histogram({
       name: 'scheduler_scheduling_attempt_duration_seconds',
-      help: 'Duration of one placement attempt through this replica\'s router, re-routes included.',
+      help: 'Duration of one client placement attempt through this replica\'s router, re-routes included.',
       labelNames: ['result'],
       buckets: LATENCY_BUCKETS,
       registers,
@@ -104,7 +111,47 @@ export class ReplicaMetrics {
         },
       });
     counter('drover_placements_total', 'Containers placed through this replica\'s router (submits and backlog attempts).', (c) => c.placed);
-    counter('drover_reroutes_total', 'Placements a shard owner refused (no fit after all) that the router sent to another shard.', (c) => c.reroutes);
+    new Counter({
+      name: 'drover_reroutes_total',
+      help: 'Placements the router sent to another shard, by cause: stale_view (an owner refused a client\'s placement its view said fits: a conflict), unavailable (the owner did not answer), backlog (within the backlog\'s attempts: retries, not conflicts).',
+      labelNames: ['cause'],
+      registers,
+      collect() {
+        const c = counters();
+        this.reset();
+        this.inc({ cause: 'stale_view' }, c.staleViewReroutes);
+        this.inc({ cause: 'unavailable' }, c.unavailableReroutes);
+        this.inc({ cause: 'backlog' }, c.backlogReroutes);
+      },
+    });
+    new Counter({
+      name: 'drover_conflicts_total',
+      help: 'Conflicts, by kind: version (Redis refused a write, the worker changed under the actor), fence (Redis refused an older epoch), stale_view (an owner refused a client\'s placement the router\'s view said fits). The backlog\'s retries are not conflicts.',
+      labelNames: ['kind'],
+      registers,
+      collect() {
+        const c = counters();
+        this.reset();
+        this.inc({ kind: 'version' }, c.versionConflicts);
+        this.inc({ kind: 'fence' }, c.fenceRefusals);
+        this.inc({ kind: 'stale_view' }, c.staleViewReroutes);
+      },
+    });
+    new Counter({
+      name: 'drover_backlog_attempts_total',
+      help: 'The backlog\'s placement attempts of queued containers, by result: scheduled, no_room (put back to sleep), unavailable (owners did not answer; backed off), not_ours (placed or ended by another request).',
+      labelNames: ['result'],
+      registers,
+      collect() {
+        const c = counters();
+        this.reset();
+        this.inc({ result: 'scheduled' }, c.backlogPlaced);
+        this.inc({ result: 'no_room' }, c.requeuedNoRoom);
+        this.inc({ result: 'unavailable' }, c.backlogUnavailable);
+        this.inc({ result: 'not_ours' }, c.backlogNotOurs);
+        // Attempts still in flight have no result yet: each is counted when it ends.
+      },
+    });
     counter('drover_fence_refusals_total', 'Writes Redis refused because another replica holds a newer lease epoch for the shard.', (c) => c.fenceRefusals);
     counter('drover_version_conflicts_total', 'Writes Redis refused because the worker\'s ResourceVersion or capacity was not what the actor held.', (c) => c.versionConflicts);
     counter('drover_lease_acquisitions_total', 'Shard leases this replica acquired.', (c) => c.leasesAcquired);

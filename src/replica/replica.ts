@@ -69,6 +69,15 @@ const MEMORY_READING_MS = 1_000;
 const tooLarge: ShardOpResult = { ok: false, code: 'UNAVAILABLE', message: 'the reply was too large to send; the outcome is unknown', unknown: true };
 /** How long the debug page's cluster view waits for every replica's status over NATS. */
 const CLUSTER_STATUS_WAIT_MS = 300;
+/**
+ * Requeued containers handed to their home backlog: the first retry after this, doubling up to the
+ * max, for as long as the ownership lasts (no final give-up); at most this many in flight per
+ * replica (the outbox keeps the rest, and the sweep every OUTBOX_SWEEP_MS hands them over).
+ */
+const REQUEUE_RETRY_FIRST_MS = 250;
+const REQUEUE_RETRY_MAX_MS = 5_000;
+const MAX_REQUEUES_HANDED = 10_000;
+const OUTBOX_SWEEP_MS = 5_000;
 
 interface ServedShard {
   readonly owner: ShardOwner;
@@ -141,6 +150,11 @@ export class Replica {
   private readonly retiredAgentStats: AgentKeepalive['stats'] = { reports: 0, staleReports: 0, agentConflicts: 0, unreachable: 0, unknown: 0, lost: 0, requeued: 0 };
   /** The event stream as ensured at start (null before): `drover status` says whether events are kept. */
   private eventStream: EnsureOutcome | null = null;
+  /** Requeued containers being handed to their home backlog now, as "<shard>:<id>". */
+  private readonly handingRequeued = new Set<string>();
+  private outboxTimer: NodeJS.Timeout | null = null;
+  /** Requeues handed over (and acked), and outbox ids the sweeps found. */
+  readonly requeueStats = { handed: 0, swept: 0 };
 
   private constructor(
     readonly config: DroverConfig,
@@ -188,14 +202,18 @@ export class Replica {
       placeOn: (entry, shard) => this.placeHeld(entry, shard),
       log,
     });
-    this.router.view.onUpdate((shard) => this.backlog.capacityChanged(shard));
     this.metrics = new ReplicaMetrics({
       replicaId: config.replicaId,
       counters: () => {
         const stats = this.stats();
         return {
           placed: stats.router.placed,
-          reroutes: stats.router.reroutes,
+          staleViewReroutes: stats.router.staleViewReroutes,
+          unavailableReroutes: stats.router.unavailableReroutes,
+          backlogReroutes: stats.router.backlogReroutes,
+          backlogPlaced: stats.backlog.placed,
+          backlogUnavailable: stats.backlog.unavailable,
+          backlogNotOurs: stats.backlog.notOurs,
           fenceRefusals: stats.owners.fenceRefusals + stats.backlog.fenceRefusals,
           versionConflicts: stats.owners.versionConflicts,
           leasesAcquired: stats.leases.acquired,
@@ -378,6 +396,8 @@ export class Replica {
     await this.leases.tick();
     this.leases.start();
     this.heartbeatTimer = setInterval(() => this.publishAllCapacity(), CAPACITY_HEARTBEAT_MS);
+    this.outboxTimer = setInterval(() => void this.sweepRequeueOutboxes(), OUTBOX_SWEEP_MS);
+    this.outboxTimer.unref();
     await this.router.start();
     this.links.nats.start();
     this.links.redis.start();
@@ -573,30 +593,59 @@ export class Replica {
   }
 
   /**
-   * A container requeued by shard `shard`'s owner (its worker was lost before running it): its home
-   * shard's backlog takes it again, then the requeue outbox forgets it. Retried with a backoff while
-   * the home shard cannot answer; the outbox keeps it across a hand-over either way.
+   * A container requeued by shard `shard`'s owner under `epoch` (its worker was lost before running
+   * it): its home shard's backlog takes it again, then the requeue outbox forgets it. Tried for as
+   * long as this ownership lasts, with a backoff while the home shard cannot answer, and with no
+   * final give-up: a requeued container must reach a backlog that can place, expire and cancel it.
+   * It may be called while the shard is still opening (the owner resends its outbox from open): it
+   * waits until the shard is served. When this ownership ends, the outbox keeps the id and the next
+   * owner resends it; the outbox sweep (every OUTBOX_SWEEP_MS) resends what is left meanwhile.
    */
-  private async handRequeued(shard: number, containerId: string): Promise<void> {
-    for (let attempt = 0; attempt < 8; attempt += 1) {
-      if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, 250 * 2 ** Math.min(attempt, 5)));
-      const owner = this.served.get(shard)?.owner;
-      if (owner === undefined || owner.state !== 'serving') return; // the next owner resends it
-      const handed = await this.router.requeue(containerId);
-      if (!handed) continue;
-      const acked = await owner.ackRequeue(containerId);
-      if (acked.ok) return;
+  private async handRequeued(shard: number, epoch: number, containerId: string): Promise<void> {
+    const key = `${shard}:${containerId}`;
+    // One hand-over per id at a time, and a bounded number in all (the sweep takes the rest later).
+    if (this.handingRequeued.has(key) || this.handingRequeued.size >= MAX_REQUEUES_HANDED) return;
+    this.handingRequeued.add(key);
+    try {
+      for (let attempt = 0; ; attempt += 1) {
+        if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(REQUEUE_RETRY_MAX_MS, REQUEUE_RETRY_FIRST_MS * 2 ** Math.min(attempt - 1, 8))));
+        if (this.stopping !== null || this.leases.epochOf(shard) !== epoch) return; // the next owner resends it
+        const served = this.served.get(shard);
+        if (served === undefined) continue; // still opening under this epoch
+        if (served.owner.epoch !== epoch || served.owner.state !== 'serving') return;
+        if (!(await this.router.requeue(containerId))) continue;
+        const acked = await served.owner.ackRequeue(containerId);
+        if (acked.ok) {
+          this.requeueStats.handed += 1;
+          return;
+        }
+      }
+    } finally {
+      this.handingRequeued.delete(key);
     }
-    this.log.warn({ shard, container: containerId }, 'requeued container not yet handed to its home shard; the outbox keeps it');
+  }
+
+  /** The outbox sweep: every served shard's requeue outbox is handed over again (what is in flight is not). */
+  private async sweepRequeueOutboxes(): Promise<void> {
+    for (const [shard, served] of this.served) {
+      if (served.owner.state !== 'serving') continue;
+      let ids: string[];
+      try {
+        ids = await this.store.requeueOutbox(shard);
+      } catch (error) {
+        this.redisWrites.fail(error, { shard, op: 'requeue outbox sweep (tried again at the next sweep)' });
+        return;
+      }
+      this.requeueStats.swept += ids.length;
+      for (const id of ids) void this.handRequeued(shard, served.owner.epoch, id);
+    }
   }
 
   /** A starving container placed on the worker held for it in `shard` (the owner's choice allows only it there). */
   private async placeHeld(entry: QueuedEntry, shard: number): Promise<AttemptOutcome> {
-    const started = performance.now();
     const outcome = await this.askHeld(entry, shard);
-    // Counted like any placement attempt: these are the longest waits, the SLI must include them.
-    const result = outcome.outcome === 'placed' ? 'scheduled' : outcome.outcome === 'no-room' ? 'unschedulable' : 'error';
-    this.metrics.observeAttempt(result, (performance.now() - started) / 1_000);
+    // A backlog attempt (counted by the backlog's own counters), and these are the longest waits:
+    // the SLI must include them.
     if (outcome.outcome === 'placed') this.metrics.observeScheduled((Date.now() - entry.queuedAt) / 1_000);
     return outcome;
   }
@@ -631,7 +680,7 @@ export class Replica {
   /** One placement attempt of a queued container, through this replica's router like a submit. */
   private async attemptQueued(entry: QueuedEntry, prefer: number | null): Promise<AttemptOutcome> {
     const request = { id: entry.id, ...entry.request, priority: entry.priority, maxWaitMs: maxWaitOf(entry) };
-    const reply = await this.router.place(request, null, entry.requestKey, '', prefer);
+    const reply = await this.router.place(request, null, entry.requestKey, '', prefer, 'backlog');
     if (reply.ok) {
       if (!this.router.isRepeat(reply)) this.metrics.observeScheduled((Date.now() - entry.queuedAt) / 1_000);
       return { outcome: 'placed', workerId: reply.workerId, shard: shardOf(reply.workerId, this.config.shards), unqueued: this.router.isUnqueued(reply) };
@@ -670,6 +719,7 @@ export class Replica {
     await this.leases.stop();
     await Promise.all(this.servedShards().map((shard) => this.handOver(shard)));
     if (this.heartbeatTimer !== null) clearInterval(this.heartbeatTimer);
+    if (this.outboxTimer !== null) clearInterval(this.outboxTimer);
     if (this.capacityTimer !== null) clearTimeout(this.capacityTimer);
     this.backlog.stop();
     this.debug.stop();
@@ -737,7 +787,7 @@ export class Replica {
       pokeAgent: (workerId) => {
         if (!this.nc.isClosed()) this.nc.publish(this.subjects.agent(workerId));
       },
-      onRequeued: (containerId) => void this.handRequeued(shard, containerId),
+      onRequeued: (containerId) => void this.handRequeued(shard, epoch, containerId),
       onRefusal: (refusal) => this.debug.recordRefusal(refusal),
     });
     let backlog: BacklogPartition;

@@ -64,7 +64,14 @@ const DEADLINE_GRACE_MS = 500;
 
 export interface RouterStats {
   placed: number;
+  /** Every re-route, and by cause (see PlacementSource): the three below sum to it. */
   reroutes: number;
+  /** A client's placement that an owner refused (does not fit, or its worker changed): the view was stale. A conflict. */
+  staleViewReroutes: number;
+  /** A client's placement whose owner did not answer (unavailable, timed out): not a conflict. */
+  unavailableReroutes: number;
+  /** Any re-route within a queued container's attempt (the backlog retries against changing room): not a conflict. */
+  backlogReroutes: number;
   noCapacity: number;
   unavailable: number;
   alreadyPlaced: number;
@@ -79,6 +86,9 @@ export interface RouterStats {
   /** Placements made on the shard the caller preferred (the backlog's, under best-fit). */
   preferredPlaced: number;
 }
+
+/** Whose placement this is: a client's submit, or the backlog's attempt at a queued container. */
+export type PlacementSource = 'submit' | 'backlog';
 
 type PlaceReply =
   | { ok: true; status: 'placed'; id: string; workerId: string }
@@ -118,7 +128,7 @@ export interface RouterOptions {
 export class Router {
   readonly view: CapacityView;
   readonly shardClient: ShardClient;
-  readonly stats: RouterStats = { placed: 0, reroutes: 0, noCapacity: 0, unavailable: 0, alreadyPlaced: 0, released: 0, invalid: 0, localOps: 0, expired: 0, queued: 0, preferredPlaced: 0 };
+  readonly stats: RouterStats = { placed: 0, reroutes: 0, staleViewReroutes: 0, unavailableReroutes: 0, backlogReroutes: 0, noCapacity: 0, unavailable: 0, alreadyPlaced: 0, released: 0, invalid: 0, localOps: 0, expired: 0, queued: 0, preferredPlaced: 0 };
   private readonly subscriptions: Subscription[] = [];
   private capacitySubscription: Subscription | null = null;
   private inFlight = 0;
@@ -375,10 +385,11 @@ export class Router {
    * queued containers of one shape keep filling the shard that placed the last of them); used
    * only under best-fit, whose aim is to pack, not to spread.
    */
-  async place(request: ContainerRequest, clientDeadline: number | null = null, key: string = this.newRequestKey(), spec = '', prefer: number | null = null): Promise<PlaceReply> {
+  async place(request: ContainerRequest, clientDeadline: number | null = null, key: string = this.newRequestKey(), spec = '', prefer: number | null = null, source: PlacementSource = 'submit'): Promise<PlaceReply> {
     const started = performance.now();
-    const reply = await this.attemptPlacement(request, clientDeadline, key, spec, prefer);
-    if (this.repeated.has(reply)) return reply;
+    const reply = await this.attemptPlacement(request, clientDeadline, key, spec, prefer, source);
+    // The backlog's attempts are its retries, counted by the backlog, not as clients' attempts.
+    if (this.repeated.has(reply) || source === 'backlog') return reply;
     const result: AttemptResult = reply.ok ? 'scheduled' : reply.error.code === 'NO_CAPACITY' ? 'unschedulable' : 'error';
     this.options.onAttempt?.(result, (performance.now() - started) / 1_000);
     return reply;
@@ -403,7 +414,13 @@ export class Router {
    * shard either answered that nothing fits or has a fresh summary proving it; otherwise the
    * answer is UNAVAILABLE (retry), never a "no" that may be false.
    */
-  private async attemptPlacement(request: ContainerRequest, clientDeadline: number | null, key: string, spec: string, prefer: number | null): Promise<PlaceReply> {
+  private async attemptPlacement(request: ContainerRequest, clientDeadline: number | null, key: string, spec: string, prefer: number | null, source: PlacementSource): Promise<PlaceReply> {
+    // A re-route's cause: a client's placement refused by its owner is a conflict (a stale view);
+    // the backlog's re-routes are its retries against room that keeps changing.
+    const reroute = (cause: 'staleViewReroutes' | 'unavailableReroutes') => {
+      this.stats.reroutes += 1;
+      this.stats[source === 'backlog' ? 'backlogReroutes' : cause] += 1;
+    };
     const placement = placementOf(request);
     // Kept with the placement, for a requeue should its worker be lost before running it.
     const { priority = 0, maxWaitMs = DEFAULT_MAX_WAIT_MS } = request as Partial<SubmitRequest>;
@@ -445,18 +462,18 @@ export class Router {
             // Queued by another request, or ended (cancelled, expired) before a placement.
             return errorReply('CONFLICT', result.message);
           case 'NO_FIT':
-            this.stats.reroutes += 1;
+            reroute('staleViewReroutes');
             refuted.add(shard);
             this.view.forget(shard, request);
             break;
           case 'RETRY':
-            this.stats.reroutes += 1;
+            reroute('staleViewReroutes');
             this.view.forget(shard, request);
             lastUnavailable = result.message;
             break;
           case 'UNAVAILABLE':
           case 'EXPIRED':
-            this.stats.reroutes += 1;
+            reroute('unavailableReroutes');
             lastUnavailable = result.message;
             this.view.markUnreachable(shard);
             if (result.unknown === true) unknownUntil = Math.max(unknownUntil, deadline);

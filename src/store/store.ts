@@ -437,6 +437,23 @@ export class DroverStore {
     return records;
   }
 
+  /**
+   * One page of a shard's backlog set, in queue-time order: at most `count` ids from index `start`
+   * (the owner's reconciliation walks the set page by page, so one read stays bounded).
+   */
+  async backlogPage(shard: number, start: number, count: number): Promise<string[]> {
+    return this.redis.zrange(this.keys.backlog(shard), String(start), String(start + count - 1));
+  }
+
+  /** For each id: whether it is in the shard's backlog set, and its record (one round trip each, at most MAX_BATCH_OPS ids). */
+  async backlogMembers(shard: number, ids: readonly string[]): Promise<Array<{ id: string; inSet: boolean; record: ContainerRecord | null }>> {
+    if (ids.length === 0) return [];
+    if (ids.length > MAX_BATCH_OPS) throw new Error(`backlog membership of ${ids.length} ids (at most ${MAX_BATCH_OPS})`);
+    const scores = await this.redis.zmscore(this.keys.backlog(shard), ...ids);
+    const records = await this.readContainers(ids);
+    return ids.map((id, index) => ({ id, inSet: scores[index] !== null, record: records[index] ?? null }));
+  }
+
   /** How many containers each shard's backlog set holds (one pipelined round trip). */
   async backlogSizes(): Promise<number[]> {
     const pipeline = this.redis.pipeline();

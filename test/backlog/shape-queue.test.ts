@@ -11,7 +11,7 @@ import { seededRandom } from '../../src/chaos/load.js';
 const REQUEST = { cpu: 100, memory: 100, gpu: null, gpuCount: 0, pool: null };
 
 function entry(id: string, priority: number, queuedAt: number): QueuedEntry {
-  return { id, shard: 0, requestKey: `k-${id}`, priority, queuedAt, expiresAt: queuedAt + 60_000, request: REQUEST, attempting: false, gone: false, settled: [] };
+  return { id, shard: 0, requestKey: `k-${id}`, priority, queuedAt, expiresAt: queuedAt + 60_000, request: REQUEST, attempting: false, ending: false, gone: false, settled: [] };
 }
 
 /** The order the scheduler promises. */

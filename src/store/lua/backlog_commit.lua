@@ -31,7 +31,9 @@
            so they carry nothing else
       'E', id, '', the status it ends in ('released' or 'failed'), the reason ('CANCELLED',
            'EXPIRED'), and six '' (11 fields)                                              end:
-           only from 'queued'; its tombstone (format in commit_batch.lua) keeps the request
+           only from 'queued'; its tombstone (format in commit_batch.lua) keeps the request.
+           A record that is not queued (placed, or already ended) leaves the set instead, as a
+           drop would, so the caller never writes a drop after it
     A malformed op fails the whole batch before anything is written.
 
   seq: a queue op that writes a new record sets its `seq` to 1, and an end sets the tombstone's to
@@ -52,7 +54,8 @@
       DROPPED       Q's id left the set (or was not in it)
       STILL_QUEUED  D refused: the record still says queued (it must not be forgotten)
       ENDED_NOW     E wrote the tombstone; extra = queuedAt
-      NOT_QUEUED    E refused: extra = the status the record holds ('none' if there is none)
+      NOT_QUEUED    E refused: extra = the status the record holds ('none' if there is none);
+                    the id left the set (or was not in it)
 ]]
 
 local epoch = redis.call('GET', KEYS[1])
@@ -200,6 +203,9 @@ for i = 0, n - 1 do
     end
   else
     if r.status ~= 'queued' then
+      -- Not queued: whatever holds it (a placement, an earlier end whose reply was lost) is not
+      -- the backlog, so its id leaves the set here, as a drop (D) would take it out.
+      write[i] = 'drop'
       reply('NOT_QUEUED', r.status)
     else
       write[i] = 'end'
