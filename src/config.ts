@@ -46,6 +46,8 @@ export interface DroverConfig {
   readonly workerLostAfterMs: number;
   /** A queued request waiting longer than this gets a worker held for it (protection from starvation). */
   readonly backlogHoldAfterMs: number;
+  /** Each backlog partition compares its Redis set with memory this often (see backlog-partition.ts). */
+  readonly backlogReconcileMs: number;
   /**
    * The replica's HTTP port (metrics, health, the debug page): DROVER_HTTP_PORT, default 9470; 0
    * takes a free port (shown by `drover status` and logged); "off" serves nothing.
@@ -106,6 +108,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<DroverConf
     workerTtlMs,
     workerLostAfterMs: overrides.workerLostAfterMs ?? integerVar(env, 'DROVER_WORKER_LOST_AFTER_MS', Math.max(DEFAULT_WORKER_LOST_AFTER_MS, 3 * workerTtlMs), 3 * workerTtlMs, 86_400_000),
     backlogHoldAfterMs: overrides.backlogHoldAfterMs ?? integerVar(env, 'DROVER_BACKLOG_HOLD_AFTER_MS', 30_000, 100, 86_400_000),
+    backlogReconcileMs: overrides.backlogReconcileMs ?? integerVar(env, 'DROVER_BACKLOG_RECONCILE_MS', 30_000, 200, 3_600_000),
     httpPort: overrides.httpPort !== undefined ? overrides.httpPort : env.DROVER_HTTP_PORT === 'off' ? null : integerVar(env, 'DROVER_HTTP_PORT', DEFAULT_HTTP_PORT, 0, 65_535),
     httpHost: overrides.httpHost ?? httpHostVar(env.DROVER_HTTP_HOST),
     eventsMaxAgeSeconds: overrides.eventsMaxAgeSeconds ?? integerVar(env, 'DROVER_EVENTS_MAX_AGE_S', DEFAULT_EVENTS_MAX_AGE_S, 1, MAX_EVENTS_MAX_AGE_S),

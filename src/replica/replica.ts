@@ -802,6 +802,7 @@ export class Replica {
         onFenced,
         events: this.events,
         maxQueuedOps: this.config.maxQueuedOpsPerShard,
+        reconcileEveryMs: this.config.backlogReconcileMs,
       });
     } catch (error) {
       owner.close();
