@@ -149,7 +149,12 @@ describe('the requeue path, with the replica doing it killed at each step', () =
     const landed = await store.commitBacklog(HOME, epoch, Object.values(containers).map((id) => queueOp(id, id === containers.toExpire ? 2_000 : 3_600_000)));
     expect(landed.fenced === false && landed.outcomes.map((o) => o.code)).toEqual(['QUEUED', 'QUEUED', 'QUEUED']);
     expect(replica.backlog.partition(HOME)!.entries.size).toBe(0);
-    // The cancel settles its id from Redis; the other two are found by the partition's reconciliation.
+    // A release at once (before any reconciliation): the cancel settles its id from Redis itself.
+    client = await connectClient(prefix);
+    expect(await client.release(containers.toCancel)).toMatchObject({ ok: true, status: 'released' });
+    await client.close();
+    client = null;
+    // The other two are found by the partition's reconciliation.
     await endsAsAsked(store, prefix, containers);
   }, 60_000);
 });
