@@ -138,11 +138,16 @@ export class BacklogPartition {
   private dropsDeferred = false;
   /** Told of every entry the reconciliation adopted (the scheduler tries it like a new one). */
   onAdopted: (entry: QueuedEntry) => void = () => undefined;
-  readonly stats = { batches: 0, fenceRefusals: 0, reconcile: { adopted: 0, restored: 0, forgotten: 0, runs: 0, failed: 0 } as ReconcileStats };
+  readonly stats = { batches: 0, fenceRefusals: 0, written: { queue: 0, drop: 0, end: 0 }, reconcile: { adopted: 0, restored: 0, forgotten: 0, runs: 0, failed: 0 } as ReconcileStats };
 
   private constructor(private readonly options: BacklogPartitionOptions) {
     this.shard = options.shard;
     this.epoch = options.epoch;
+  }
+
+  /** Writes waiting for a commit now (every kind; drops included). */
+  get pendingWrites(): number {
+    return this.writes.length + this.drops.length;
   }
 
   /** Writes that may still be queued before the bound (every kind counts). */
@@ -475,6 +480,7 @@ export class BacklogPartition {
       return;
     }
     let result;
+    for (const write of batch) this.stats.written[write.op.kind] += 1;
     try {
       result = await this.options.store.commitBacklog(this.shard, this.epoch, batch.map((write) => write.op));
     } catch (error) {
