@@ -60,6 +60,36 @@ describe('Grafana dashboard', () => {
     }
   });
 
+  it('shows conflicts only in the conflict ratio, buckets as a heatmap, and the backlog total', async () => {
+    const dashboard = JSON.parse(await readFile('infra/grafana/drover-dashboard.json', 'utf8'));
+    type Panel = { title: string; type: string; targets: Array<{ expr: string; format?: string; legendFormat?: string }> };
+    const panels: Panel[] = dashboard.panels;
+    const panel = (title: RegExp) => panels.find((p) => title.test(p.title))!;
+    // Conflicts: version and fence refusals and stale-view re-routes, nothing the backlog retries.
+    const conflicts = panel(/conflict ratio/);
+    for (const target of conflicts.targets) {
+      const names = metricNames(target.expr);
+      expect(names, target.expr).toContain('drover_conflicts_total');
+      expect(names.filter((name) => name !== 'drover_conflicts_total' && name !== 'drover_placements_total'), target.expr).toEqual([]);
+    }
+    // Prometheus buckets are cumulative: a heatmap must read them as buckets (format heatmap), by le.
+    const heatmaps = panels.filter((p) => p.type === 'heatmap');
+    expect(heatmaps.length).toBeGreaterThan(0);
+    for (const heatmap of heatmaps) {
+      for (const target of heatmap.targets) {
+        expect(target.format, heatmap.title).toBe('heatmap');
+        expect(target.expr).toMatch(/_bucket\b/);
+        expect(target.expr).toMatch(/by \(le\)/);
+        expect(target.legendFormat).toBe('{{le}}');
+      }
+    }
+    // The backlog panel has a total line: the gauge summed over every queue and replica.
+    const backlog = panel(/Backlog size over time/);
+    expect(backlog.targets.map((t) => t.expr.replace(/\s/g, ''))).toContain('sum(scheduler_pending_pods)');
+    // The backlog's retries have a panel of their own.
+    expect(metricNames(panel(/Backlog retries/).targets.map((t) => t.expr).join(' '))).toContain('drover_backlog_attempts_total');
+  });
+
   it('would catch a metric that does not exist', () => {
     const names = metricNames('sum(rate(drover_no_such_metric_total{pool="x"}[5m])) / sum by (le) (rate(scheduler_pending_pods[1m]))');
     expect(names).toEqual(['drover_no_such_metric_total', 'scheduler_pending_pods']);

@@ -27,6 +27,8 @@ export const DOCUMENTED_METRICS = [
   'scheduler_queue_incoming_pods_total',
   'drover_placements_total',
   'drover_reroutes_total',
+  'drover_conflicts_total',
+  'drover_backlog_attempts_total',
   'drover_fence_refusals_total',
   'drover_version_conflicts_total',
   'drover_lease_acquisitions_total',
