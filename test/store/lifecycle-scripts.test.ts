@@ -105,6 +105,20 @@ describe('backlog_commit', () => {
     expect(await redis.zcard(store.keys.backlog(HOME))).toBe(0);
   });
 
+  it('takes the id of a record that is not queued out of the set when an end is refused (no drop needed after it)', async () => {
+    const c = idIn('en', HOME);
+    expect(await outcomes(HOME, [queueOp(c)])).toEqual(['QUEUED']);
+    // Placed elsewhere while its id is still in the home set: an expiry of it is refused and drops the id.
+    const result = await store.commitBatch(SHARD, epoch, [place(c, await version())]);
+    expect(result.fenced === false && result.outcomes[0]!.code).toBe('PLACED');
+    expect(await redis.zscore(store.keys.backlog(HOME), c)).not.toBeNull();
+    const placedRecord = await redis.hgetall(store.keys.container(c));
+    expect(await outcomes(HOME, [{ kind: 'end', containerId: c, status: 'failed', reason: 'EXPIRED' }])).toEqual(['NOT_QUEUED']);
+    expect(await redis.zscore(store.keys.backlog(HOME), c)).toBeNull();
+    // The record itself is untouched.
+    expect(await redis.hgetall(store.keys.container(c))).toEqual(placedRecord);
+  });
+
   it('drops an id whose record is a tombstone or gone, keeps a queued one, and refuses a record of the wrong type before writing', async () => {
     const [ended, gone, queued, wrong] = ['d1', 'd2', 'd3', 'd4'].map((base) => idIn(base, HOME)) as [string, string, string, string];
     expect(await outcomes(HOME, [queueOp(ended), queueOp(gone), queueOp(queued)])).toEqual(['QUEUED', 'QUEUED', 'QUEUED']);
