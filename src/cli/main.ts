@@ -478,12 +478,12 @@ async function benchCommand(names: string[], values: Values): Promise<number> {
     return 0;
   }
   const { runBench } = await import('../bench/run.js');
-  const { SCENARIOS } = await import('../bench/scenarios.js');
+  const { SCENARIOS, RUN_ONLY_BY_NAME } = await import('../bench/scenarios.js');
   const known = Object.keys(SCENARIOS);
   for (const name of names) if (!known.includes(name)) throw new UsageError(`unknown scenario "${name}"; known: ${known.join(', ')}`);
   const stamp = new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19);
   const report = await runBench({
-    scenarios: (names.length > 0 ? names : known) as ScenarioName[],
+    scenarios: (names.length > 0 ? names : known.filter((name) => !RUN_ONLY_BY_NAME.has(name))) as ScenarioName[],
     outFile: values.out ?? `bench-results-${stamp}.json`,
     baselineSeconds: positiveInt(values['baseline-seconds'], 30, 'baseline-seconds', 3_600),
     out: (line) => process.stdout.write(`${line}\n`),
