@@ -5,7 +5,8 @@
  *   requests of three shapes waiting; releases free room at a steady pace (each release is room for
  *   one queued container) for a churn window, then nothing happens for an idle window. Measured in
  *   each window from the replicas' own counters: the backlog's attempts per second, re-routes per
- *   second and placements per second, and the replicas' CPU. Meanwhile a submit that fits an empty
+ *   second and placements per second, and the replicas' CPU. Each release comes with a new request
+ *   of the same pool (placed at once if it fits, else queued), so the backlog stays as deep. Meanwhile a submit that fits an empty
  *   pool is sent every half second: each must be placed, not queued.
  * - `backlog-expiry` (also run at the end of `backlog`): 100,000 requests that fit nowhere, queued
  *   so that all expire at the same moment. Measured: how long after that moment the replicas'
@@ -61,7 +62,7 @@ const IDLE_SECONDS = 15;
 const RELEASES_PER_SECOND = 80;
 
 export async function fullBacklogScenario(ctx: BenchContext): Promise<ScenarioResult> {
-  ctx.out(`full-backlog: 2 replicas, ${FULL_WORKERS} workers kept full, ${FULL_QUEUED} queued; ${CHURN_SECONDS} s of ${RELEASES_PER_SECOND} releases/s, then ${IDLE_SECONDS} s idle; a fitting submit to an empty pool every 0.5 s`);
+  ctx.out(`full-backlog: 2 replicas, ${FULL_WORKERS} workers kept full, ${FULL_QUEUED} queued; ${CHURN_SECONDS} s of ${RELEASES_PER_SECOND} releases/s (each with a new request), then ${IDLE_SECONDS} s idle; a fitting submit to an empty pool every 0.5 s`);
   const cluster = await BenchCluster.start({ redisUrl: ctx.redisUrl, natsUrl: ctx.natsUrl, replicas: 2, shards: 64 });
   try {
     const client = cluster.client;
@@ -93,6 +94,7 @@ export async function fullBacklogScenario(ctx: BenchContext): Promise<ScenarioRe
     await delay(1_000);
     ctx.out(`full-backlog: ${running.length} running, ${FULL_QUEUED} queued`);
 
+    let submitted = 0;
     const fitting = { sent: 0, placed: 0, queued: 0, other: 0 };
     const fittingLatency = new Latency();
     let sending = true;
@@ -125,6 +127,9 @@ export async function fullBacklogScenario(ctx: BenchContext): Promise<ScenarioRe
             const index = Math.floor(Math.random() * running.length);
             const [id] = running.splice(index, 1);
             releases.push(client.release(id!));
+            // A new request for each one that ends, so the pool stays full and the backlog deep.
+            releases.push(client.submit({ id: `fb-n-${submitted}`, ...shapes[submitted % shapes.length]!, pool: 'full' }));
+            submitted += 1;
             released += 1;
           }
           await Promise.all(releases);
