@@ -109,7 +109,7 @@ describe('backlog_commit', () => {
     const c = idIn('en', HOME);
     expect(await outcomes(HOME, [queueOp(c)])).toEqual(['QUEUED']);
     // Placed elsewhere while its id is still in the home set: an expiry of it is refused and drops the id.
-    const result = await store.commitBatch(SHARD, epoch, [place(c, await version())]);
+    const result = await store.commitBatch(SHARD, epoch, [placeQueued(c, await version())]);
     expect(result.fenced === false && result.outcomes[0]!.code).toBe('PLACED');
     expect(await redis.zscore(store.keys.backlog(HOME), c)).not.toBeNull();
     const placedRecord = await redis.hgetall(store.keys.container(c));
