@@ -134,6 +134,8 @@ export class BacklogPartition {
   private unsettledTimer: NodeJS.Timeout | null = null;
   private reconcileTimer: NodeJS.Timeout | null = null;
   private reconciling: Promise<void> | null = null;
+  /** Ends being written now (see endsInFlight). */
+  private ending = 0;
   /** A drop was left out at the bound: the next whole reconciliation writes it. */
   private dropsDeferred = false;
   /** Told of every entry the reconciliation adopted (the scheduler tries it like a new one). */
@@ -143,6 +145,11 @@ export class BacklogPartition {
   private constructor(private readonly options: BacklogPartitionOptions) {
     this.shard = options.shard;
     this.epoch = options.epoch;
+  }
+
+  /** Ends (expiries, cancels) being written now. */
+  get endsInFlight(): number {
+    return this.ending;
   }
 
   /** Writes waiting for a commit now (every kind; drops included). */
@@ -291,11 +298,13 @@ export class BacklogPartition {
     if (this.writeRoom === 0) return 'unavailable';
     const status = reason === 'CANCELLED' ? 'released' : 'failed';
     entry.ending = true;
+    this.ending += 1;
     let outcome: BacklogOutcome | null;
     try {
       outcome = await this.write({ kind: 'end', containerId: entry.id, status, reason });
     } finally {
       entry.ending = false;
+      this.ending -= 1;
     }
     if (outcome === null) return 'unavailable';
     if (outcome.code === 'ENDED_NOW') {
@@ -343,9 +352,13 @@ export class BacklogPartition {
       if (page.length < RECONCILE_PAGE) break;
     }
     // Memory to Redis: entries at rest (not being attempted or ended) whose id is not in the set.
+    // Only set membership is read for them (one ZMSCORE a page); records only for the few missing.
     const atRest = [...this.entries.values()].filter((entry) => !entry.attempting && !entry.ending).map((entry) => entry.id);
     for (let start = 0; start < atRest.length && !this.closed; start += RECONCILE_PAGE) {
-      await this.settlePage(atRest.slice(start, start + RECONCILE_PAGE), true);
+      const page = atRest.slice(start, start + RECONCILE_PAGE);
+      const inSet = await this.options.store.inBacklog(this.shard, page);
+      const missing = page.filter((_, index) => !inSet[index]);
+      if (missing.length > 0) await this.settlePage(missing, true);
     }
   }
 

@@ -445,6 +445,14 @@ export class DroverStore {
     return this.redis.zrange(this.keys.backlog(shard), String(start), String(start + count - 1));
   }
 
+  /** For each id, whether it is in the shard's backlog set (one ZMSCORE, at most MAX_BATCH_OPS ids). */
+  async inBacklog(shard: number, ids: readonly string[]): Promise<boolean[]> {
+    if (ids.length === 0) return [];
+    if (ids.length > MAX_BATCH_OPS) throw new Error(`backlog membership of ${ids.length} ids (at most ${MAX_BATCH_OPS})`);
+    const scores = await this.redis.zmscore(this.keys.backlog(shard), ...ids);
+    return scores.map((score) => score !== null);
+  }
+
   /** For each id: whether it is in the shard's backlog set, and its record (one round trip each, at most MAX_BATCH_OPS ids). */
   async backlogMembers(shard: number, ids: readonly string[]): Promise<Array<{ id: string; inSet: boolean; record: ContainerRecord | null }>> {
     if (ids.length === 0) return [];
