@@ -197,8 +197,10 @@ export interface BacklogStats {
   unavailable: number;
   notOurs: number;
   expired: number;
-  /** Expiries that could not be written now (the write bound, or an unknown outcome): tried again at the next sweep. */
-  expiryDeferred: number;
+  /** Expiries whose write was refused or of unknown outcome (the partition closed, Redis did not answer): tried again at the next sweep. */
+  expiryUnwritten: number;
+  /** Sweeps that left expired entries for later (their partitions had MAX_EXPIRIES_IN_FLIGHT being written). */
+  expiryCatchUps: number;
   cancelled: number;
   wakes: number;
   holds: number;
@@ -216,7 +218,7 @@ export class BacklogScheduler {
   private retryTimer: NodeJS.Timeout | null = null;
   private expiryCatchUp: NodeJS.Timeout | null = null;
   private readonly maxInFlight: number;
-  readonly stats: BacklogStats = { attempts: 0, placed: 0, unqueued: 0, noRoom: 0, unavailable: 0, notOurs: 0, expired: 0, expiryDeferred: 0, cancelled: 0, wakes: 0, holds: 0, heldPlacements: 0 };
+  readonly stats: BacklogStats = { attempts: 0, placed: 0, unqueued: 0, noRoom: 0, unavailable: 0, notOurs: 0, expired: 0, expiryUnwritten: 0, expiryCatchUps: 0, cancelled: 0, wakes: 0, holds: 0, heldPlacements: 0 };
 
   constructor(private readonly options: BacklogSchedulerOptions) {
     this.maxInFlight = options.maxAttemptsInFlight ?? MAX_ATTEMPTS_IN_FLIGHT;
@@ -653,20 +655,20 @@ export class BacklogScheduler {
       for (const entry of partition.entries.values()) {
         if (entry.expiresAt > now || entry.attempting || entry.ending || entry.gone) continue;
         if (room <= 0) {
-          this.stats.expiryDeferred += 1;
           waiting = true;
-          continue;
+          break;
         }
         room -= 1;
         void partition.end(entry, 'EXPIRED').then((result) => {
           if (result === 'cancelled') this.stats.expired += 1;
-          else if (result === 'unavailable') this.stats.expiryDeferred += 1;
+          else if (result === 'unavailable') this.stats.expiryUnwritten += 1;
           // A head that was ending held its shape back (see pump).
           this.schedulePump();
         });
       }
     }
     // Expired entries wait for room: look again soon, not in a second (one timer at a time).
+    if (waiting) this.stats.expiryCatchUps += 1;
     if (waiting && this.expiryCatchUp === null) {
       this.expiryCatchUp = setTimeout(() => {
         this.expiryCatchUp = null;
