@@ -60,6 +60,8 @@ export interface QueuedEntry {
   attempting: boolean;
   /** Its end (expiry or cancel) is being written: it is not ended again, nor attempted, meanwhile. */
   ending: boolean;
+  /** Settles when the end being written is answered (a second end waits for it). */
+  endWritten?: Promise<unknown>;
   /** Removed from the backlog (placed, cancelled, expired): a heap slot still naming it is skipped. */
   gone: boolean;
   /** Told when the attempt in flight ends (a cancel waits for it). */
@@ -294,16 +296,25 @@ export class BacklogPartition {
    */
   async end(entry: QueuedEntry, reason: 'CANCELLED' | 'EXPIRED'): Promise<CancelResult> {
     if (this.closed) return 'unavailable';
-    if (entry.gone || entry.ending) return 'not-queued';
+    if (entry.ending) {
+      // Another end of it is being written (a cancel during its expiry): its outcome is the
+      // answer; the caller reads the record, which that write settled.
+      await entry.endWritten;
+      return entry.gone ? 'not-queued' : 'unavailable';
+    }
+    if (entry.gone) return 'not-queued';
     if (this.writeRoom === 0) return 'unavailable';
     const status = reason === 'CANCELLED' ? 'released' : 'failed';
     entry.ending = true;
     this.ending += 1;
     let outcome: BacklogOutcome | null;
+    const written = this.write({ kind: 'end', containerId: entry.id, status, reason });
+    entry.endWritten = written;
     try {
-      outcome = await this.write({ kind: 'end', containerId: entry.id, status, reason });
+      outcome = await written;
     } finally {
       entry.ending = false;
+      entry.endWritten = undefined;
       this.ending -= 1;
     }
     if (outcome === null) return 'unavailable';

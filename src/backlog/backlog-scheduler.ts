@@ -273,8 +273,9 @@ export class BacklogScheduler {
   }
 
   /**
-   * A capacity summary was taken for `shard` (the view tells the scheduler of each): each shape it may fit counts a growth (an attempt of
-   * it that finds no room stays awake only if one came meanwhile), and the sleeping ones wake.
+   * A capacity summary was taken for `shard` (the view tells the scheduler of each): each shape it
+   * may fit counts a growth (an attempt of it that finds no room stays awake only if one came
+   * meanwhile), and the sleeping ones wake.
    */
   capacityChanged(shard: number): void {
     const view = this.options.view;
