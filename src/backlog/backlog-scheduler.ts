@@ -20,9 +20,10 @@
  * No spinning. A shape is attempted again only when capacity that may fit it appeared: after an
  * attempt that found no room, it sleeps unless a summary that may fit it (a growth for this shape,
  * counted in `Shape.growth`, not any summary at all) arrived while the attempt was in flight. And a
- * shape has at most `Shape.window` attempts in flight: one after it wakes, one more after each
- * placement (so a drain doubles its attempts every round trip, up to MAX_ATTEMPTS_IN_FLIGHT), half
- * as many after each "no room". So a full cluster with thousands queued makes about one attempt per
+ * shape has at most `Shape.window` attempts in flight: as many as the view shows room for (free
+ * CPU and memory of the shards that may fit it, divided by its size: a fleet that registers opens it
+ * at once), one more after each placement (so a drain doubles its attempts every round trip, up to
+ * MAX_ATTEMPTS_IN_FLIGHT), half as many after each "no room" that no growth for it came with. So a full cluster with thousands queued makes about one attempt per
  * shape per room that appears, instead of hundreds in flight against shards known full.
  *
  * Attempts go through this replica's router, exactly like a client's submit, with the request key
@@ -120,6 +121,8 @@ export class Shape {
   window = 1;
   /** Summaries taken that may fit this shape (room for it appeared somewhere, or is still there). */
   growth = 0;
+  /** The view's version when its room was last read into the window. */
+  roomAtVersion = -1;
   constructor(
     readonly key: string,
     readonly request: PlacementRequest,
@@ -216,6 +219,7 @@ export class BacklogScheduler {
   private stopped = false;
   private timers: NodeJS.Timeout[] = [];
   private retryTimer: NodeJS.Timeout | null = null;
+  private retryTimerAt = 0;
   private expiryCatchUp: NodeJS.Timeout | null = null;
   private readonly maxInFlight: number;
   readonly stats: BacklogStats = { attempts: 0, placed: 0, unqueued: 0, noRoom: 0, unavailable: 0, notOurs: 0, expired: 0, expiryUnwritten: 0, expiryCatchUps: 0, cancelled: 0, wakes: 0, holds: 0, heldPlacements: 0 };
@@ -469,7 +473,19 @@ export class BacklogScheduler {
       let best: Shape | null = null;
       let bestHead: QueuedEntry | null = null;
       for (const shape of this.awake) {
-        if (shape.retryAt > now || shape.inFlight >= shape.window) continue;
+        if (shape.retryAt > now) {
+          // Its backoff has not run out: a timer brings the pump back then (a timer may fire a
+          // millisecond before Date.now() says it is due, so it is armed from here, every time).
+          this.armRetry(shape.retryAt);
+          continue;
+        }
+        // The room the view shows for it opens the window that far at once (a fleet registering);
+        // asked once per version of the view.
+        if (shape.roomAtVersion !== this.options.view.version) {
+          shape.roomAtVersion = this.options.view.version;
+          if (shape.inFlight >= shape.window) shape.window = Math.max(shape.window, this.options.view.roomFor(shape.request, this.maxInFlight));
+        }
+        if (shape.inFlight >= shape.window) continue;
         const head = shape.head();
         if (head === null) {
           this.dropShape(shape.key, shape);
@@ -537,15 +553,20 @@ export class BacklogScheduler {
         // Null: the entry is gone (its partition closed meanwhile).
         const holder = this.requeue(shape, entry);
         if (holder === null) break;
-        holder.window = Math.max(1, Math.floor(holder.window / 2));
         // Room that may fit this shape may have appeared while the attempt was concluding (a
-        // summary came that may fit it, and its wake-up found the shape awake): stay awake if so;
-        // the pump asks the view before the next attempt. Any other summary (a shard filling up,
-        // another shape's room) is no reason to try again. A shape made anew meanwhile (its heap
-        // had emptied) has no count of its own yet: any summary counts for it.
+        // summary came that may fit it, and its wake-up found the shape awake): stay awake, with
+        // the same window, if so (a fleet registering keeps growing); the pump asks the view
+        // before the next attempt. Any other summary (a shard filling up, another shape's room)
+        // is no reason to try again: the room ran out, so the shape sleeps with half its window.
+        // A shape made anew meanwhile (its heap had emptied) has no count of its own yet: any
+        // summary counts for it.
         const grew = holder === shape ? shape.growth !== growthBefore : this.options.view.version !== versionBefore;
-        if (grew) this.wake(holder);
-        else this.sleep(holder);
+        if (grew) {
+          this.wake(holder);
+        } else {
+          holder.window = Math.max(1, Math.floor(holder.window / 2));
+          this.sleep(holder);
+        }
         break;
       }
       case 'unavailable': {
@@ -585,12 +606,15 @@ export class BacklogScheduler {
     return shape;
   }
 
+  /** Bring the pump back at `at` (one timer, for the earliest retry asked for). */
   private armRetry(at: number): void {
-    if (this.retryTimer !== null || this.stopped) return;
+    if (this.stopped || (this.retryTimer !== null && this.retryTimerAt <= at)) return;
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    this.retryTimerAt = at;
     this.retryTimer = setTimeout(() => {
       this.retryTimer = null;
       this.schedulePump();
-    }, Math.max(10, at - Date.now()));
+    }, Math.max(10, at - Date.now() + 1));
     this.retryTimer.unref();
   }
 

@@ -315,6 +315,33 @@ export class CapacityView {
     return false;
   }
 
+  /**
+   * About how many of the request the shards that may be asked now have room for, at most `limit`:
+   * over the fresh summaries whose tier is likely or possible, each matching group's free CPU and
+   * memory divided by the request's (for a GPU request, the frontier points that cover it). An
+   * upper bound where free room is scattered in pieces, exact where it is whole; the backlog sizes
+   * a shape's attempts in flight by it (see backlog-scheduler.ts, "No spinning").
+   */
+  roomFor(request: PlacementRequest, limit: number): number {
+    const now = this.clock();
+    let room = 0;
+    for (let shard = 0; shard < this.shardCount && room < limit; shard += 1) {
+      const entry = this.shards[shard];
+      if (entry === undefined || entry.unreachable || entry.owner === null || now - entry.receivedAt > STALE_AFTER_MS) continue;
+      const tier = this.tier(shard, request, false, now);
+      if (tier !== 'likely' && tier !== 'possible') continue;
+      for (const group of entry.groups) {
+        if (!groupMatches(group, request)) continue;
+        if (request.gpuCount > 0) {
+          for (const point of group.frontier) if (covers(point, request)) room += 1;
+          continue;
+        }
+        room += Math.max(0, Math.min(Math.floor(group.freeCpu / Math.max(1, request.cpu)), Math.floor(group.freeMemory / Math.max(1, request.memory))));
+      }
+    }
+    return Math.min(room, limit);
+  }
+
   /** Whether the shard may be asked now and is in `tier` for the request. */
   private eligible(shard: number, request: PlacementRequest, exclude: ReadonlySet<number>, tier: Tier, cpuWorkersOnly: boolean, now: number): boolean {
     if (exclude.has(shard)) return false;
