@@ -43,6 +43,16 @@ export interface MetricsSource {
     readonly wakes: number;
     readonly requeuedNoRoom: number;
     readonly backoffs: number;
+    /** The shard owners' agent counters (see AgentKeepalive.stats). */
+    readonly agents: {
+      readonly reports: number;
+      readonly staleReports: number;
+      readonly agentConflicts: number;
+      readonly unreachable: number;
+      readonly unknown: number;
+      readonly lost: number;
+      readonly requeued: number;
+    };
   };
   shardsOwned(): number;
   backlogDepth(): { active: number; backoff: number; unschedulable: number; inFlight: number };
@@ -157,6 +167,23 @@ export class ReplicaMetrics {
     counter('drover_lease_acquisitions_total', 'Shard leases this replica acquired.', (c) => c.leasesAcquired);
     counter('drover_lease_losses_total', 'Shard leases this replica lost (expired or refused extension).', (c) => c.leasesLost);
     counter('drover_handovers_total', 'Shards this replica handed over gracefully (rebalancing).', (c) => c.handOvers);
+    new Counter({
+      name: 'drover_agent_events_total',
+      help: 'What this replica\'s shard owners saw of worker agents, by event: report (accepted), stale_report (older than the last, or past its deadline: refused), agent_conflict (another live incarnation: refused), unreachable (a worker whose agent went silent for the TTL), unknown (a container that may still run there), lost (a worker silent past DROVER_WORKER_LOST_AFTER_MS), requeued (a placement never delivered, queued again).',
+      labelNames: ['event'],
+      registers,
+      collect() {
+        const a = counters().agents;
+        this.reset();
+        this.inc({ event: 'report' }, a.reports);
+        this.inc({ event: 'stale_report' }, a.staleReports);
+        this.inc({ event: 'agent_conflict' }, a.agentConflicts);
+        this.inc({ event: 'unreachable' }, a.unreachable);
+        this.inc({ event: 'unknown' }, a.unknown);
+        this.inc({ event: 'lost' }, a.lost);
+        this.inc({ event: 'requeued' }, a.requeued);
+      },
+    });
     new Counter({
       name: 'scheduler_queue_incoming_pods_total',
       help: 'Backlog queue movements seen by this replica, by event: submitted (submits this router queued, in whichever replica\'s backlog), wake (a class of queued containers woken because capacity appeared: counts classes, not containers), no_room (a container tried and put back to sleep), backoff (a container put back after its owners did not answer).',

@@ -223,6 +223,7 @@ export class Replica {
           wakes: stats.backlog.wakes,
           requeuedNoRoom: stats.backlog.noRoom,
           backoffs: stats.backlog.unavailable,
+          agents: stats.agents,
         };
       },
       shardsOwned: () => this.served.size,

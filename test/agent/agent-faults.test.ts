@@ -72,10 +72,13 @@ describe('agent faults', () => {
     await available('fz-2');
     const pid = containersOf(dir)[id]!.pid;
     const workerId = 'fz-1';
+    const before = replica.stats().agents;
     agent.child.kill('SIGSTOP');
 
     await eventually(async () => (await containerStatus(id)) === 'unknown', WORKER_TTL_MS * 3, 'unknown');
     expect(await workerStatus(workerId)).toBe('unreachable');
+    expect(replica.stats().agents.unreachable - before.unreachable).toBe(1);
+    expect(replica.stats().agents.unknown - before.unknown).toBe(1);
     // A submit that fits is placed on the other worker; one that fits only the frozen one waits.
     const other = 'fz-2';
     expect(await client.submit({ id: `${prefix}-fits`, cpu: 600, memory: 256, pool })).toMatchObject({ ok: true, status: 'placed', workerId: other });
@@ -146,6 +149,7 @@ describe('agent faults', () => {
     agents.start('st-1', dir, { pool: 'stale' });
     await available('st-1');
     const { incarnation, seq } = identityOf(dir);
+    const before = replica.stats().agents;
     expect(seq).toBeGreaterThan(0);
     const old = await client.report('st-1', [], incarnation, 1);
     expect(old).toMatchObject({ ok: false, error: { code: 'CONFLICT' } });
@@ -153,13 +157,13 @@ describe('agent faults', () => {
     const other = await client.report('st-1', [], 'another-incarnation', 1);
     expect(other).toMatchObject({ ok: false, error: { code: 'AGENT_CONFLICT' } });
     expect(await workerStatus('st-1')).toBe('available');
-    // Counted where an operator looks (drover status).
+    // Counted where an operator looks (drover status, /metrics).
     const counted = replica.stats().agents;
-    expect(counted.staleReports).toBeGreaterThanOrEqual(1);
-    expect(counted.agentConflicts).toBeGreaterThanOrEqual(2); // the twin's and this one
-    expect(counted.unreachable).toBeGreaterThanOrEqual(2);
-    expect(counted.unknown).toBeGreaterThanOrEqual(2);
-    expect(counted.lost).toBeGreaterThanOrEqual(1);
+    expect(counted.staleReports - before.staleReports).toBe(1);
+    expect(counted.agentConflicts - before.agentConflicts).toBe(1);
+    const metrics = await replica.metrics.text();
+    expect(metrics).toContain(`drover_agent_events_total{event="stale_report",replica="${replica.config.replicaId}"} ${counted.staleReports}`);
+    expect(metrics).toContain(`drover_agent_events_total{event="agent_conflict",replica="${replica.config.replicaId}"} ${counted.agentConflicts}`);
   });
 
   it('a control-plane outage longer than the TTL (the replica gone, then back) stops nothing: every record ends running', async () => {
