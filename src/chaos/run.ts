@@ -123,6 +123,8 @@ const AGENT_WORKER_TTL_MS = 2_000;
 const AGENT_WORKER_LOST_AFTER_MS = 6_000;
 /** How long agent-freeze and agent-cut last: past the TTL, well short of the agent's fence. */
 const AGENT_SILENCE_MS = Math.round(AGENT_WORKER_TTL_MS * 1.6);
+/** The pause after an agent fault before the next (its own checks waited for its recovery already). */
+const AGENT_SETTLE_MS = 500;
 
 interface Context {
   readonly options: ChaosOptions;
@@ -565,8 +567,10 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosResult> {
       const phase = i < plan.length ? 'scenario' : 'mixed';
       out(`chaos: [${phase} ${i + 1}/${plan.length + options.mixedFaults}] ${fault} ...`);
       const result = await runFault(ctx, fault);
-      // Count what clients saw from the fault until one settle period after recovery.
-      await new Promise((r) => setTimeout(r, options.settleMs));
+      // Count what clients saw from the fault until one settle period after recovery. An agent's
+      // fault touches no replica: the main load needs no time to settle after it.
+      const agentFault = (AGENT_FAULTS as readonly string[]).includes(fault);
+      await new Promise((r) => setTimeout(r, agentFault ? Math.min(options.settleMs, AGENT_SETTLE_MS) : options.settleMs));
       const to = Date.now();
       const dark = probe.longestDark(result.start, result.end);
       const others = new Set(Array.from({ length: options.shards }, (_, shard) => shard).filter((shard) => !result.victimShards.includes(shard)));
