@@ -32,7 +32,7 @@ export class StateDirectoryLock {
       } catch {
         // removed meanwhile: try again
       }
-      if (Number.isSafeInteger(holder) && holder > 0 && holder !== process.pid && alive(holder)) {
+      if (Number.isSafeInteger(holder) && holder > 0 && holder !== process.pid && alive(holder) && mayBeAgent(holder)) {
         throw new Error(`state directory ${stateDir} is in use by another agent (pid ${holder}); one agent per state directory`);
       }
       // Its holder is gone (a crashed agent): take it over.
@@ -45,5 +45,17 @@ export class StateDirectoryLock {
     if (this.released) return;
     this.released = true;
     rmSync(this.file, { force: true });
+  }
+}
+
+/**
+ * Whether process `pid` may be a Drover agent: after a crash its pid can be reused by an unrelated
+ * process, whose lock would otherwise keep the agent out for good. Where /proc cannot tell, yes.
+ */
+function mayBeAgent(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('drover');
+  } catch {
+    return true;
   }
 }
