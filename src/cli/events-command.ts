@@ -7,7 +7,6 @@
 import type { DroverClient } from '../client/drover-client.js';
 import type { PublishedContainerEvent } from '../events/container-events.js';
 import { followEvents, NoEventStreamError, type EventFollower, type StreamedEvent } from '../events/event-follower.js';
-import { eventSubjects } from '../events/event-stream.js';
 import { ID_PATTERN } from '../protocol/limits.js';
 
 export interface EventsOptions {
@@ -48,7 +47,7 @@ export function eventsOptions(values: { id?: string; since?: string; seq?: strin
 /** One readable line: stored time, stream sequence, container, status, its seq and the details. */
 export function eventLine(streamed: StreamedEvent): string {
   const event = streamed.event as Partial<PublishedContainerEvent>;
-  const head = `${streamed.storedAt.toISOString()}  #${streamed.streamSeq}`;
+  const head = `${streamed.storedAt.toISOString()}  #${streamed.streamSeq}.${streamed.index}`;
   if (typeof event.id !== 'string' || typeof event.status !== 'string') return `${head}  ${streamed.subject}  ${JSON.stringify(streamed.event)}`;
   const details = [
     event.workerId !== undefined ? `on ${event.workerId}` : '',
@@ -60,7 +59,7 @@ export function eventLine(streamed: StreamedEvent): string {
 
 function printer(json: boolean): (streamed: StreamedEvent) => void {
   return (streamed) => {
-    const line = json ? JSON.stringify({ streamSeq: streamed.streamSeq, subject: streamed.subject, event: streamed.event }) : eventLine(streamed);
+    const line = json ? JSON.stringify({ streamSeq: streamed.streamSeq, index: streamed.index, subject: streamed.subject, event: streamed.event }) : eventLine(streamed);
     process.stdout.write(`${line}\n`);
   };
 }
@@ -81,7 +80,7 @@ export async function eventsCommand(client: DroverClient, options: EventsOptions
     if (!(error instanceof NoEventStreamError) || options.since !== null || options.streamSeq !== null) throw error;
     // Live events need no stream: a plain subscription (stream sequences then read 0).
     process.stderr.write(`drover events: ${error.message}; following live events only\n`);
-    const subject = options.id === null ? eventSubjects(prefix) : client.subjects.containerEvents(options.id);
+    const subject = options.id === null ? client.subjects.containerEvents('*') : client.subjects.containerEvents(options.id);
     const subscription = client.nc.subscribe(subject, {
       callback: (failure, msg) => {
         if (failure) return;
@@ -91,7 +90,7 @@ export async function eventsCommand(client: DroverClient, options: EventsOptions
         } catch {
           event = { raw: msg.string() };
         }
-        print({ subject: msg.subject, streamSeq: 0, storedAt: new Date(), event });
+        print({ subject: msg.subject, streamSeq: 0, index: 0, storedAt: new Date(), event });
       },
     });
     await stopped;

@@ -16,10 +16,16 @@ export interface FollowFrom {
   readonly since?: Date;
 }
 
-/** An event as the stream kept it: the published body, its subject, stream sequence and stored time. */
+/**
+ * An event as the stream kept it: the published body, the container's event subject, and the
+ * stream sequence and stored time of the log message (a batch) that carried it. A consumer that
+ * saw every event of stream sequence N resumes from N + 1.
+ */
 export interface StreamedEvent {
   readonly subject: string;
   readonly streamSeq: number;
+  /** Its place in its log message (0 for the first event of the batch). */
+  readonly index: number;
   /** When the stream stored it (the NATS server's clock). */
   readonly storedAt: Date;
   /** The published JSON; a container event has `id`, `status`, `seq`, `at`. */
@@ -40,8 +46,12 @@ export interface EventFollower {
   stop(): void;
 }
 
+/** Events one log message may hold: a message with more is someone else's, shown raw. */
+const MAX_EVENTS_PER_MESSAGE = 10_000;
+
 /**
- * Replay and follow. `containerId`: only that container's subject; else every event subject of the
+ * Replay and follow. `containerId`: only that container's events (the log is read whole and
+ * filtered here: one container's events come from several replicas' logs); else every event of the
  * prefix. Throws NoEventStreamError when the stream cannot be read.
  */
 export async function followEvents(
@@ -52,8 +62,8 @@ export async function followEvents(
   onEvent: (event: StreamedEvent) => void,
 ): Promise<EventFollower> {
   const stream = eventStreamName(prefix);
-  const filter = containerId === null ? eventSubjects(prefix) : new Subjects(prefix).containerEvents(containerId);
-  const options: Partial<OrderedConsumerOptions> = { filter_subjects: filter };
+  const subjects = new Subjects(prefix);
+  const options: Partial<OrderedConsumerOptions> = { filter_subjects: eventSubjects(prefix) };
   if (from.streamSeq !== undefined) Object.assign(options, { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from.streamSeq });
   else if (from.since !== undefined) Object.assign(options, { deliver_policy: DeliverPolicy.StartTime, opt_start_time: from.since.toISOString() });
   else Object.assign(options, { deliver_policy: DeliverPolicy.New });
@@ -66,14 +76,24 @@ export async function followEvents(
   }
   const done = (async () => {
     for await (const message of messages) {
-      let event: StreamedEvent['event'];
+      let batch: unknown;
       try {
-        event = message.json<StreamedEvent['event']>();
+        batch = message.json<unknown>();
       } catch {
-        // Not Drover's JSON (someone else published on the subject): shown as its raw text.
-        event = { raw: message.string() };
+        batch = null;
       }
-      onEvent({ subject: message.subject, streamSeq: message.seq, storedAt: message.time, event });
+      if (!Array.isArray(batch) || batch.length > MAX_EVENTS_PER_MESSAGE) {
+        // Not Drover's log (someone else published on the subject): shown as its raw text.
+        if (containerId === null) onEvent({ subject: message.subject, streamSeq: message.seq, index: 0, storedAt: message.time, event: { raw: message.string() } });
+        continue;
+      }
+      batch.forEach((item: unknown, index) => {
+        if (item === null || typeof item !== 'object') return;
+        const event = item as StreamedEvent['event'];
+        if (containerId !== null && event.id !== containerId) return;
+        const subject = typeof event.id === 'string' ? subjects.containerEvents(event.id) : message.subject;
+        onEvent({ subject, streamSeq: message.seq, index, storedAt: message.time, event });
+      });
     }
   })();
   return { done, stop: () => void messages.stop() };

@@ -1,7 +1,8 @@
 /**
- * The events' JetStream stream: it keeps what is published on `<prefix>.events.>` (container and
- * pool events) so a consumer that was away can replay from a stream sequence or a time. Publishers
- * do not change: a stream whose subjects cover core subjects stores their plain publishes.
+ * The events' JetStream stream: it keeps every replica's event log (`<prefix>.eventlog.>`, the
+ * container events in batches, see container-events.ts) so a consumer that was away can replay from
+ * a stream sequence (a batch) or a time. Publishers use plain publishes: a stream whose subjects
+ * cover core subjects stores them.
  *
  * Every replica ensures the stream at start (the natural owner would be "whoever starts first",
  * which is not knowable, and several start at once). Ensuring is idempotent and race-safe: an add
@@ -26,9 +27,9 @@ export function eventStreamName(prefix: string): string {
   return `${prefix}_events`;
 }
 
-/** Every event subject of a prefix: containers (`.events.containers.<id>`) and pools. */
+/** The subjects the stream keeps: every replica's event log (`<prefix>.eventlog.<replica id>`, batches of events). */
 export function eventSubjects(prefix: string): string {
-  return `${prefix}.events.>`;
+  return `${prefix}.eventlog.>`;
 }
 
 export interface EventStreamSettings {

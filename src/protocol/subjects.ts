@@ -43,6 +43,11 @@ export class Subjects {
   get backlog(): string { return `${this.prefix}.backlog`; }
   /** A container's status changes, one subject per container (see src/events/container-events.ts). */
   containerEvents(containerId: string): string { return `${this.prefix}.events.containers.${containerId}`; }
+  /**
+   * The event log a replica appends to: its container events in batches (a JSON array per message),
+   * which the JetStream stream keeps (see src/events/event-stream.ts).
+   */
+  eventLog(replicaId: string): string { return `${this.prefix}.eventlog.${replicaId}`; }
   /** Every replica answers (no queue group): collect replies for a cluster view. */
   get status(): string { return `${this.prefix}.status`; }
 

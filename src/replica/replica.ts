@@ -175,7 +175,7 @@ export class Replica {
       releasedRetentionSeconds: config.releasedRetentionSeconds,
       maxQueuedPerShard: Math.ceil(config.backlogMax / config.shards),
     });
-    this.events = new NatsContainerEvents(nc, this.subjects);
+    this.events = new NatsContainerEvents(nc, this.subjects, config.replicaId);
     this.router = new Router({
       nc,
       store: this.store,
@@ -757,6 +757,8 @@ export class Replica {
     this.peers.stop();
     this.links.nats.stop();
     this.links.redis.stop();
+    // Events still gathered for the log go out before the connection drains.
+    this.events.flush();
     await this.nc.drain().catch(() => undefined);
     await this.watchNc.close().catch(() => undefined);
     await this.redis.quit().catch(() => this.redis.disconnect());

@@ -60,9 +60,10 @@ describe('drover events', () => {
       expect(await client.submit({ id: 'ev-2', cpu: 10, memory: 10 })).toMatchObject({ ok: true, status: 'placed' });
       await eventually(() => events.lines().length >= 3, 10_000, 'a live event');
       const lines = events.lines();
-      expect(lines[0]).toMatch(/^\d{4}-\d\d-\d\dT\S+Z  #1  ev-1  placed    seq 1  on ev-w$/);
-      expect(lines[1]).toMatch(/  #2  ev-1  released  seq 2  on ev-w \(RELEASED\)$/);
-      expect(lines[2]).toMatch(/  #3  ev-2  placed    seq 1  on ev-w$/);
+      // Each request here commits on its own, so each event is its own log message (#seq.index).
+      expect(lines[0]).toMatch(/^\d{4}-\d\d-\d\dT\S+Z  #1\.0  ev-1  placed    seq 1  on ev-w$/);
+      expect(lines[1]).toMatch(/  #2\.0  ev-1  released  seq 2  on ev-w \(RELEASED\)$/);
+      expect(lines[2]).toMatch(/  #3\.0  ev-2  placed    seq 1  on ev-w$/);
       events.child.kill('SIGINT');
       expect(await events.exited).toBe(0);
     } finally {

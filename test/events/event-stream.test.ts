@@ -183,7 +183,7 @@ describe('the event stream', () => {
       }
       const jsm = await jetstreamManager(tinyClient.nc);
       const info = await jsm.streams.info(eventStreamName(tiny.config.prefix));
-      expect(info.config).toMatchObject({ max_bytes: 1_024, max_age: 600 * 1_000_000_000, storage: 'file', discard: 'old', subjects: [`${tiny.config.prefix}.events.>`] });
+      expect(info.config).toMatchObject({ max_bytes: 1_024, max_age: 600 * 1_000_000_000, storage: 'file', discard: 'old', subjects: [`${tiny.config.prefix}.eventlog.>`] });
       await eventually(async () => (await jsm.streams.info(eventStreamName(tiny.config.prefix))).state.last_seq === 40, 5_000, '40 events stored');
       const state = (await jsm.streams.info(eventStreamName(tiny.config.prefix))).state;
       expect(state.bytes).toBeLessThanOrEqual(1_024);
