@@ -18,20 +18,8 @@ import { Progress } from '../util/progress.js';
 import { BenchCluster, runLanes } from './drover-bench.js';
 import { Latency } from './latency.js';
 import { ProcessWatch, round } from './process-stats.js';
-import type { BenchContext, ResultRow, ScenarioResult } from './scenarios.js';
+import { blankRow, type BenchContext, type ResultRow, type ScenarioResult } from './scenarios.js';
 
-const blank = {
-  latency: null,
-  conflictsPerPlacement: null,
-  reroutesPerPlacement: null,
-  fenceRefusalsPerPlacement: null,
-  replicaCpuPercent: null,
-  replicaMaxRssMiB: null,
-  redisCpuPercent: null,
-  target: null,
-  targetMet: null,
-  note: '',
-} as const;
 
 function backlogCounter(statuses: readonly ReplicaStatus[], name: string): number {
   return statuses.reduce((sum, status) => sum + (status.backlog?.[name] ?? 0), 0);
@@ -158,7 +146,7 @@ export async function fullBacklogScenario(ctx: BenchContext): Promise<ScenarioRe
 
     const rate = (count: number, w: WindowMeasure) => round(count / w.seconds, 1);
     const rowOf = (label: string, w: WindowMeasure): ResultRow => ({
-      ...blank,
+      ...blankRow,
       scenario: 'full-backlog',
       system: `drover (2 replicas), ${label}`,
       placements: w.placements,
@@ -270,7 +258,7 @@ export async function massExpiryScenario(ctx: BenchContext): Promise<ScenarioRes
     const note = `ended after their time: half ${seconds(marks.half)}, 99 % ${seconds(marks.p99)}, all ${seconds(marks.all)}; peak replica heap ${round(peakHeap / 1024 / 1024, 1)} MiB; fitting submits placed ${fitting.placed} of ${fitting.sent} (p99 ${fittingSummary?.p99Ms ?? '-'} ms); ${catchUps} sweeps left expired entries for a catch-up sweep, ${deferred} end writes refused or unknown; ${incidents} readings with a replica silent or stepped out`;
     ctx.out(`backlog-expiry: ${note}`);
     const row: ResultRow = {
-      ...blank,
+      ...blankRow,
       scenario: 'backlog expiry',
       system: 'drover (3 replicas)',
       placements: fitting.placed,

@@ -49,7 +49,8 @@ export interface ScenarioResult {
   readonly details: Record<string, unknown>;
 }
 
-const blankRow = {
+/** A row's fields a scenario may leave empty (shared by every scenario module). */
+export const blankRow = {
   latency: null,
   conflictsPerPlacement: null,
   reroutesPerPlacement: null,
