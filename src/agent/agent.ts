@@ -97,7 +97,7 @@ export class Agent {
   /** When (monotonic ms) the last answered report was sent; null before the first answer. */
   private answeredSentAt: number | null = null;
   private answeredWallAt: number | null = null;
-  private timing: Pick<AgentInstructions, 'ttlMs' | 'lostAfterMs' | 'fenceAfterMs'> | null = null;
+  private timing: Pick<AgentInstructions, 'lostAfterMs' | 'fenceAfterMs'> | null = null;
   private fenced = false;
   private timer: NodeJS.Timeout | null = null;
   private fenceTimer: NodeJS.Timeout | null = null;
@@ -212,7 +212,7 @@ export class Agent {
       // that survives a restart): an agent down for longer stops what it adopts at once.
       this.answeredSentAt = performance.now() - Math.max(0, Date.now() - state.answeredAt);
       this.answeredWallAt = state.answeredAt;
-      this.timing = { ttlMs: state.fenceAfterMs, lostAfterMs: state.lostAfterMs, fenceAfterMs: state.fenceAfterMs };
+      this.timing = { lostAfterMs: state.lostAfterMs, fenceAfterMs: state.fenceAfterMs };
     }
     for (const [id, container] of Object.entries(state.containers)) {
       if (container.status === 'starting') {
@@ -373,7 +373,7 @@ export class Agent {
       }
       this.answeredSentAt = sentAt;
       this.answeredWallAt = sentWallAt;
-      this.timing = { ttlMs: reply.ttlMs, lostAfterMs: reply.lostAfterMs, fenceAfterMs: reply.fenceAfterMs };
+      this.timing = { lostAfterMs: reply.lostAfterMs, fenceAfterMs: reply.fenceAfterMs };
       if (this.fenced) {
         this.fenced = false;
         this.options.log.warn('a report completed again: fence lifted');

@@ -92,6 +92,11 @@ export class AgentKeepalive {
     const every = Math.max(50, Math.floor(this.timing.ttlMs / 4));
     this.timer = setInterval(() => this.check(), every);
     this.timer.unref();
+    // A worker a previous owner declared lost but did not finish with (it stopped half-way): its
+    // agent fenced itself long ago, so what is left of it ends now, not a whole lost-after later.
+    for (const [id, actor] of this.host.workers.entries()) {
+      if (actor.getSnapshot().context.spec.agent === true && actor.getSnapshot().value === 'lost') void this.act(id, this.agentSeen(id), 'lost');
+    }
   }
 
   stop(): void {
@@ -295,12 +300,17 @@ export class AgentKeepalive {
     }
   }
 
+  /** A placement never delivered to the agent cannot be running: back to the queue (null otherwise). */
+  private requeueUndelivered(actor: WorkerActor, record: ContainerRecord): Promise<ShardOpResult> | null {
+    if (record.status !== 'placed' || (record.deliveredAt ?? null) !== null) return null;
+    this.stats.requeued += 1;
+    return this.host.commits.enqueue((resolve) => ({ kind: 'requeue', actor, containerId: record.id, resolve }));
+  }
+
   /** The worker is unreachable: what may run becomes unknown; what was never delivered is requeued. */
   private unreachableContainer(actor: WorkerActor, record: ContainerRecord): Promise<ShardOpResult> | null {
-    if (record.status === 'placed' && (record.deliveredAt ?? null) === null) {
-      this.stats.requeued += 1;
-      return this.host.commits.enqueue((resolve) => ({ kind: 'requeue', actor, containerId: record.id, resolve }));
-    }
+    const requeued = this.requeueUndelivered(actor, record);
+    if (requeued !== null) return requeued;
     if (record.status === 'placed' || record.status === 'running') {
       this.stats.unknown += 1;
       return this.transition(actor, record.id, [record.status], 'unknown');
@@ -310,10 +320,8 @@ export class AgentKeepalive {
 
   /** The worker is lost (its agent has stopped everything by now): nothing of it runs any more. */
   private loseContainer(actor: WorkerActor, record: ContainerRecord): Promise<ShardOpResult> | null {
-    if (record.status === 'placed' && (record.deliveredAt ?? null) === null) {
-      this.stats.requeued += 1;
-      return this.host.commits.enqueue((resolve) => ({ kind: 'requeue', actor, containerId: record.id, resolve }));
-    }
+    const requeued = this.requeueUndelivered(actor, record);
+    if (requeued !== null) return requeued;
     if (record.status === 'placed' || record.status === 'running' || record.status === 'unknown') return this.end(actor, record.id, 'lost', 'WORKER_LOST');
     if (record.status === 'stopping') return this.end(actor, record.id, 'released', 'WORKER_LOST');
     return null;
