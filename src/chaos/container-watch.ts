@@ -36,7 +36,6 @@ export class ContainerWatch {
   readonly stats = { samples: 0, recordReads: 0, maxLive: 0 };
   private timer: NodeJS.Timeout | null = null;
   private sampling = false;
-  private samples = 0;
   /** Workers whose agent cannot act (frozen), and since when those that woke can. */
   private readonly frozen = new Set<string>();
   private readonly ableSince = new Map<string, number>();
@@ -72,7 +71,6 @@ export class ContainerWatch {
     this.sampling = true;
     try {
       this.stats.samples += 1;
-      this.samples += 1;
       const copies = liveContainerCopies(this.options.idPrefix);
       this.stats.maxLive = Math.max(this.stats.maxLive, copies.length);
       const byId = new Map<string, ContainerCopy[]>();
@@ -82,7 +80,7 @@ export class ContainerWatch {
           this.report('running-twice', id, `container ${id} runs ${list.length} times at once: ${list.map((c) => `group ${c.group} on ${c.workerId}`).join(', ')}`);
         }
       }
-      if (readRecords || this.samples % RECORD_EVERY === 0) await this.checkRecords(copies.slice(0, MAX_RECORD_READS));
+      if (readRecords || this.stats.samples % RECORD_EVERY === 0) await this.checkRecords(copies.slice(0, MAX_RECORD_READS));
       return copies;
     } finally {
       this.sampling = false;
